@@ -1,0 +1,1 @@
+"""Deploy and snapshot nova VMware instances on vSAN with revertible TaskFlow flows."""
