@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the test suite need on a fresh Debian machine (run as root)
+# and builds the vCenter simulator. Safe to run twice: each step skips what is already done.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+log() { printf 'test-setup: %s\n' "$*" >&2; }
+
+# 1. Debian packages (bindep.txt lists them for humans and bindep users).
+pkgs=(golang-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev qemu-utils
+      zookeeper graphviz)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian packages: ${missing[*]}; run this script as root (it uses apt-get)"
+    exit 2
+  fi
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. The project's virtualenv (.venv) with the package installed in develop mode.
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$py" -m venv .venv
+fi
+stamp=.venv/.vsan-flows-reqs
+want=$(cat requirements.txt test-requirements.txt setup.cfg | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "installing Python requirements into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt
+  .venv/bin/pip install -q --no-build-isolation -e .
+  echo "$want" > "$stamp"
+fi
+
+# 3. The vCenter simulator (skips the Go build when its sources did not change).
+bash tools/vcsim/build.sh
+log "ready"

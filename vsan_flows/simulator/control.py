@@ -1,0 +1,73 @@
+"""Client for the simulator's loopback control API: inventory views and fault knobs.
+
+Tests use the knobs to make vCenter misbehave on purpose (faults, dead leases, cut transfers,
+expired sessions) and the views to prove that a flow left nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+# The control server is on loopback; an HTTP(S)_PROXY in the environment must not capture it.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class ControlError(RuntimeError):
+    """The control API refused a request; the message is the simulator's own reason."""
+
+
+class SimulatorControl:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            raise ControlError(f"{method} {path}: HTTP {exc.code}: "
+                               f"{exc.read().decode(errors='replace').strip()}") from None
+
+    # Views -----------------------------------------------------------------------------
+    def status(self) -> dict:
+        return self._call("GET", "/status")
+
+    def files(self) -> list[dict]:
+        return self._call("GET", "/files")
+
+    def calls(self, method: str) -> int:
+        return int(self.status().get("calls", {}).get(method, 0))
+
+    # Knobs -----------------------------------------------------------------------------
+    def fail_method(self, method: str, fault: str, *, count: int = 1, message: str = "",
+                    in_task: bool = False) -> None:
+        self._call("POST", "/fault/method", {"method": method, "fault": fault, "count": count,
+                                             "message": message, "in_task": in_task})
+
+    def lease_fault(self, mode: str, scope: str = "next") -> None:
+        self._call("POST", "/fault/lease", {"mode": mode, "scope": scope})
+
+    def cut_nfc(self, after_bytes: int, *, count: int = 1, direction: str = "any") -> None:
+        self._call("POST", "/fault/nfc", {"count": count, "cut_after_bytes": after_bytes,
+                                          "direction": direction})
+
+    def throttle_nfc(self, bytes_per_second: int, *, count: int = 1,
+                     direction: str = "any") -> None:
+        self._call("POST", "/fault/nfc", {"count": count, "bytes_per_second": bytes_per_second,
+                                          "direction": direction})
+
+    def terminate_sessions(self) -> None:
+        self._call("POST", "/sessions/terminate", {})
+
+    def set_datastore(self, name: str, **fields: Any) -> None:
+        self._call("POST", "/datastore", {"name": name, **fields})
+
+    def reset(self) -> None:
+        self._call("POST", "/reset", {})
