@@ -49,9 +49,8 @@ def build(out_dir: Path | None = None) -> Path:
     binary = out / "vsan-vcsim"
     if proc.returncode != 0 or not binary.is_file():
         detail = (proc.stderr or proc.stdout).strip().splitlines()
-        raise SimulatorError(
-            "building the simulator failed: " + (detail[-1] if detail else f"exit {proc.returncode}")
-        )
+        reason = detail[-1] if detail else f"exit {proc.returncode}"
+        raise SimulatorError(f"building the simulator failed: {reason}")
     return binary
 
 
