@@ -1,0 +1,198 @@
+"""Configuration options for vsan_flows.
+
+Options are registered by :func:`register_opts` on a ConfigOpts the caller owns, never at import
+time on the global CONF: nova already registers a ``[vmware]`` group with many of the same names,
+and a library that registered behind the host's back would fail with DuplicateOptError or, worse,
+silently shadow the host's help and defaults. :func:`list_opts` feeds oslo-config-generator
+(entry point ``oslo.config.opts: vsan_flows = vsan_flows.conf:list_opts``).
+
+The ``[vmware]`` names match nova's where the meaning is the same, so an operator can copy values
+from nova.conf.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from oslo_config import cfg
+
+from vsan_flows.exceptions import ConfigError
+
+VMWARE_GROUP = "vmware"
+FLOWS_GROUP = "vsan_flows"
+
+DEFAULT_STATE_DIR = "/var/lib/vsan-flows"
+
+vmware_opts = [
+    cfg.HostAddressOpt("host_ip", help="Hostname or IP address of the vCenter server."),
+    cfg.PortOpt("host_port", default=443, help="HTTPS port of the vCenter server."),
+    cfg.StrOpt("host_username", help="User name for the vCenter login."),
+    cfg.StrOpt(
+        "host_password",
+        secret=True,
+        help="Password for the vCenter login. Never logged or persisted in flow state.",
+    ),
+    cfg.BoolOpt(
+        "insecure",
+        default=False,
+        help="Skip verification of vCenter's TLS certificate. Only for test rigs: it allows a "
+        "man in the middle to read the credentials. Ignored when ca_file is set.",
+    ),
+    cfg.StrOpt(
+        "ca_file",
+        help="CA bundle used to verify vCenter's certificate; when unset the system trust "
+        "store is used (unless insecure is true).",
+    ),
+    cfg.StrOpt(
+        "cluster_name",
+        help="Name of the vCenter cluster whose datastores, resource pool and hosts are used.",
+    ),
+    cfg.StrOpt(
+        "datastore_regex",
+        help="Python regular expression selecting datastores by name. Like nova, it is applied "
+        "with re.match: anchored at the start of the name only, so 'vsan' also selects "
+        "'vsanDatastore2'; end it with '$' to match whole names. Unset means every datastore "
+        "of an allowed type.",
+    ),
+    cfg.IntOpt(
+        "api_retry_count",
+        default=10,
+        min=0,
+        help="How many times a vSphere API call is retried after a transient fault "
+        "(connection drop, session expiry) before the operation fails.",
+    ),
+    cfg.FloatOpt(
+        "task_poll_interval",
+        default=0.5,
+        min=0,
+        help="Seconds between polls of a running vCenter task.",
+    ),
+    cfg.StrOpt(
+        "wsdl_location",
+        help="URL of the vSphere service WSDL (e.g. file:///path/vimService.wsdl). Needed when "
+        "the server does not serve one (the simulator) or to avoid fetching it on every start.",
+    ),
+    cfg.IntOpt(
+        "image_transfer_timeout_secs",
+        default=7200,
+        min=1,
+        help="Seconds one image transfer (import into or export from vCenter) may run before it "
+        "is aborted and its lease released. Size it for the largest image over the slowest link.",
+    ),
+    cfg.ListOpt(
+        "datastore_types",
+        default=["vsan"],
+        help="Datastore summary.type values spawn may place disks on (compared "
+        "case-insensitively). nova allows VMFS, NFS, NFS41 and vsan for streamOptimized images; "
+        "this library is for vSAN, so only vsan is allowed unless configured.",
+    ),
+]
+
+flows_opts = [
+    cfg.StrOpt(
+        "state_dir",
+        default=DEFAULT_STATE_DIR,
+        help="Directory for local state: the default sqlite flow database and the local image "
+        "store. Must survive restarts, or interrupted flows cannot be resumed.",
+    ),
+    cfg.StrOpt(
+        "persistence_connection",
+        secret=True,
+        help="SQLAlchemy URL of the TaskFlow persistence backend where flow state is kept so "
+        "flows can resume after a crash. Unset means sqlite:///<state_dir>/flows.sqlite. "
+        "Marked secret because database URLs usually carry a password.",
+    ),
+    cfg.StrOpt(
+        "engine",
+        default="serial",
+        choices=[
+            ("serial", "run tasks one at a time in the calling thread"),
+            ("parallel", "run independent tasks concurrently in a thread pool"),
+        ],
+        help="TaskFlow engine type used to run flows.",
+    ),
+    cfg.IntOpt(
+        "max_workers",
+        min=1,
+        help="Worker threads for the parallel engine. Unset lets TaskFlow choose.",
+    ),
+    cfg.IntOpt(
+        "import_retries",
+        default=3,
+        min=0,
+        help="How many times the import (spawn) or export (snapshot) subflow is reverted and "
+        "retried with a fresh lease after a transfer failure. 0 means fail on the first error.",
+    ),
+    cfg.StrOpt(
+        "image_store_dir",
+        help="Directory of the local image service (images as <id>.data + <id>.json). Unset "
+        "means <state_dir>/images.",
+    ),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    """Register our groups on a ConfigOpts the caller owns (see the module docstring)."""
+    conf.register_opts(vmware_opts, group=VMWARE_GROUP)
+    conf.register_opts(flows_opts, group=FLOWS_GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Options for oslo-config-generator; copies so the generator cannot mutate ours."""
+    return [(VMWARE_GROUP, list(vmware_opts)), (FLOWS_GROUP, list(flows_opts))]
+
+
+def datastore_pattern(conf: cfg.ConfigOpts) -> re.Pattern[str] | None:
+    """Compile ``[vmware] datastore_regex`` so a typo fails at start, not at first spawn."""
+    regex = conf.vmware.datastore_regex
+    if regex is None or regex == "":
+        return None
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise ConfigError(
+            "[vmware] datastore_regex",
+            f"{regex!r} is not a valid regular expression ({exc})",
+            "Fix the expression (Python re syntax) or unset it to allow every datastore name.",
+        ) from exc
+
+
+def allowed_datastore_types(conf: cfg.ConfigOpts) -> list[str]:
+    """The configured datastore types, stripped; an empty list would make spawn impossible."""
+    types = [t.strip() for t in conf.vmware.datastore_types or [] if t.strip()]
+    if not types:
+        raise ConfigError(
+            "[vmware] datastore_types",
+            "the list is empty, so no datastore could ever be chosen",
+            "Set it to vsan (the default) or a list such as vsan,VMFS.",
+        )
+    return types
+
+
+def state_dir(conf: cfg.ConfigOpts) -> str:
+    return os.path.abspath(conf.vsan_flows.state_dir)
+
+
+def persistence_url(conf: cfg.ConfigOpts) -> str:
+    """The persistence backend URL, defaulting to a sqlite file under state_dir.
+
+    An absolute state_dir gives the four-slash form sqlite:////var/lib/..., which SQLAlchemy
+    reads as an absolute path.
+    """
+    url = conf.vsan_flows.persistence_connection
+    if url:
+        return url
+    return "sqlite:///" + os.path.join(state_dir(conf), "flows.sqlite")
+
+
+def image_store_dir(conf: cfg.ConfigOpts) -> str:
+    return os.path.abspath(
+        conf.vsan_flows.image_store_dir or os.path.join(state_dir(conf), "images")
+    )
+
+
+def validate(conf: cfg.ConfigOpts) -> None:
+    """Check values that oslo.config's type bounds cannot, so errors surface at startup."""
+    datastore_pattern(conf)
+    allowed_datastore_types(conf)

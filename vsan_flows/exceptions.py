@@ -1,0 +1,282 @@
+"""One error hierarchy for vsan_flows.
+
+Every error is raised to a person: an operator reading a nova fault, an admin looking at a flow
+in REVERT_FAILURE. So each message says what was wrong and what to do about it, and each class
+keeps the facts it was built from as attributes so code can react without parsing text.
+
+Secrets stay out by construction: no constructor takes a password, cookie or lease ticket, so
+none can end up in a message, a log line or a TaskFlow failure persisted to the database.
+
+TaskFlow pickles and copies failures (retries, parallel engines, worker-based engines), and the
+default ``Exception`` pickling calls ``cls(*args)`` which breaks for keyword-built errors; the
+base class therefore pickles as (class, message, attributes) instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+STREAM_OPTIMIZED_FIX = (
+    "Convert the disk with `qemu-img convert -O vmdk -o subformat=streamOptimized <source> "
+    "<name>.vmdk`, upload it with disk_format=vmdk and set the image property "
+    "vmware_disktype=streamOptimized."
+)
+
+
+def _restore(cls: type[VsanFlowsError], message: str, state: dict[str, Any]) -> VsanFlowsError:
+    """Rebuild an error without calling its constructor (see the module docstring)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+def _size(num_bytes: int | None) -> str:
+    """Bytes as the exact count plus a human-readable MiB/GiB figure."""
+    if num_bytes is None:
+        return "unknown"
+    if abs(num_bytes) >= 1 << 30:
+        return f"{num_bytes} bytes ({num_bytes / (1 << 30):.2f} GiB)"
+    if abs(num_bytes) >= 1 << 20:
+        return f"{num_bytes} bytes ({num_bytes / (1 << 20):.1f} MiB)"
+    return f"{num_bytes} bytes"
+
+
+class VsanFlowsError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = {k: v for k, v in self.__dict__.items() if k != "message"}
+        state["message"] = self.message
+        return (_restore, (type(self), self.message, state))
+
+
+class ConfigError(VsanFlowsError):
+    """A configuration value cannot work; names the option so it can be fixed."""
+
+    def __init__(self, option: str, problem: str, fix: str | None = None) -> None:
+        self.option = option
+        self.problem = problem
+        msg = f"Invalid configuration {option}: {problem}."
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
+
+
+# --------------------------------------------------------------------------- images
+
+
+class ImageError(VsanFlowsError):
+    """Something about an image (its bytes or its record) stops the operation."""
+
+
+class InvalidImage(ImageError):
+    """The image's bytes or metadata are not a deployable streamOptimized VMDK.
+
+    Raised before any vCenter object exists, so a bad image costs nothing to clean up.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        image_id: str | None = None,
+        found: str | None = None,
+        required: str = "a streamOptimized VMDK (disk_format=vmdk, "
+        "vmware_disktype=streamOptimized)",
+        fix: str = STREAM_OPTIMIZED_FIX,
+    ) -> None:
+        self.image_id = image_id
+        self.reason = reason
+        self.found = found
+        self.required = required
+        subject = f"Image {image_id}" if image_id else "The image data"
+        msg = f"{subject} cannot be deployed: {reason}."
+        if found:
+            msg += f" Found: {found}."
+        msg += f" Required: {required}. {fix}"
+        super().__init__(msg)
+
+
+class ImageNotFound(ImageError):
+    def __init__(self, image_id: str) -> None:
+        self.image_id = image_id
+        super().__init__(
+            f"Image {image_id} does not exist in the image service. Check the image id "
+            "(it may have been deleted) and retry with an existing image."
+        )
+
+
+class ImageAlreadyHasData(ImageError):
+    """Uploading would overwrite an image that already went active; images are immutable."""
+
+    def __init__(self, image_id: str, status: str = "active") -> None:
+        self.image_id = image_id
+        self.status = status
+        super().__init__(
+            f"Image {image_id} already has data (status {status}); image data is immutable. "
+            "Create a new image record and upload to that one."
+        )
+
+
+# --------------------------------------------------------------------------- placement
+
+
+class NoSuitableDatastore(VsanFlowsError):
+    """No candidate datastore passed the policy; every candidate and its reason is listed.
+
+    One line per datastore because the operator's next step depends on which rule bit
+    (wrong type vs. full vs. regex typo), and naming only the first would hide the rest.
+    """
+
+    def __init__(
+        self, rejected: Iterable[tuple[str, str]], required_bytes: int | None = None
+    ) -> None:
+        self.rejected = [(str(name), str(reason)) for name, reason in rejected]
+        self.required_bytes = required_bytes
+        need = f" for a disk of {_size(required_bytes)}" if required_bytes else ""
+        if not self.rejected:
+            msg = (
+                f"No datastore available{need}: the cluster reports no datastores. Check "
+                "[vmware] cluster_name and that datastores are mounted on the cluster's hosts."
+            )
+        else:
+            lines = "; ".join(f"'{name}': {reason}" for name, reason in self.rejected)
+            msg = (
+                f"No suitable datastore{need} among {len(self.rejected)} candidate(s): {lines}. "
+                "Fix the datastores or adjust [vmware] datastore_types / datastore_regex."
+            )
+        super().__init__(msg)
+
+
+# --------------------------------------------------------------------------- vSphere
+
+
+class VSphereError(VsanFlowsError):
+    """vCenter refused or failed an operation."""
+
+
+class VCenterUnreachable(VSphereError):
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(
+            f"Cannot reach vCenter at {host}:{port}: {reason}. Check [vmware] host_ip/host_port, "
+            "the network path and TLS settings (ca_file / insecure)."
+        )
+
+
+class VCenterAuthError(VSphereError):
+    def __init__(self, host: str, username: str | None) -> None:
+        self.host = host
+        self.username = username
+        super().__init__(
+            f"vCenter at {host} rejected the login for user {username!r}. Check [vmware] "
+            "host_username and host_password, and that the account is not locked."
+        )
+
+
+class LeaseError(VSphereError):
+    """An HttpNfcLease (import or export) failed or is in an unusable state."""
+
+    def __init__(self, message: str, *, lease: str | None = None) -> None:
+        self.lease = lease
+        super().__init__(message)
+
+
+class LeaseExpired(LeaseError):
+    """The lease died under us: timed out on the server, aborted, or lost in a restart."""
+
+    def __init__(self, lease: str | None = None, state: str | None = None) -> None:
+        self.state = state
+        what = f"lease {lease}" if lease else "The lease"
+        st = f" (state {state})" if state else ""
+        super().__init__(
+            f"{what}{st} is no longer usable; leases do not survive restarts or long pauses. "
+            "The transfer is retried with a new lease; if it keeps failing, check vCenter's "
+            "task list and the network between this host and the ESXi hosts.",
+            lease=lease,
+        )
+
+
+class TransferError(VSphereError):
+    """Moving disk bytes between the image service and a lease failed."""
+
+
+class TransferTimeout(TransferError):
+    def __init__(
+        self,
+        what: str,
+        timeout_secs: float,
+        bytes_done: int | None = None,
+        bytes_total: int | None = None,
+    ) -> None:
+        self.what = what
+        self.timeout_secs = timeout_secs
+        self.bytes_done = bytes_done
+        self.bytes_total = bytes_total
+        progress = ""
+        if bytes_done is not None:
+            progress = f" after {_size(bytes_done)}"
+            if bytes_total:
+                progress += f" of {_size(bytes_total)}"
+        super().__init__(
+            f"{what} did not finish within {timeout_secs:g} s{progress} and was aborted. Raise "
+            "[vmware] image_transfer_timeout_secs for large images or slow links."
+        )
+
+
+class IncompleteTransfer(TransferError):
+    """Fewer (or more) bytes arrived than the source promised: the result must not be used."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        bytes_sent: int,
+        bytes_expected: int | None,
+        bytes_stored: int | None = None,
+    ) -> None:
+        self.what = what
+        self.bytes_sent = bytes_sent
+        self.bytes_expected = bytes_expected
+        self.bytes_stored = bytes_stored
+        stored = f", {_size(bytes_stored)} stored" if bytes_stored is not None else ""
+        super().__init__(
+            f"{what} is incomplete: {_size(bytes_sent)} sent, {_size(bytes_expected)} "
+            f"expected{stored}. The partial result was discarded; retry the operation, and if "
+            "the source is shorter than its recorded size, re-upload the image."
+        )
+
+
+# --------------------------------------------------------------------------- other
+
+
+class InstanceNotFound(VsanFlowsError):
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        super().__init__(
+            f"Instance {instance} has no VM in vCenter. It may have been deleted or never "
+            "created; check the instance in nova and vCenter's inventory."
+        )
+
+
+class FlowError(VsanFlowsError):
+    """A flow could not be built, loaded, resumed or reverted."""
+
+    def __init__(self, flow: str, problem: str, fix: str | None = None) -> None:
+        self.flow = flow
+        self.problem = problem
+        msg = f"Flow {flow}: {problem}."
+        if fix:
+            msg += f" {fix}"
+        super().__init__(msg)
