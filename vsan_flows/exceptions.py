@@ -32,7 +32,7 @@ def _restore(cls: type[VsanFlowsError], message: str, state: dict[str, Any]) -> 
     return err
 
 
-def _size(num_bytes: int | None) -> str:
+def format_bytes(num_bytes: int | None) -> str:
     """Bytes as the exact count plus a human-readable MiB/GiB figure."""
     if num_bytes is None:
         return "unknown"
@@ -142,7 +142,7 @@ class NoSuitableDatastore(VsanFlowsError):
     ) -> None:
         self.rejected = [(str(name), str(reason)) for name, reason in rejected]
         self.required_bytes = required_bytes
-        need = f" for a disk of {_size(required_bytes)}" if required_bytes else ""
+        need = f" for a disk of {format_bytes(required_bytes)}" if required_bytes else ""
         if not self.rejected:
             msg = (
                 f"No datastore available{need}: the cluster reports no datastores. Check "
@@ -226,9 +226,9 @@ class TransferTimeout(TransferError):
         self.bytes_total = bytes_total
         progress = ""
         if bytes_done is not None:
-            progress = f" after {_size(bytes_done)}"
+            progress = f" after {format_bytes(bytes_done)}"
             if bytes_total:
-                progress += f" of {_size(bytes_total)}"
+                progress += f" of {format_bytes(bytes_total)}"
         super().__init__(
             f"{what} did not finish within {timeout_secs:g} s{progress} and was aborted. Raise "
             "[vmware] image_transfer_timeout_secs for large images or slow links."
@@ -250,11 +250,12 @@ class IncompleteTransfer(TransferError):
         self.bytes_sent = bytes_sent
         self.bytes_expected = bytes_expected
         self.bytes_stored = bytes_stored
-        stored = f", {_size(bytes_stored)} stored" if bytes_stored is not None else ""
+        stored = f", {format_bytes(bytes_stored)} stored" if bytes_stored is not None else ""
         super().__init__(
-            f"{what} is incomplete: {_size(bytes_sent)} sent, {_size(bytes_expected)} "
-            f"expected{stored}. The partial result was discarded; retry the operation, and if "
-            "the source is shorter than its recorded size, re-upload the image."
+            f"{what} is incomplete: {format_bytes(bytes_sent)} sent, "
+            f"{format_bytes(bytes_expected)} expected{stored}. The partial result was "
+            "discarded; retry the operation, and if the source is shorter than its recorded "
+            "size, re-upload the image."
         )
 
 

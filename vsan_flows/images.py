@@ -1,0 +1,384 @@
+"""The image service the flows read from (spawn) and write to (snapshot).
+
+``ImageService`` is the small slice of Glance the flows use, so tasks can run against Glance in
+production and against :class:`LocalImageService` (a directory) in tests, the demo and offline
+setups. Both stream: disks are gigabytes, and a service that loads an image into memory fails
+exactly on the images that matter.
+
+An image becomes ``active`` only after every byte has landed and been fsynced: a snapshot export
+that dies half way must leave an image that is visibly not usable (``queued``, or ``killed``
+once the flow gives up), never an active image with half a disk in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+from vsan_flows.exceptions import (
+    ImageAlreadyHasData,
+    ImageError,
+    ImageNotFound,
+    IncompleteTransfer,
+)
+
+CHUNK = 1 << 20
+
+STATUS_QUEUED = "queued"
+STATUS_SAVING = "saving"
+STATUS_ACTIVE = "active"
+STATUS_KILLED = "killed"
+
+# Fields of ImageMeta that callers may set; anything else given to create()/upload() is a
+# custom property, as Glance flattens them.
+_SETTABLE = ("name", "disk_format", "container_format", "min_disk", "min_ram")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """An image record. ``size`` is the stored file's byte count, not the disk's virtual size."""
+
+    id: str
+    name: str | None = None
+    disk_format: str | None = None
+    container_format: str | None = None
+    size: int | None = None
+    status: str = STATUS_QUEUED
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    min_disk: int = 0
+    min_ram: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @property
+    def vmware_disktype(self) -> str | None:
+        return self.properties.get("vmware_disktype")
+
+    @property
+    def vmware_adaptertype(self) -> str | None:
+        return self.properties.get("vmware_adaptertype")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["properties"] = dict(self.properties)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageMeta:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@runtime_checkable
+class ImageService(Protocol):
+    """What flows need from an image service. Implementations must stream, never buffer."""
+
+    def show(self, image_id: str) -> ImageMeta: ...
+
+    def open(self, image_id: str) -> BinaryIO:
+        """A binary file-like over an active image's data; the caller closes it."""
+        ...
+
+    def create(self, meta: Mapping[str, Any]) -> str:
+        """A new empty image record (status queued); returns its id."""
+        ...
+
+    def upload(
+        self,
+        image_id: str,
+        data: Iterable[bytes] | BinaryIO,
+        meta: Mapping[str, Any] | None = None,
+    ) -> ImageMeta:
+        """Store the whole stream; the image turns active only when all of it has landed."""
+        ...
+
+    def delete(self, image_id: str) -> None: ...
+
+    def mark_killed(self, image_id: str, reason: str) -> None: ...
+
+    def list(self) -> list[ImageMeta]: ...
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _chunks(data: Iterable[bytes] | BinaryIO) -> Iterable[bytes]:
+    read = getattr(data, "read", None)
+    if read is None:
+        yield from data  # type: ignore[misc]
+        return
+    while True:
+        chunk = read(CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _split_meta(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate record fields from custom properties (Glance-style flat or nested)."""
+    fields: dict[str, Any] = {}
+    props: dict[str, Any] = dict(meta.get("properties") or {})
+    for key, value in meta.items():
+        if key in _SETTABLE:
+            fields[key] = value
+        elif key in ("id", "properties", "size", "status", "os_hash_algo", "os_hash_value"):
+            continue
+        elif key in ("created_at", "updated_at", "checksum"):
+            continue
+        else:
+            props[key] = value
+    return fields, props
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalImageService:
+    """Images in a directory: ``<id>.data`` (the bytes) and ``<id>.json`` (the record).
+
+    Upload rules, chosen for retried exports: ``queued`` and ``saving`` images accept an
+    upload (``saving`` is what a crashed upload leaves, and the export subflow's retry must be
+    able to write again); ``active`` raises ``ImageAlreadyHasData``; ``killed`` is final.
+    If ``meta`` carries ``size``, the received byte count must equal it.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ paths and records
+
+    def _paths(self, image_id: str) -> tuple[Path, Path]:
+        if not isinstance(image_id, str) or not _ID_RE.match(image_id):
+            raise ImageNotFound(str(image_id))
+        return self.directory / f"{image_id}.data", self.directory / f"{image_id}.json"
+
+    def _load(self, image_id: str) -> ImageMeta:
+        _, meta_path = self._paths(image_id)
+        try:
+            raw = meta_path.read_text()
+        except FileNotFoundError:
+            raise ImageNotFound(image_id) from None
+        return ImageMeta.from_dict(json.loads(raw))
+
+    def _save(self, meta: ImageMeta) -> None:
+        _, meta_path = self._paths(meta.id)
+        payload = json.dumps(meta.to_dict(), indent=2, sort_keys=True).encode()
+        _write_atomic(meta_path, payload)
+
+    # ------------------------------------------------------------------ protocol
+
+    def show(self, image_id: str) -> ImageMeta:
+        return self._load(image_id)
+
+    def open(self, image_id: str) -> BinaryIO:
+        meta = self._load(image_id)
+        if meta.status != STATUS_ACTIVE:
+            raise ImageError(
+                f"Image {image_id} has no data to read (status {meta.status}); only active "
+                "images can be deployed. Wait for its upload to finish or upload it again."
+            )
+        data_path, _ = self._paths(image_id)
+        try:
+            return open(data_path, "rb")  # the caller owns and closes it
+        except FileNotFoundError:
+            raise ImageError(
+                f"Image {image_id} is active but its data file {data_path} is missing; the "
+                "local image store is damaged. Delete the image and upload it again."
+            ) from None
+
+    def create(self, meta: Mapping[str, Any]) -> str:
+        image_id = str(meta.get("id") or uuid.uuid4())
+        if not _ID_RE.match(image_id):
+            raise ImageError(
+                f"Image id {image_id!r} is not allowed; use letters, digits, '-', '_' or '.' "
+                "(or omit it to get a UUID)."
+            )
+        fields, props = _split_meta(meta)
+        with self._lock:
+            if self._paths(image_id)[1].exists():
+                raise ImageError(f"Image {image_id} already exists; choose another id.")
+            now = _now()
+            self._save(
+                ImageMeta(
+                    id=image_id,
+                    properties=props,
+                    status=STATUS_QUEUED,
+                    created_at=now,
+                    updated_at=now,
+                    **fields,
+                )
+            )
+        return image_id
+
+    def upload(
+        self,
+        image_id: str,
+        data: Iterable[bytes] | BinaryIO,
+        meta: Mapping[str, Any] | None = None,
+    ) -> ImageMeta:
+        data_path, _ = self._paths(image_id)
+        with self._lock:
+            current = self._load(image_id)
+            if current.status == STATUS_ACTIVE:
+                raise ImageAlreadyHasData(image_id, current.status)
+            if current.status == STATUS_KILLED:
+                raise ImageError(
+                    f"Image {image_id} was killed and cannot take data; create a new image."
+                )
+            self._save(replace(current, status=STATUS_SAVING, updated_at=_now()))
+
+        expected = (meta or {}).get("size")
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f"{image_id}.", suffix=".part")
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in _chunks(data):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            if expected is not None and received != expected:
+                raise IncompleteTransfer(
+                    f"Upload of image {image_id}",
+                    bytes_sent=received,
+                    bytes_expected=expected,
+                    bytes_stored=0,
+                )
+            os.replace(tmp, data_path)
+            _fsync_dir(self.directory)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            with self._lock:
+                try:  # back to queued so a retry may upload again
+                    self._save(
+                        replace(self._load(image_id), status=STATUS_QUEUED, updated_at=_now())
+                    )
+                except ImageNotFound:
+                    pass  # deleted meanwhile; the original error is what matters
+            raise
+
+        fields, props = _split_meta(meta or {})
+        with self._lock:
+            current = self._load(image_id)
+            done = replace(
+                current,
+                size=received,
+                status=STATUS_ACTIVE,
+                os_hash_algo="sha256",
+                os_hash_value=digest.hexdigest(),
+                properties={**current.properties, **props},
+                updated_at=_now(),
+                **fields,
+            )
+            self._save(done)
+        return done
+
+    def delete(self, image_id: str) -> None:
+        """Remove the image; ``ImageNotFound`` if it is already gone (reverts may ignore that)."""
+        data_path, meta_path = self._paths(image_id)
+        with self._lock:
+            if not meta_path.exists():
+                raise ImageNotFound(image_id)
+            data_path.unlink(missing_ok=True)
+            for part in self.directory.glob(f"{image_id}.*.part"):
+                part.unlink(missing_ok=True)
+            meta_path.unlink()
+
+    def mark_killed(self, image_id: str, reason: str) -> None:
+        """Mark an image that will never get data, keeping the reason for the operator."""
+        data_path, _ = self._paths(image_id)
+        with self._lock:
+            current = self._load(image_id)
+            if current.status == STATUS_ACTIVE:
+                raise ImageAlreadyHasData(image_id, current.status)
+            data_path.unlink(missing_ok=True)
+            props = {**current.properties, "vsan_flows_kill_reason": reason}
+            self._save(
+                replace(current, status=STATUS_KILLED, properties=props, updated_at=_now())
+            )
+
+    def list(self) -> list[ImageMeta]:
+        images = []
+        for meta_path in self.directory.glob("*.json"):
+            try:
+                images.append(self._load(meta_path.stem))
+            except (ImageNotFound, ValueError):
+                continue  # deleted meanwhile, or a stray file that is not ours
+        return sorted(images, key=lambda m: (m.name or "", m.id))
+
+    # ------------------------------------------------------------------ helpers
+
+    def add_file(
+        self,
+        path: str | os.PathLike[str],
+        name: str,
+        disk_format: str = "vmdk",
+        vmware_disktype: str | None = "streamOptimized",
+        *,
+        container_format: str = "bare",
+        vmware_adaptertype: str | None = "lsiLogic",
+        vmware_ostype: str | None = "otherGuest",
+        vmware_image_version: int | None = 1,
+        properties: Mapping[str, Any] | None = None,
+        image_id: str | None = None,
+    ) -> str:
+        """Register a local disk file as an active image (tests, demo); returns the id."""
+        props: dict[str, Any] = {
+            k: v
+            for k, v in (
+                ("vmware_disktype", vmware_disktype),
+                ("vmware_adaptertype", vmware_adaptertype),
+                ("vmware_ostype", vmware_ostype),
+                ("vmware_image_version", vmware_image_version),
+            )
+            if v is not None
+        }
+        props.update(properties or {})
+        meta: dict[str, Any] = {
+            "name": name,
+            "disk_format": disk_format,
+            "container_format": container_format,
+            "properties": props,
+        }
+        if image_id:
+            meta["id"] = image_id
+        new_id = self.create(meta)
+        with open(path, "rb") as f:
+            self.upload(new_id, f)
+        return new_id
