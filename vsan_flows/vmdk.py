@@ -619,6 +619,12 @@ def check_stream_end(
     inflate to its end. A stream cut anywhere after the metadata fails one of these.
     """
     ident = _describe(image_id)
+    if total_bytes is not None and total_bytes % SECTOR:
+        raise InvalidImage(
+            "the stream is cut: a streamOptimized file is a whole number of 512-byte sectors",
+            found=f"{total_bytes} bytes ({total_bytes % SECTOR} past the last sector boundary)",
+            **ident,
+        )
     if header is None or header.gd_at_end:
         footer = read_footer(tail, image_id=image_id)
         if header is not None and footer.capacity_sectors != header.capacity_sectors:
@@ -638,14 +644,14 @@ def check_stream_end(
 
     if head is None or total_bytes is None:
         raise ValueError("a qemu-style stream needs head= and total_bytes= to check its end")
+    if total_bytes < header.overhead_bytes:
+        raise InvalidImage(
+            "the stream is cut inside its metadata",
+            found=f"{total_bytes} bytes, metadata needs {header.overhead_bytes}",
+            **ident,
+        )
     last = last_grain_sector(head, header)
     if last is None:
-        if total_bytes < header.overhead_bytes:
-            raise InvalidImage(
-                "the stream is cut inside its metadata",
-                found=f"{total_bytes} bytes, metadata needs {header.overhead_bytes}",
-                **ident,
-            )
         return
     pos = last * SECTOR
     tail_start = total_bytes - len(tail)
