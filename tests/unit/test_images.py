@@ -1,0 +1,173 @@
+"""LocalImageService: streaming, atomic activation, and the errors a flow will meet."""
+
+import hashlib
+import json
+import os
+import tracemalloc
+
+import pytest
+
+from vsan_flows.exceptions import (
+    ImageAlreadyHasData,
+    ImageError,
+    ImageNotFound,
+    IncompleteTransfer,
+)
+from vsan_flows.images import ImageMeta, ImageService, LocalImageService
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def svc(tmp_path):
+    return LocalImageService(tmp_path / "images")
+
+
+def _blob(n):
+    return bytes(range(256)) * (n // 256)
+
+
+def test_implements_the_protocol(svc):
+    assert isinstance(svc, ImageService)
+
+
+def test_create_then_upload_then_read_back(svc):
+    image_id = svc.create({"name": "snap", "disk_format": "vmdk", "container_format": "bare",
+                           "vmware_disktype": "streamOptimized"})
+    meta = svc.show(image_id)
+    assert meta.status == "queued" and meta.size is None
+    assert meta.vmware_disktype == "streamOptimized"
+    data = _blob(3 * MIB + 100)
+    done = svc.upload(image_id, [data[: MIB], data[MIB:]], {"vmware_adaptertype": "lsiLogic"})
+    assert done.status == "active" and done.size == len(data)
+    assert done.os_hash_algo == "sha256"
+    assert done.os_hash_value == hashlib.sha256(data).hexdigest()
+    assert done.vmware_adaptertype == "lsiLogic"
+    with svc.open(image_id) as f:
+        assert f.read() == data
+    assert svc.show(image_id) == done
+
+
+def test_records_survive_a_new_service_instance(svc, tmp_path):
+    image_id = svc.create({"name": "x"})
+    svc.upload(image_id, [b"abc"])
+    again = LocalImageService(tmp_path / "images")
+    assert again.show(image_id).size == 3
+    assert json.loads((tmp_path / "images" / f"{image_id}.json").read_text())["status"] == "active"
+
+
+def test_upload_streams_without_buffering_the_image(svc):
+    image_id = svc.create({"name": "big"})
+
+    def gen():
+        chunk = b"\x5a" * MIB
+        for _ in range(64):
+            yield chunk
+
+    tracemalloc.start()
+    svc.upload(image_id, gen())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert svc.show(image_id).size == 64 * MIB
+    assert peak < 8 * MIB, peak
+
+
+def test_upload_from_file_object(svc, tmp_path):
+    src = tmp_path / "disk.bin"
+    src.write_bytes(_blob(2 * MIB))
+    image_id = svc.create({"name": "f"})
+    with open(src, "rb") as f:
+        assert svc.upload(image_id, f).size == 2 * MIB
+
+
+def test_a_failing_stream_leaves_no_active_image_and_no_partial_file(svc):
+    image_id = svc.create({"name": "broken"})
+
+    def gen():
+        yield b"x" * MIB
+        raise OSError("connection reset by peer")
+
+    with pytest.raises(OSError, match="reset"):
+        svc.upload(image_id, gen())
+    assert svc.show(image_id).status == "queued"
+    assert sorted(p.name for p in svc.directory.iterdir()) == [f"{image_id}.json"]
+    with pytest.raises(ImageError, match="status queued"):
+        svc.open(image_id)
+    # the retry can upload again
+    assert svc.upload(image_id, [b"ok"]).status == "active"
+
+
+def test_short_stream_against_declared_size_is_incomplete(svc):
+    image_id = svc.create({"name": "short"})
+    with pytest.raises(IncompleteTransfer) as info:
+        svc.upload(image_id, [b"x" * 1000], {"size": 4096})
+    assert info.value.bytes_sent == 1000 and info.value.bytes_expected == 4096
+    assert "1000 bytes sent, 4096 bytes expected" in str(info.value)
+    assert svc.show(image_id).status == "queued"
+
+
+def test_active_images_are_immutable(svc):
+    image_id = svc.create({"name": "a"})
+    svc.upload(image_id, [b"one"])
+    with pytest.raises(ImageAlreadyHasData, match=image_id):
+        svc.upload(image_id, [b"two"])
+    with svc.open(image_id) as f:
+        assert f.read() == b"one"
+
+
+def test_unknown_and_hostile_ids_are_not_found(svc):
+    for bad in ("nope", "../../etc/passwd", ""):
+        with pytest.raises(ImageNotFound):
+            svc.show(bad)
+    with pytest.raises(ImageNotFound, match="nope"):
+        svc.open("nope")
+    with pytest.raises(ImageNotFound):
+        svc.delete("nope")
+    with pytest.raises(ImageNotFound):
+        svc.upload("nope", [b""])
+
+
+def test_delete_removes_data_and_record(svc):
+    image_id = svc.create({"name": "d"})
+    svc.upload(image_id, [b"abc"])
+    svc.delete(image_id)
+    assert list(svc.directory.iterdir()) == []
+    with pytest.raises(ImageNotFound):
+        svc.show(image_id)
+
+
+def test_mark_killed_keeps_the_reason_and_refuses_uploads(svc):
+    image_id = svc.create({"name": "k"})
+    svc.mark_killed(image_id, "export stream was cut")
+    meta = svc.show(image_id)
+    assert meta.status == "killed"
+    assert meta.properties["vsan_flows_kill_reason"] == "export stream was cut"
+    with pytest.raises(ImageError, match="killed"):
+        svc.upload(image_id, [b"late"])
+
+
+def test_list_is_sorted_and_add_file_sets_vmware_properties(svc, tmp_path):
+    src = tmp_path / "d.vmdk"
+    src.write_bytes(b"KDMV" + bytes(508))
+    b = svc.add_file(src, "b-image")
+    a = svc.add_file(src, "a-image", vmware_disktype="sparse", image_id="fixed-id")
+    assert a == "fixed-id"
+    names = [m.name for m in svc.list()]
+    assert names == ["a-image", "b-image"]
+    meta = svc.show(b)
+    assert meta.status == "active" and meta.size == os.path.getsize(src)
+    assert meta.disk_format == "vmdk" and meta.container_format == "bare"
+    assert meta.properties["vmware_disktype"] == "streamOptimized"
+    assert meta.properties["vmware_adaptertype"] == "lsiLogic"
+    assert svc.show(a).vmware_disktype == "sparse"
+
+
+def test_duplicate_id_is_refused(svc):
+    svc.create({"id": "same"})
+    with pytest.raises(ImageError, match="already exists"):
+        svc.create({"id": "same"})
+
+
+def test_meta_round_trips_through_dict():
+    m = ImageMeta(id="i", name="n", properties={"vmware_disktype": "streamOptimized"}, size=5)
+    assert ImageMeta.from_dict(m.to_dict()) == m
