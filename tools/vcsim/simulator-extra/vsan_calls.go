@@ -209,6 +209,7 @@ func vsanCallHook(ctx *Context, method *Method, next func() soap.HasFault) soap.
 		injected = " (injected)"
 	} else {
 		res = next()
+		runAfterCall(ctx)
 	}
 
 	status := "ok"
