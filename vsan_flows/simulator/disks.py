@@ -216,6 +216,7 @@ def make_vmware_stream(src: str | os.PathLike[str], dst: str | os.PathLike[str])
     grain tables, directory, footer and end-of-stream marker, with gdOffset = GD_AT_END in the
     header. qemu-img reads both, so ``qemu-img compare src dst`` proves the rewrite is right,
     and tests of the footer check run against a real layout instead of a hand-made tail.
+    Reads ``src`` into memory: meant for fixtures of a few hundred MiB of data at most.
     """
     data = Path(src).read_bytes()
     header = vmdk.read_header(data)
