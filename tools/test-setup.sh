@@ -35,7 +35,7 @@ stamp=.venv/.vsan-flows-reqs
 want=$(cat requirements.txt test-requirements.txt setup.cfg | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "installing Python requirements into .venv"
-  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
   .venv/bin/pip install -q -r requirements.txt -r test-requirements.txt
   .venv/bin/pip install -q --no-build-isolation -e .
   echo "$want" > "$stamp"

@@ -209,7 +209,10 @@ func main() {
 	}
 
 	simulator.InstallVsanHooks()
-	model.Service.Listen = &url.URL{Host: *listenAddr}
+	// With no explicit user, vcsim accepts ANY password; a real vCenter does not, and the
+	// wrong-password tests must see InvalidLogin. vcsim only checks a login that is not its
+	// own DefaultLogin pointer, so the same credentials are set as a new value.
+	model.Service.Listen = &url.URL{Host: *listenAddr, User: url.UserPassword("user", "pass")}
 	model.Service.TLS = new(tls.Config)
 
 	var server *simulator.Server

@@ -1,0 +1,77 @@
+"""The oslo.vmware session, built from [vmware] options, and its failures made plain.
+
+One session per process: suds loads the WSDL and logs in in about two seconds, so tasks never
+build their own. A dropped or expired vCenter session is re-established by oslo.vmware itself
+(it re-logs in on NotAuthenticated and retries the call).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from oslo_config import cfg
+from oslo_vmware import api
+from oslo_vmware import exceptions as vexc
+
+from vsan_flows import exceptions
+
+# A vCenter that does not answer TCP within this many seconds is reported unreachable at
+# once, instead of after oslo.vmware's api_retry_count rounds of back-off (minutes).
+PROBE_TIMEOUT = 5.0
+
+
+@dataclass
+class VSphere:
+    """A live session plus the facts tasks need to reach lease URLs; never persisted."""
+
+    session: api.VMwareAPISession
+    host: str
+    port: int
+    cluster_name: str | None
+    transfer_timeout: int
+
+    @property
+    def vim(self):
+        return self.session.vim
+
+    def invoke(self, module, method: str, *args, **kwargs):
+        return self.session.invoke_api(module, method, *args, **kwargs)
+
+
+def _probe(host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise exceptions.VCenterUnreachable(host, port, reason) from None
+
+
+def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
+    """Log in to vCenter as [vmware] says; VCenterUnreachable / VCenterAuthError otherwise."""
+    v = conf.vmware
+    if not v.host_ip:
+        raise exceptions.ConfigError("[vmware] host_ip", "is not set",
+                                     "Set it to the vCenter server's address.")
+    _probe(v.host_ip, v.host_port)
+    try:
+        return api.VMwareAPISession(
+            v.host_ip, v.host_username, v.host_password,
+            api_retry_count=v.api_retry_count, task_poll_interval=v.task_poll_interval,
+            port=v.host_port, wsdl_loc=v.wsdl_location, cacert=v.ca_file,
+            insecure=bool(v.insecure and not v.ca_file),
+        )
+    except vexc.VimFaultException as exc:
+        if "InvalidLogin" in (exc.fault_list or []):
+            raise exceptions.VCenterAuthError(v.host_ip, v.host_username) from None
+        raise exceptions.VSphereError(f"vCenter at {v.host_ip} refused the login: "
+                                      f"{', '.join(exc.fault_list or [])}") from None
+    except vexc.VimConnectionException as exc:
+        raise exceptions.VCenterUnreachable(v.host_ip, v.host_port,
+                                            type(exc.cause or exc).__name__) from None
+
+
+def connect(conf: cfg.ConfigOpts) -> VSphere:
+    return VSphere(create_session(conf), conf.vmware.host_ip, conf.vmware.host_port,
+                   conf.vmware.cluster_name, conf.vmware.image_transfer_timeout_secs)

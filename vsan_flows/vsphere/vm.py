@@ -1,0 +1,107 @@
+"""Virtual machines: the shadow-VM import spec, lookup, destroy, snapshots and linked clones.
+
+The shadow VM only holds an image's base disk; it is never powered on. Its spec is the smallest
+one vCenter accepts for ImportVApp: one SCSI controller and one thin disk on the target
+datastore, no NICs.
+"""
+
+from __future__ import annotations
+
+from oslo_vmware import exceptions as vexc
+from oslo_vmware import vim_util
+
+# The disk controller device for each vmware_adaptertype an image may carry.
+CONTROLLERS = {
+    "lsiLogic": "VirtualLsiLogicController",
+    "lsiLogicsas": "VirtualLsiLogicSASController",
+    "paraVirtual": "ParaVirtualSCSIController",
+    "busLogic": "VirtualBusLogicController",
+}
+DEFAULT_ADAPTER = "lsiLogic"
+
+
+def import_spec(cf, name: str, datastore_name: str, capacity_kb: int,
+                adapter_type: str = DEFAULT_ADAPTER, guest_id: str = "otherGuest"):
+    """A VirtualMachineImportSpec for a disk-only VM on ``datastore_name``."""
+    controller = cf.create("ns0:" + CONTROLLERS.get(adapter_type, CONTROLLERS[DEFAULT_ADAPTER]))
+    controller.key = -100
+    controller.busNumber = 0
+    controller.sharedBus = "noSharing"
+    ctl_change = cf.create("ns0:VirtualDeviceConfigSpec")
+    ctl_change.operation = "add"
+    ctl_change.device = controller
+
+    backing = cf.create("ns0:VirtualDiskFlatVer2BackingInfo")
+    backing.fileName = f"[{datastore_name}]"
+    backing.diskMode = "persistent"
+    backing.thinProvisioned = True
+    disk = cf.create("ns0:VirtualDisk")
+    disk.key = -101
+    disk.controllerKey = -100
+    disk.unitNumber = 0
+    disk.capacityInKB = int(capacity_kb)
+    disk.backing = backing
+    disk_change = cf.create("ns0:VirtualDeviceConfigSpec")
+    disk_change.operation = "add"
+    disk_change.fileOperation = "create"
+    disk_change.device = disk
+
+    files = cf.create("ns0:VirtualMachineFileInfo")
+    files.vmPathName = f"[{datastore_name}]"
+    config = cf.create("ns0:VirtualMachineConfigSpec")
+    config.name = name
+    config.guestId = guest_id
+    config.numCPUs = 1
+    config.memoryMB = 128
+    config.files = files
+    config.deviceChange = [ctl_change, disk_change]
+
+    spec = cf.create("ns0:VirtualMachineImportSpec")
+    spec.configSpec = config
+    return spec
+
+
+def find_by_name(session, name: str):
+    """The VM called ``name`` or None. Names are our persisted identities for VMs."""
+    with vim_util.WithRetrieval(
+        session.vim,
+        session.invoke_api(vim_util, "get_objects", session.vim, "VirtualMachine", 100,
+                           ["name"]),
+    ) as objects:
+        for obj in objects:
+            for prop in getattr(obj, "propSet", []) or []:
+                if prop.name == "name" and prop.val == name:
+                    return obj.obj
+    return None
+
+
+def exists(session, vm_ref) -> bool:
+    try:
+        session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref, "name")
+    except vexc.ManagedObjectNotFoundException:
+        return False
+    except vexc.VimFaultException as exc:
+        if "ManagedObjectNotFound" in (exc.fault_list or []):
+            return False
+        raise
+    return True
+
+
+def destroy(session, vm_ref) -> bool:
+    """Destroy a VM and its files; False when it was already gone (safe to run twice)."""
+    if not exists(session, vm_ref):
+        return False
+    try:
+        task = session.invoke_api(session.vim, "Destroy_Task", vm_ref)
+        session.wait_for_task(task)
+    except vexc.ManagedObjectNotFoundException:
+        return False
+    return True
+
+
+def disks(session, vm_ref) -> list:
+    """The VM's VirtualDisk devices (backing.fileName, backing.parent chain)."""
+    devices = session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref,
+                                 "config.hardware.device")
+    items = getattr(devices, "VirtualDevice", None) or []
+    return [d for d in items if d.__class__.__name__ == "VirtualDisk"]
