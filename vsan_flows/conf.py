@@ -124,6 +124,13 @@ flows_opts = [
         help="How many times the import (spawn) or export (snapshot) subflow is reverted and "
         "retried with a fresh lease after a transfer failure. 0 means fail on the first error.",
     ),
+    cfg.BoolOpt(
+        "verify_stored_size",
+        default=True,
+        help="After an import, ask the datastore browser how many bytes the disk file holds "
+        "and fail (rolling back) when it is fewer than were sent. Hosts that store the stream "
+        "as sent (the simulator) or expand it (ESXi) pass; a short file means lost bytes.",
+    ),
     cfg.StrOpt(
         "image_store_dir",
         help="Directory of the local image service (images as <id>.data + <id>.json). Unset "

@@ -83,3 +83,62 @@ def pytest_runtest_makereport(item, call):
     sim = getattr(pytest, "vsan_flows_simulator", None)
     if report.failed and sim is not None:
         report.sections.append(("vcsim log (tail)", sim.log_tail(40)))
+
+
+def make_conf(simulator, wsdl_url, state_dir, **overrides):
+    """A ConfigOpts pointing at the simulator, as a compute node's vsan-flows.conf would."""
+    from oslo_config import cfg
+
+    from vsan_flows import conf as vconf
+
+    c = cfg.ConfigOpts()
+    vconf.register_opts(c)
+    c([], project="vsan-flows", default_config_files=[])
+    values = {
+        ("vmware", "host_ip"): simulator.host,
+        ("vmware", "host_port"): simulator.port,
+        ("vmware", "host_username"): simulator.username,
+        ("vmware", "host_password"): simulator.password,
+        ("vmware", "insecure"): True,
+        ("vmware", "wsdl_location"): wsdl_url,
+        ("vmware", "task_poll_interval"): 0.05,
+        ("vmware", "api_retry_count"): 2,
+        ("vsan_flows", "state_dir"): str(state_dir),
+        ("vsan_flows", "import_retries"): 0,
+    }
+    for key, value in overrides.items():
+        group, _, name = key.partition("__")
+        values[(group, name)] = value
+    for (group, name), value in values.items():
+        c.set_override(name, value, group)
+    return c
+
+
+@pytest.fixture(scope="session")
+def sim_conf(simulator, wsdl_url, tmp_path_factory):
+    return make_conf(simulator, wsdl_url, tmp_path_factory.mktemp("state"))
+
+
+@pytest.fixture(scope="session")
+def vsphere(sim_conf):
+    from vsan_flows.vsphere.session import connect
+
+    return connect(sim_conf)
+
+
+@pytest.fixture
+def images(tmp_path):
+    from vsan_flows.images import LocalImageService
+
+    return LocalImageService(tmp_path / "images")
+
+
+@pytest.fixture
+def destroy_after(vsphere):
+    """Names of VMs a test creates on purpose; destroyed after it, before the leak check."""
+    from vsan_flows.vsphere import instances
+
+    names: list[str] = []
+    yield names
+    for name in names:
+        instances.destroy_by_name(vsphere, name)

@@ -75,3 +75,16 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
 def connect(conf: cfg.ConfigOpts) -> VSphere:
     return VSphere(create_session(conf), conf.vmware.host_ip, conf.vmware.host_port,
                    conf.vmware.cluster_name, conf.vmware.image_transfer_timeout_secs)
+
+
+def ref(value: str, type_: str):
+    """A managed-object reference from its persisted id (tasks persist ids, never objects)."""
+    from oslo_vmware import vim_util
+
+    return vim_util.get_moref(value, type_)
+
+
+def ref_value(moref) -> str:
+    from oslo_vmware import vim_util
+
+    return vim_util.get_moref_value(moref)

@@ -248,3 +248,17 @@ class ImageStreamReader:
 
     def __str__(self) -> str:
         return "image stream"
+
+
+def create_import_lease(session, pool, folder, spec):
+    """ResourcePool.ImportVApp: returns the lease; its entity is the new (shadow) VM."""
+    return session.invoke_api(session.vim, "ImportVApp", pool, spec=spec, folder=folder)
+
+
+def create_export_lease(session, vm_ref):
+    return session.invoke_api(session.vim, "ExportVm", vm_ref)
+
+
+def lease_entity(session, lease):
+    info = session.invoke_api(vim_util, "get_object_property", session.vim, lease, "info")
+    return getattr(info, "entity", None)

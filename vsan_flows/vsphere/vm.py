@@ -105,3 +105,85 @@ def disks(session, vm_ref) -> list:
                                  "config.hardware.device")
     items = getattr(devices, "VirtualDevice", None) or []
     return [d for d in items if d.__class__.__name__ == "VirtualDisk"]
+
+
+def annotation(session, vm_ref) -> str:
+    return session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref,
+                              "config.annotation") or ""
+
+
+def reconfigure(session, vm_ref, *, name: str | None = None,
+                annotation: str | None = None) -> None:
+    """Rename and/or annotate a VM in one ReconfigVM_Task."""
+    spec = session.vim.client.factory.create("ns0:VirtualMachineConfigSpec")
+    if name is not None:
+        spec.name = name
+    if annotation is not None:
+        spec.annotation = annotation
+    task = session.invoke_api(session.vim, "ReconfigVM_Task", vm_ref, spec=spec)
+    session.wait_for_task(task)
+
+
+def create_linked(session, folder, pool, *, name: str, datastore_name: str, parent_disk,
+                  adapter_type: str = DEFAULT_ADAPTER, guest_id: str = "otherGuest",
+                  annotation: str = "", memory_mb: int = 128, vcpus: int = 1):
+    """Create a VM whose only disk is a new child (delta) of ``parent_disk``'s backing.
+
+    This is what makes a spawn cheap on vSAN: the instance shares the cached base disk and
+    writes only its own differences.
+    """
+    cf = session.vim.client.factory
+    controller = cf.create("ns0:" + CONTROLLERS.get(adapter_type, CONTROLLERS[DEFAULT_ADAPTER]))
+    controller.key = -100
+    controller.busNumber = 0
+    controller.sharedBus = "noSharing"
+    ctl_change = cf.create("ns0:VirtualDeviceConfigSpec")
+    ctl_change.operation = "add"
+    ctl_change.device = controller
+
+    parent = cf.create("ns0:VirtualDiskFlatVer2BackingInfo")
+    parent.fileName = parent_disk.backing.fileName
+    parent.diskMode = "persistent"
+    backing = cf.create("ns0:VirtualDiskFlatVer2BackingInfo")
+    backing.fileName = f"[{datastore_name}]"
+    backing.diskMode = "persistent"
+    backing.thinProvisioned = True
+    backing.parent = parent
+    disk = cf.create("ns0:VirtualDisk")
+    disk.key = -101
+    disk.controllerKey = -100
+    disk.unitNumber = 0
+    disk.capacityInKB = parent_disk.capacityInKB
+    disk.backing = backing
+    disk_change = cf.create("ns0:VirtualDeviceConfigSpec")
+    disk_change.operation = "add"
+    disk_change.fileOperation = "create"
+    disk_change.device = disk
+
+    files = cf.create("ns0:VirtualMachineFileInfo")
+    files.vmPathName = f"[{datastore_name}]"
+    config = cf.create("ns0:VirtualMachineConfigSpec")
+    config.name = name
+    config.guestId = guest_id
+    config.numCPUs = vcpus
+    config.memoryMB = memory_mb
+    config.annotation = annotation
+    config.files = files
+    config.deviceChange = [ctl_change, disk_change]
+    task = session.invoke_api(session.vim, "CreateVM_Task", folder, config=config, pool=pool)
+    info = session.wait_for_task(task)
+    return info.result
+
+
+def all_disks(session) -> dict[str, list]:
+    """Every VM's name -> its VirtualDisk devices, in one property-collector pass."""
+    result: dict[str, list] = {}
+    retrieve = session.invoke_api(vim_util, "get_objects", session.vim, "VirtualMachine", 100,
+                                  ["name", "config.hardware.device"])
+    with vim_util.WithRetrieval(session.vim, retrieve) as objects:
+        for obj in objects:
+            props = {p.name: p.val for p in getattr(obj, "propSet", []) or []}
+            devices = getattr(props.get("config.hardware.device"), "VirtualDevice", None) or []
+            result[props.get("name")] = [d for d in devices
+                                         if d.__class__.__name__ == "VirtualDisk"]
+    return result

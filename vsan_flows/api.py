@@ -1,0 +1,46 @@
+"""The library's front door: spawn and snapshot by name, as the nova façade calls them."""
+
+from __future__ import annotations
+
+import uuid
+
+from oslo_config import cfg
+
+from vsan_flows import conf as vconf
+from vsan_flows.images import ImageService, LocalImageService
+from vsan_flows.policy import Policy
+from vsan_flows.runtime import runner
+from vsan_flows.vsphere.session import VSphere, connect
+
+SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
+
+
+def image_service(conf: cfg.ConfigOpts) -> ImageService:
+    return LocalImageService(vconf.image_store_dir(conf))
+
+
+def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
+          vsphere: VSphere | None = None, images: ImageService | None = None,
+          backend=None, listeners: tuple = ()) -> dict:
+    """Deploy ``image_id`` as the VM ``instance_name``; returns the flow's facts.
+
+    Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
+    been rolled back.
+    """
+    token = uuid.uuid4().hex[:12]
+    store = {
+        "instance_name": instance_name,
+        "image_id": image_id,
+        "flow_token": token,
+        "import_vm_name": f"vsanflows-import-{token}",
+    }
+    transients = {
+        "vsphere": vsphere or connect(conf),
+        "images": images or image_service(conf),
+        "policy": Policy.from_conf(conf),
+    }
+    return runner.run(
+        SPAWN_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
+        backend=backend, book_name=f"spawn {instance_name}",
+        book_meta={"operation": "spawn", "instance": instance_name, "image": image_id},
+        engine=conf.vsan_flows.engine, listeners=listeners)

@@ -1,0 +1,44 @@
+"""The instance's root disk: a linked child of the cached base disk."""
+
+from __future__ import annotations
+
+from taskflow import task
+
+from vsan_flows import exceptions
+from vsan_flows.vsphere import instances
+
+
+def _note(flow_token: str) -> str:
+    return f"vsan_flows instance: flow={flow_token}"
+
+
+class CloneLinkedDisk(task.Task):
+    """Create the instance VM with a root disk that is a delta of the shadow VM's base disk.
+
+    The VM note carries this flow's token: a re-run after a crash adopts the VM it already
+    made instead of failing or making a second one, and revert never destroys a VM that some
+    other flow (or a person) created under the same name.
+    """
+
+    default_provides = "instance_vm"
+
+    def execute(self, vsphere, instance_name: str, image: dict, datastore: dict,
+                shadow_vm: dict, flow_token: str) -> dict:
+        existing = instances.find(vsphere, instance_name)
+        if existing is not None:
+            if _note(flow_token) not in instances.annotation(vsphere, existing):
+                raise exceptions.VSphereError(
+                    f"a VM named {instance_name!r} already exists in vCenter and was not "
+                    "created by this spawn; delete it or choose another instance name")
+            vm_id = existing
+        else:
+            vm_id = instances.create_linked(
+                vsphere, name=instance_name, datastore_name=datastore["name"],
+                parent_vm_id=shadow_vm["vm"], adapter_type=image["adapter_type"],
+                guest_id=image["os_type"], note=_note(flow_token))
+        disk = instances.first_disk(vsphere, vm_id)
+        return {"vm": vm_id, "name": instance_name, "disk": disk["path"],
+                "parent": disk["parent"]}
+
+    def revert(self, vsphere, instance_name: str, flow_token: str, **kwargs) -> None:
+        instances.destroy_by_name(vsphere, instance_name, only_if_note_has=_note(flow_token))

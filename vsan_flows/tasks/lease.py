@@ -1,0 +1,52 @@
+"""Import leases: created in one task, completed in another, aborted by revert."""
+
+from __future__ import annotations
+
+import logging
+
+from taskflow import task
+
+from vsan_flows.vsphere import imports, instances
+
+LOG = logging.getLogger(__name__)
+
+
+class CreateImportLease(task.Task):
+    """ImportVApp a disk-only shadow VM on the chosen datastore and wait for its lease.
+
+    The VM's name is fixed before execute (``import_vm_name``, from the flow's store), so a
+    revert after a crash that lost this task's result still finds and destroys it.
+    """
+
+    default_provides = "import_lease"
+
+    def execute(self, vsphere, image: dict, datastore: dict, import_vm_name: str,
+                cached_shadow: dict | None) -> dict | None:
+        if cached_shadow:
+            return None  # the image cache already holds this image: import nothing
+        leftover = instances.find(vsphere, import_vm_name)
+        if leftover is not None:
+            # A crashed earlier attempt of this same flow; its lease is dead with it.
+            LOG.info("destroying leftover half-import %s before importing again",
+                     import_vm_name)
+            instances.destroy(vsphere, leftover)
+        result = imports.begin_import(
+            vsphere, vm_name=import_vm_name, datastore_name=datastore["name"],
+            capacity_bytes=image["virtual_size"], adapter_type=image["adapter_type"],
+            guest_id=image["os_type"])
+        return {**result, "vm_name": import_vm_name}
+
+    def revert(self, vsphere, import_vm_name: str, result=None, **kwargs) -> None:
+        if isinstance(result, dict) and result.get("lease"):
+            imports.abort_lease(vsphere, result["lease"])
+        # By name, not by id: the id is lost when we crashed inside execute.
+        instances.destroy_by_name(vsphere, import_vm_name)
+
+
+class CompleteLease(task.Task):
+    """Tell vCenter the transfer is done; only after the stream was verified end to end."""
+
+    def execute(self, vsphere, import_lease: dict | None) -> None:
+        if import_lease is None:
+            return  # cache hit, no lease
+        imports.complete_lease(vsphere, import_lease["lease"])

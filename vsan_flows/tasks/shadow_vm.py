@@ -1,0 +1,86 @@
+"""The image cache: one never-powered-on shadow VM per image per datastore."""
+
+from __future__ import annotations
+
+from taskflow import task
+
+from vsan_flows import exceptions
+from vsan_flows.vsphere import instances
+
+NOTE_PREFIX = "vsan_flows image cache"
+
+
+def cache_vm_name(image_id: str, datastore_moref: str) -> str:
+    return f"vsanflows-image-{image_id}-{datastore_moref}"
+
+
+def _note(image: dict, flow_token: str) -> str:
+    return f"{NOTE_PREFIX}: image={image['id']} size={image['size']} flow={flow_token}"
+
+
+class LookupImageCache(task.Task):
+    """Find a complete cache entry for this image on this datastore, or None.
+
+    Only a VM carrying our cache note counts: a half-import never gets the note, so it can
+    never be mistaken for a cached image.
+    """
+
+    default_provides = "cached_shadow"
+
+    def execute(self, vsphere, image: dict, datastore: dict) -> dict | None:
+        name = cache_vm_name(image["id"], datastore["moref"])
+        vm_id = instances.find(vsphere, name)
+        if vm_id is None:
+            return None
+        note = instances.annotation(vsphere, vm_id)
+        if not note.startswith(NOTE_PREFIX) or f"image={image['id']} " not in note:
+            return None
+        disk = instances.first_disk(vsphere, vm_id)
+        return {"vm": vm_id, "name": name, "disk": disk["path"], "created": False}
+
+
+class RegisterShadowVM(task.Task):
+    """Turn the freshly imported VM into the cache entry (rename + note), or reuse the cache.
+
+    Revert removes an entry this flow created, unless an instance already links to it.
+    """
+
+    default_provides = "shadow_vm"
+
+    def execute(self, vsphere, image: dict, datastore: dict, flow_token: str,
+                import_vm_name: str, cached_shadow: dict | None) -> dict:
+        if cached_shadow:
+            return cached_shadow
+        # The imported VM is found by its persisted name, not through the import subflow's
+        # results: on a cache hit that subflow is skipped and has no results to read.
+        name = cache_vm_name(image["id"], datastore["moref"])
+        existing = instances.find(vsphere, name)
+        if existing is not None and f"flow={flow_token}" in instances.annotation(vsphere,
+                                                                                existing):
+            # We renamed it already and crashed before our result was saved.
+            disk = instances.first_disk(vsphere, existing)
+            return {"vm": existing, "name": name, "disk": disk["path"], "created": True}
+        imported = instances.find(vsphere, import_vm_name)
+        if imported is None:
+            raise exceptions.VSphereError(
+                f"the imported VM {import_vm_name} disappeared before it could be cached; "
+                "retry the spawn")
+        if existing is not None:
+            # Another flow cached the same image meanwhile: keep theirs, drop ours.
+            instances.destroy(vsphere, imported)
+            disk = instances.first_disk(vsphere, existing)
+            return {"vm": existing, "name": name, "disk": disk["path"], "created": False}
+        instances.rename(vsphere, imported, name, _note(image, flow_token))
+        disk = instances.first_disk(vsphere, imported)
+        return {"vm": imported, "name": name, "disk": disk["path"], "created": True}
+
+    def revert(self, vsphere, image: dict, datastore: dict, flow_token: str, result=None,
+               **kwargs) -> None:
+        name = cache_vm_name(image["id"], datastore["moref"])
+        vm_id = instances.find(vsphere, name)
+        if vm_id is None or f"flow={flow_token}" not in instances.annotation(vsphere, vm_id):
+            return  # not ours (or already gone): nothing this flow did to undo
+        disk = instances.first_disk(vsphere, vm_id)
+        if instances.linked_children(vsphere, disk["path"]):
+            return  # other instances use it now; it stays as a cache entry
+        instances.destroy(vsphere, vm_id)

@@ -1,0 +1,89 @@
+"""Task-level operations of an image import: ids in, ids out, nothing live persisted.
+
+Tasks call these with the run-time :class:`~vsan_flows.vsphere.session.VSphere` and the
+identities they persisted (managed-object ids, VM names); this module turns them back into
+references and drives the lower-level modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import BinaryIO
+
+from vsan_flows import exceptions
+from vsan_flows.vsphere import disk, inventory, transfer, vm
+from vsan_flows.vsphere.session import VSphere, ref, ref_value
+
+
+def _placement(ctx: VSphere):
+    cluster = inventory.cluster_by_name(ctx.session, ctx.cluster_name)
+    if cluster is None:
+        raise exceptions.ConfigError(
+            "[vmware] cluster_name", f"no cluster called {ctx.cluster_name!r} in vCenter",
+            "Set it to one of the cluster names vCenter shows.")
+    return inventory.resource_pool(ctx.session, cluster), inventory.vm_folder(ctx.session,
+                                                                              cluster)
+
+
+def list_datastores(ctx: VSphere) -> list:
+    cluster = inventory.cluster_by_name(ctx.session, ctx.cluster_name)
+    return inventory.datastores(ctx.session, cluster)
+
+
+def begin_import(ctx: VSphere, *, vm_name: str, datastore_name: str, capacity_bytes: int,
+                 adapter_type: str | None, guest_id: str | None) -> dict:
+    """ImportVApp a disk-only VM and wait for its lease; returns the lease and VM ids."""
+    pool, folder = _placement(ctx)
+    spec = vm.import_spec(ctx.vim.client.factory, vm_name, datastore_name,
+                          (capacity_bytes + 1023) // 1024,
+                          adapter_type or vm.DEFAULT_ADAPTER, guest_id or "otherGuest")
+    lease = transfer.create_import_lease(ctx.session, pool, folder, spec)
+    lease_id = ref_value(lease)
+    try:
+        transfer.wait_ready(ctx.session, lease)
+        entity = transfer.lease_entity(ctx.session, lease)
+    except Exception:
+        # The caller never learns this lease id, so it is released here, not by a revert.
+        transfer.abort(ctx.session, lease)
+        raise
+    return {"lease": lease_id, "vm": ref_value(entity) if entity is not None else None}
+
+
+def abort_lease(ctx: VSphere, lease_id: str) -> bool:
+    return transfer.abort(ctx.session, ref(lease_id, "HttpNfcLease"))
+
+
+def complete_lease(ctx: VSphere, lease_id: str) -> None:
+    transfer.complete(ctx.session, ref(lease_id, "HttpNfcLease"))
+
+
+def upload(ctx: VSphere, lease_id: str, source: BinaryIO, size: int,
+           on_progress: Callable[[int], None] | None = None) -> int:
+    """Stream ``size`` bytes to the lease's disk URL and insist every byte was accepted."""
+    lease = ref(lease_id, "HttpNfcLease")
+    device = transfer.disk_device(ctx.session, lease, ctx.host, ctx.port)
+    reader = transfer.ImageStreamReader(source)
+    writer = transfer.LeaseUploadHandle(ctx.session, lease, device, size, on_progress)
+    transfer.copy(reader, writer, ctx.transfer_timeout, "The image upload", size)
+    if reader.bytes_read != size:
+        raise exceptions.IncompleteTransfer("The image upload", bytes_sent=reader.bytes_read,
+                                            bytes_expected=size)
+    if writer.response_status is None or not 200 <= writer.response_status < 300:
+        raise exceptions.IncompleteTransfer(
+            f"The image upload (vCenter answered {writer.response_status or 'nothing'})",
+            bytes_sent=reader.bytes_read, bytes_expected=size)
+    return reader.bytes_read
+
+
+def stored_disk(ctx: VSphere, vm_id: str) -> tuple[str, int | None]:
+    """(datastore path, bytes stored) of the VM's first disk, as the datastore reports it."""
+    vm_ref = ref(vm_id, "VirtualMachine")
+    disks = vm.disks(ctx.session, vm_ref)
+    if not disks:
+        raise exceptions.VSphereError(f"VM {vm_id} has no disk")
+    path = disks[0].backing.fileName
+    ds_name, _ = disk.split_path(path)
+    ds = next((d for d in list_datastores(ctx) if d.name == ds_name), None)
+    if ds is None:
+        return path, None
+    return path, disk.file_size(ctx.session, ref(ds.moref, "Datastore"), path)

@@ -1,0 +1,73 @@
+"""Task-level VM operations by persisted identity (VM id or name); see imports.py."""
+
+from __future__ import annotations
+
+from vsan_flows import exceptions
+from vsan_flows.vsphere import vm
+from vsan_flows.vsphere.imports import _placement
+from vsan_flows.vsphere.session import VSphere, ref, ref_value
+
+
+def find(ctx: VSphere, name: str) -> str | None:
+    found = vm.find_by_name(ctx.session, name)
+    return ref_value(found) if found is not None else None
+
+
+def annotation(ctx: VSphere, vm_id: str) -> str:
+    return vm.annotation(ctx.session, ref(vm_id, "VirtualMachine"))
+
+
+def rename(ctx: VSphere, vm_id: str, name: str, note: str) -> None:
+    vm.reconfigure(ctx.session, ref(vm_id, "VirtualMachine"), name=name, annotation=note)
+
+
+def destroy(ctx: VSphere, vm_id: str) -> bool:
+    return vm.destroy(ctx.session, ref(vm_id, "VirtualMachine"))
+
+
+def destroy_by_name(ctx: VSphere, name: str, *, only_if_note_has: str | None = None) -> bool:
+    """Destroy the VM called ``name``; with ``only_if_note_has``, only when it is ours."""
+    vm_id = find(ctx, name)
+    if vm_id is None:
+        return False
+    if only_if_note_has is not None and only_if_note_has not in annotation(ctx, vm_id):
+        return False
+    return destroy(ctx, vm_id)
+
+
+def first_disk(ctx: VSphere, vm_id: str) -> dict:
+    disks = vm.disks(ctx.session, ref(vm_id, "VirtualMachine"))
+    if not disks:
+        raise exceptions.VSphereError(f"VM {vm_id} has no virtual disk")
+    d = disks[0]
+    parent = getattr(d.backing, "parent", None)
+    return {"path": d.backing.fileName, "capacity_kb": int(d.capacityInKB),
+            "parent": getattr(parent, "fileName", None)}
+
+
+def linked_children(ctx: VSphere, disk_path: str) -> list[str]:
+    """Names of VMs with a disk whose parent chain starts at ``disk_path``."""
+    children = []
+    for name, disks in vm.all_disks(ctx.session).items():
+        for d in disks:
+            parent = getattr(d.backing, "parent", None)
+            if parent is not None and parent.fileName == disk_path:
+                children.append(name)
+    return children
+
+
+def create_linked(ctx: VSphere, *, name: str, datastore_name: str, parent_vm_id: str,
+                  adapter_type: str | None, guest_id: str | None, note: str) -> str:
+    pool, folder = _placement(ctx)
+    parent_disks = vm.disks(ctx.session, ref(parent_vm_id, "VirtualMachine"))
+    if not parent_disks:
+        raise exceptions.VSphereError(f"image cache VM {parent_vm_id} has no disk to link to")
+    new = vm.create_linked(ctx.session, folder, pool, name=name, datastore_name=datastore_name,
+                           parent_disk=parent_disks[0],
+                           adapter_type=adapter_type or vm.DEFAULT_ADAPTER,
+                           guest_id=guest_id or "otherGuest", annotation=note)
+    return ref_value(new)
+
+
+def names_with_prefix(ctx: VSphere, prefix: str) -> list[str]:
+    return sorted(n for n in vm.all_disks(ctx.session) if n and n.startswith(prefix))
