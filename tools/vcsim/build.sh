@@ -28,6 +28,12 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 BIN=$OUTDIR/$PROG
 STAMP=$OUTDIR/.inputs.sha256
 
+# One build at a time per OUTDIR (test runs may call this concurrently).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$OUTDIR/.lock"
+    flock 9
+fi
+
 # Everything the binary depends on: our sources, the govmomi tree (by file
 # list and sizes/mtimes, cheap), the Go version.
 inputs_hash() {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
+	"github.com/vmware/govmomi/vim25/xml"
 )
 
 type methodFault struct {
@@ -131,11 +132,7 @@ func failCall(ctx *Context, method *Method, mf *methodFault) soap.HasFault {
 	if !mf.inTask {
 		return &serverFaultBody{Reason: Fault(msg, fault)}
 	}
-	rtype, ok := types.TypeFunc()(method.Name + "Response")
-	if !ok {
-		return &serverFaultBody{Reason: Fault(msg, fault)}
-	}
-	var obj = ctx.Map.Get(method.This)
+	obj := ctx.Map.Get(method.This)
 	if obj == nil {
 		return &serverFaultBody{Reason: Fault("managed object not found", &types.ManagedObjectNotFound{Obj: method.This})}
 	}
@@ -146,9 +143,25 @@ func failCall(ctx *Context, method *Method, mf *methodFault) soap.HasFault {
 	})
 	ref := task.Run()
 	task.Info.Error.LocalizedMessage = msg
-	res := reflect.New(rtype)
-	res.Elem().FieldByName("Returnval").Set(reflect.ValueOf(ref))
-	return &genericBody{Res: res.Interface()}
+	return &genericBody{Res: &taskResponse{name: method.Name + "Response", Returnval: ref}}
+}
+
+// taskResponse encodes as <{Method}Response><returnval type="Task">...;
+// the generated *_TaskResponse types are not reachable by name.
+type taskResponse struct {
+	name      string
+	Returnval types.ManagedObjectReference
+}
+
+func (t *taskResponse) MarshalXML(e *xml.Encoder, start xml.StartElement) error {
+	start.Name.Local = t.name
+	if err := e.EncodeToken(start); err != nil {
+		return err
+	}
+	if err := e.EncodeElement(t.Returnval, xml.StartElement{Name: xml.Name{Local: "returnval"}}); err != nil {
+		return err
+	}
+	return e.EncodeToken(start.End())
 }
 
 func faultName(f *soap.Fault) string {

@@ -140,9 +140,9 @@ func (m *Model) CreateVsan(specs []VsanDatastoreSpec) ([]VsanDatastore, error) {
 
 	// A clean inventory: no VM may be left from the model.
 	for _, e := range Map.All("VirtualMachine") {
-		vm := e.(*VirtualMachine)
-		vm.Runtime.PowerState = types.VirtualMachinePowerStatePoweredOff
-		vm.DestroyTask(internalContext, &types.Destroy_Task{This: vm.Self})
+		if err := destroyVM(e.(*VirtualMachine)); err != nil {
+			return nil, fmt.Errorf("cannot remove model VM %s: %s", e.Entity().Name, err)
+		}
 	}
 
 	return out, nil

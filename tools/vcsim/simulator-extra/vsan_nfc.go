@@ -8,6 +8,7 @@ package simulator
 // survive a session being terminated and stay listed until Complete/Abort.
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -157,10 +158,31 @@ func (l *HttpNfcLease) rollbackImport() {
 	if !ok {
 		return
 	}
-	Map.WithLock(vm, func() {
-		vm.DestroyTask(internalContext, &types.Destroy_Task{This: vm.Self})
-	})
+	if err := destroyVM(vm); err != nil {
+		log.Printf("lease %s: rolling back the import: destroying %s failed: %s", l.Self.Value, vm.Self.Value, err)
+		return
+	}
 	log.Printf("lease %s: import rolled back, %s destroyed", l.Self.Value, vm.Self.Value)
+}
+
+// vsanContext is a context for internal calls.  (vcsim's internalContext
+// keeps the registry of package init, replaced when the model is created.)
+func vsanContext() *Context {
+	return &Context{Context: context.Background(), Session: internalContext.Session, Map: Map}
+}
+
+// destroyVM runs Destroy_Task on vm (powered off first) and waits for it.
+func destroyVM(vm *VirtualMachine) error {
+	var res soap.HasFault
+	Map.WithLock(vm, func() {
+		vm.Runtime.PowerState = types.VirtualMachinePowerStatePoweredOff
+		res = vm.DestroyTask(vsanContext(), &types.Destroy_Task{This: vm.Self})
+	})
+	ref := res.(*methods.Destroy_TaskBody).Res.Returnval
+	if t, ok := Map.Get(ref).(*Task); ok && t.Info.Error != nil {
+		return fmt.Errorf("%T", t.Info.Error.Fault)
+	}
+	return nil
 }
 
 func (l *HttpNfcLease) release() {
