@@ -1,0 +1,219 @@
+"""Unit tests for the persistence backend helpers: URL handling, errors, sqlite files.
+
+Everything here runs on sqlite files or memory://; the database servers are exercised in
+tests/functional/test_persistence_backends.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import sqlite3
+
+import pytest
+from oslo_config import cfg
+from taskflow.persistence import models
+
+from vsan_flows import conf as vconf
+from vsan_flows.exceptions import ConfigError, FlowError
+from vsan_flows.runtime import persistence
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://user:secret@host/db", "postgresql://user:***@host/db"),
+        ("postgresql://user:secret@host:5432/db?sslmode=require",
+         "postgresql://user:***@host:5432/db?sslmode=require"),
+        ("mysql+pymysql://root:pa%40ss%2Fw%3Ard@127.0.0.1:3306/test",
+         "mysql+pymysql://root:***@127.0.0.1:3306/test"),
+        # unencoded specials: still masked (the last @ ends the password)
+        ("mysql://u:p@ss/w:rd@db.example/x", "mysql://u:***@db.example/x"),
+        ("postgresql://u:@host/db", "postgresql://u:***@host/db"),
+        ("postgresql://host/db?user=u&password=hunter22", "postgresql://host/db?user=u&password=***"),
+        ("postgresql://u:s@h/db?PASSWORD=x&a=b", "postgresql://u:***@h/db?PASSWORD=***&a=b"),
+        ("user:secret@host/db", "user:***@host/db"),
+        # nothing to hide
+        ("postgresql://user@host/db", "postgresql://user@host/db"),
+        ("sqlite:////var/lib/vsan-flows/flows.sqlite", "sqlite:////var/lib/vsan-flows/flows.sqlite"),
+        ("sqlite:////srv/a@b:c/flows.sqlite", "sqlite:////srv/a@b:c/flows.sqlite"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_mask_url(url, masked):
+    assert persistence.mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "says"),
+    [
+        ("ftp://u:topsecret@h/x", "scheme", "unsupported scheme 'ftp'"),
+        ("zookeeper://h:2181", "scheme", "unsupported scheme"),
+        ("not a url", "malformed", "not a URL"),
+        ("", "malformed", "empty"),
+        ("postgresql://u:topsecret@h:abc/db", "malformed", "cannot be parsed"),
+        ("postgresql://u:topsecret@h", "malformed", "no database name"),
+        ("sqlite://", "malformed", "in-memory"),
+        ("sqlite:///:memory:", "malformed", "in-memory"),
+        ("postgresql+pg8000://u:topsecret@h/db", "driver", "'pg8000' is not installed"),
+        ("mysql+mysqldb://u:topsecret@h/db", "driver", "'MySQLdb' is not installed"),
+    ],
+)
+def test_bad_urls_give_one_clear_error(url, kind, says):
+    with pytest.raises(persistence.PersistenceError) as info:
+        persistence.upgrade_schema(persistence.backend_from_url(url), url)
+    err = info.value
+    assert isinstance(err, ConfigError)
+    assert err.kind == kind
+    assert err.option == "[vsan_flows] persistence_connection"
+    assert says in str(err)
+    assert "topsecret" not in str(err)
+    # no SQLAlchemy traceback attached
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+
+
+def test_error_survives_pickling_without_the_password():
+    with pytest.raises(persistence.PersistenceError) as info:
+        persistence.backend_from_url("ftp://u:topsecret@h/x")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert (again.kind, str(again)) == ("scheme", str(info.value))
+    assert "topsecret" not in pickle.dumps(info.value).decode("latin-1")
+
+
+@pytest.mark.parametrize(
+    ("scheme", "driver"),
+    [("postgresql", "postgresql+psycopg2"), ("postgres", "postgresql+psycopg2"),
+     ("mysql", "mysql+pymysql"), ("mariadb", "mysql+pymysql"),
+     ("mysql+pymysql", "mysql+pymysql")],
+)
+def test_bare_schemes_use_the_drivers_we_ship(scheme, driver):
+    backend = persistence.backend_from_url(f"{scheme}://u:p@127.0.0.1:1/db")
+    try:
+        assert backend.engine.url.drivername == driver
+        assert backend.engine.url.password == "p"
+    finally:
+        backend.close()
+
+
+def test_sqlite_creates_parent_directories(tmp_path):
+    path = tmp_path / "a" / "b" / "flows.sqlite"
+    backend = persistence.backend_from_url(f"sqlite:///{path}")
+    try:
+        persistence.upgrade_schema(backend)
+    finally:
+        backend.close()
+    assert path.is_file()
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    tables = {r[0] for r in sqlite3.connect(path).execute("select name from sqlite_master")}
+    assert {"logbooks", "flowdetails", "atomdetails"} <= tables
+
+
+def test_sqlite_directory_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(persistence.PersistenceError) as info:
+        persistence.backend_from_url(f"sqlite:///{blocker}/sub/flows.sqlite")
+    assert info.value.kind == "path"
+    assert str(blocker) in str(info.value)
+
+
+def test_sqlite_file_is_in_wal_mode_with_full_sync(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    backend = persistence.backend_from_url(f"sqlite:///{path}")
+    try:
+        persistence.upgrade_schema(backend)
+        with backend.engine.connect() as conn:
+            pragmas = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "foreign_keys")
+            }
+    finally:
+        backend.close()
+    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}
+
+
+@pytest.fixture
+def conf(tmp_path):
+    c = cfg.ConfigOpts()
+    vconf.register_opts(c)
+    c([], project="vsan-flows-test", default_config_files=[])
+    c.set_override("state_dir", str(tmp_path / "state"), group="vsan_flows")
+    return c
+
+
+def test_open_backend_defaults_to_sqlite_in_state_dir_and_upgrades_twice(conf, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="vsan_flows")
+    for _ in range(2):  # the second start finds the schema current and changes nothing
+        backend = persistence.open_backend(conf)
+        with contextlib.closing(backend.get_connection()) as conn:
+            conn.save_logbook(models.LogBook("b"))
+            assert len(list(conn.get_logbooks())) >= 1
+        backend.close()
+    assert (tmp_path / "state" / "flows.sqlite").is_file()
+    assert "schema up to date" in caplog.text
+
+
+def test_open_backend_masks_the_password_everywhere(conf, caplog):
+    caplog.set_level(logging.DEBUG)
+    conf.set_override("persistence_connection", "ftp://u:topsecret@h/x", group="vsan_flows")
+    with pytest.raises(persistence.PersistenceError) as info:
+        persistence.open_backend(conf)
+    assert "ftp://u:***@h/x" in str(info.value)
+    assert "topsecret" not in caplog.text
+
+
+def test_shared_connection_keeps_working_after_close(tmp_path):
+    """We rely on TaskFlow's Connection.close() being a no-op; fail loudly if that changes."""
+    backend = persistence.backend_from_url(f"sqlite:///{tmp_path}/flows.sqlite")
+    persistence.upgrade_schema(backend)
+    first = backend.get_connection()
+    first.close()
+    assert backend.get_connection() is first
+    first.save_logbook(models.LogBook("after-close"))
+    assert [b.name for b in first.get_logbooks()] == ["after-close"]
+    backend.close()
+
+
+def _book_with_flows(backend, *names):
+    book = models.LogBook("book")
+    for name in names:
+        fd = models.FlowDetail(name, uuid=f"uuid-{name}")
+        fd.add(models.TaskDetail(f"{name}-task", uuid=f"atom-{name}"))
+        book.add(fd)
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.save_logbook(book)
+    return book
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+def test_maintenance_helpers(kind, tmp_path):
+    url = f"sqlite:///{tmp_path}/flows.sqlite" if kind == "sqlite" else "memory://"
+    backend = persistence.backend_from_url(url)
+    persistence.upgrade_schema(backend)
+    lonely = _book_with_flows(backend, "lonely")
+    shared = _book_with_flows(backend, "a", "b")
+
+    listed = {(book.uuid, fd.uuid) for book, fd in persistence.list_flow_details(backend)}
+    assert listed == {(lonely.uuid, "uuid-lonely"), (shared.uuid, "uuid-a"),
+                      (shared.uuid, "uuid-b")}
+
+    book, fd = persistence.find_flow_detail(backend, "uuid-a")
+    assert (book.uuid, fd.name, [a.name for a in fd]) == (shared.uuid, "a", ["a-task"])
+    with pytest.raises(FlowError, match="no such flow"):
+        persistence.find_flow_detail(backend, "nope")
+
+    persistence.destroy_flow_detail(backend, "uuid-lonely")  # whole logbook goes
+    with contextlib.closing(backend.get_connection()) as conn:
+        assert lonely.uuid not in {b.uuid for b in conn.get_logbooks()}
+    if kind == "memory":
+        with pytest.raises(FlowError, match="shares logbook"):
+            persistence.destroy_flow_detail(backend, "uuid-a")
+    else:
+        persistence.destroy_flow_detail(backend, "uuid-a")  # only this flow and its atoms
+        assert [fd.uuid for _, fd in persistence.list_flow_details(backend)] == ["uuid-b"]
+        db = sqlite3.connect(tmp_path / "flows.sqlite")
+        atoms = {r[0] for r in db.execute("select uuid from atomdetails")}
+        flows = {r[0] for r in db.execute("select uuid from flowdetails")}
+        assert (atoms, flows) == ({"atom-b"}, {"uuid-b"})  # nothing orphaned
+    backend.close()

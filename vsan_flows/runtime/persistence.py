@@ -1,0 +1,576 @@
+"""The TaskFlow persistence backend: where flow state lives so flows resume after a restart.
+
+Why this module exists instead of a bare ``taskflow.persistence.backends.fetch(url)``:
+
+* **Errors a person can act on.** A wrong URL, a database that is down, a wrong password or a
+  missing driver all surface from SQLAlchemy as long tracebacks. Here each becomes one
+  :class:`PersistenceError` (a :class:`~vsan_flows.exceptions.ConfigError`) that names the
+  option, the problem (host:port, user, database) and what to do.
+* **The password never leaks.** Database URLs carry passwords and end up in messages and logs;
+  every URL we print goes through :func:`mask_url`, and driver text is scrubbed of the password.
+* **Drivers we ship.** SQLAlchemy 2.1 maps ``postgresql://`` to psycopg (v3) and ``mysql://`` to
+  mysqlclient; we install psycopg2 and PyMySQL, so bare schemes are pointed at those.
+* **Schema upgrades that tolerate company.** Two compute services starting at once on a fresh
+  database would race TaskFlow's ``create_all``/alembic; the upgrade runs under a
+  cross-process lock (file lock for sqlite, advisory lock for PostgreSQL and MariaDB).
+* **Speed without giving up durability.** TaskFlow's storage calls ``get_connection()`` for every
+  state change (~35 per 8-task flow) and its SQLAlchemy backend builds a fresh ``MetaData`` and
+  table set each time, so every statement is recompiled: that, not fsync or connecting, is most
+  of the ~400 ms a trivial 8-task flow costs on sqlite. We hand out one shared connection object
+  per backend (it is stateless apart from the engine and table objects, and thread-safe), pool
+  sqlite connections and run sqlite in WAL mode with ``synchronous=FULL``: every state change is
+  still its own committed, fsynced transaction, so a SIGKILL (or power loss) right after a task
+  is marked done cannot lose it. See :func:`backend_from_url` for the measured figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote
+
+import sqlalchemy as sa
+from oslo_config import cfg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import pool as sa_pool
+from taskflow import exceptions as tf_exc
+from taskflow.persistence import backends as tf_backends
+from taskflow.persistence import base as tf_base
+from taskflow.persistence import models
+from taskflow.persistence.backends import impl_sqlalchemy
+from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
+
+from vsan_flows import conf as vconf
+from vsan_flows.exceptions import ConfigError, FlowError, VsanFlowsError
+
+LOG = logging.getLogger(__name__)
+
+OPTION = "[vsan_flows] persistence_connection"
+
+#: Seconds a process waits for another one's schema upgrade before giving up.
+UPGRADE_LOCK_TIMEOUT = 120.0
+
+#: Seconds a PostgreSQL connection attempt may take; psycopg2's default is to wait forever,
+#: which turns a firewalled database into a compute service that hangs at start.
+CONNECT_TIMEOUT = 10
+
+# scheme (before any "+driver") -> (SQLAlchemy dialect+driver we use, human name, default port)
+_SQL_SCHEMES = {
+    "sqlite": ("sqlite", "sqlite", None),
+    "postgresql": ("postgresql+psycopg2", "PostgreSQL", 5432),
+    "postgres": ("postgresql+psycopg2", "PostgreSQL", 5432),
+    "mysql": ("mysql+pymysql", "MySQL/MariaDB", 3306),
+    "mariadb": ("mysql+pymysql", "MySQL/MariaDB", 3306),
+}
+_TEST_SCHEMES = ("memory",)
+_SUPPORTED = "sqlite:////path/flows.sqlite, postgresql://user:pass@host/db, " \
+    "mysql+pymysql://user:pass@host/db (or memory:// for tests)"
+
+# Driver module -> what to install; raised as ModuleNotFoundError deep inside create_engine.
+_DRIVER_PACKAGES = {
+    "psycopg2": "psycopg2-binary (or psycopg2)",
+    "psycopg": "psycopg",
+    "pymysql": "PyMySQL",
+    "MySQLdb": "mysqlclient",
+    "pg8000": "pg8000",
+    "mysql": "mysql-connector-python",
+    "asyncpg": "asyncpg",
+}
+
+_SECRET_QUERY = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;#]*", re.IGNORECASE)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+class PersistenceError(ConfigError):
+    """The flow database cannot be used; ``kind`` says why so callers can react.
+
+    ``kind`` is one of ``scheme``, ``malformed``, ``driver``, ``path``, ``unreachable``,
+    ``auth``, ``no-database``, ``locked``, ``storage``. ``url`` is always the masked URL.
+    It is a ConfigError because in every case but a database outage the fix is in
+    ``[vsan_flows] persistence_connection``; for ``unreachable`` the message says to check
+    the server as well.
+    """
+
+    def __init__(self, kind: str, url: str, problem: str, fix: str) -> None:
+        self.kind = kind
+        self.url = mask_url(url)
+        super().__init__(OPTION, f"{problem} [{self.url}]", fix)
+
+
+# --------------------------------------------------------------------------- masking
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Start/end of the password in ``scheme://user:password@host...``, or None.
+
+    Uses the *last* ``@``: an unencoded ``@`` or ``/`` inside a password then still ends up
+    masked. A URL whose query holds an ``@`` is over-masked (host hidden), never under-masked.
+    """
+    match = _SCHEME.match(url)
+    start = match.end() if match else 0
+    at = url.rfind("@", start)
+    if at < 0:
+        return None
+    colon = url.find(":", start, at)
+    if colon < 0 or "/" in url[start:colon]:
+        return None
+    return colon + 1, at
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``.
+
+    Every URL this library prints or logs goes through here. Works on malformed URLs too:
+    it is called on exactly the URLs that failed to parse.
+    """
+    url = str(url)
+    span = _password_span(url)
+    if span is not None:
+        url = url[: span[0]] + "***" + url[span[1] :]
+    return _SECRET_QUERY.sub(r"\1***", url)
+
+
+def _passwords(url: str) -> list[str]:
+    """The password as written and decoded, to scrub from driver messages."""
+    found = []
+    span = _password_span(url)
+    if span is not None:
+        found.append(url[span[0] : span[1]])
+    found += [m.group(0).split("=", 1)[1] for m in _SECRET_QUERY.finditer(url)]
+    found += [unquote(p) for p in found]
+    # Very short "passwords" would mangle the message and are not what leaks.
+    return sorted({p for p in found if len(p) >= 3}, key=len, reverse=True)
+
+
+def _scrub(text: str, url: str) -> str:
+    text = text.replace(url, mask_url(url))
+    for secret in _passwords(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def _parse(url: str) -> tuple[str, sa.engine.URL | None]:
+    """Validate ``url`` and return (scheme, SQLAlchemy URL with our driver) - None for memory."""
+    if not isinstance(url, str) or not url.strip():
+        raise PersistenceError(
+            "malformed", str(url), "the URL is empty",
+            f"Set it to a database URL such as {_SUPPORTED}, or unset it to use the sqlite "
+            "file under [vsan_flows] state_dir.",
+        )
+    url = url.strip()
+    match = _SCHEME.match(url)
+    if not match:
+        raise PersistenceError(
+            "malformed", url, "not a URL (expected scheme://...)",
+            f"Use one of {_SUPPORTED}.",
+        )
+    scheme, _, driver = match.group(1).lower().partition("+")
+    if scheme in _TEST_SCHEMES:
+        return scheme, None
+    if scheme not in _SQL_SCHEMES:
+        raise PersistenceError(
+            "scheme", url, f"unsupported scheme {match.group(1)!r}",
+            f"Use one of {_SUPPORTED}.",
+        )
+    try:
+        parsed = sa.engine.make_url(url)
+        port = parsed.port  # a non-numeric port only fails when read
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        raise PersistenceError(
+            "malformed", url, f"the URL cannot be parsed ({_scrub(str(exc), url)})",
+            "Check its syntax (scheme://user:password@host:port/database); URL-encode special "
+            "characters in the user name and password (e.g. @ as %40, / as %2F).",
+        ) from None
+    del port
+    if not driver:
+        parsed = parsed.set(drivername=_SQL_SCHEMES[scheme][0])
+    elif scheme in ("postgres", "mariadb"):
+        parsed = parsed.set(drivername=_SQL_SCHEMES[scheme][0].split("+")[0] + "+" + driver)
+    if scheme == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise PersistenceError(
+                "malformed", url, "an in-memory sqlite database loses every flow on restart",
+                "Give a file path (sqlite:////var/lib/vsan-flows/flows.sqlite), or use "
+                "memory:// in tests.",
+            )
+    elif not parsed.database:
+        raise PersistenceError(
+            "malformed", url, "no database name in the URL",
+            "Append /<database> to the URL (e.g. postgresql://user:pass@host/vsan_flows).",
+        )
+    return scheme, parsed
+
+
+def _ensure_sqlite_dir(url: str, path: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise PersistenceError(
+            "path", url, f"cannot create the directory {parent} for the sqlite file "
+            f"({exc.strerror})",
+            "Create it writable by the service user, or point [vsan_flows] state_dir / "
+            "persistence_connection somewhere writable.",
+        ) from None
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    """Per-connection sqlite settings; why each one is here:
+
+    * ``journal_mode=WAL``: a commit appends to the log instead of rewriting a rollback
+      journal; with pooled connections it more than halves the cost of a state change.
+      (Persistent in the file; a no-op after the first time.)
+    * ``synchronous=FULL``: fsync the log on every commit, so a task marked done survives
+      not only a SIGKILL (any mode does) but a power loss, like the default journal mode.
+    * ``foreign_keys=ON``: TaskFlow's tables cascade on delete, but sqlite ignores foreign
+      keys unless asked; without it destroying a logbook leaves its flows and atoms behind.
+    """
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+class _SharedConnectionBackend(impl_sqlalchemy.SQLAlchemyBackend):
+    """TaskFlow's SQLAlchemy backend, handing out one connection object instead of one per call.
+
+    TaskFlow's ``Connection`` has no state of its own beyond the engine and the table objects
+    (every method opens its own transaction on the engine, and ``close()`` does nothing), but
+    building it creates a new ``MetaData`` with new tables, which also defeats SQLAlchemy's
+    compiled-statement cache. Reusing it removes more than half of the per-flow cost; what is
+    committed, and when, is unchanged.
+    """
+
+    _shared: Any = None
+
+    def get_connection(self) -> impl_sqlalchemy.Connection:
+        conn = self._shared
+        if conn is None:
+            conn = self._shared = super().get_connection()
+        return conn
+
+    def close(self) -> None:
+        self._shared = None
+        super().close()
+
+
+def backend_from_url(url: str) -> tf_base.Backend:
+    """A TaskFlow persistence backend for ``url``; nothing is connected yet.
+
+    Accepts ``sqlite:///relative`` / ``sqlite:////absolute`` (the directory is created),
+    ``postgresql://`` (psycopg2), ``mysql://`` / ``mysql+pymysql://`` (PyMySQL) and
+    ``memory://`` (tests). Call :func:`upgrade_schema` (or use :func:`open_backend`) before
+    running flows.
+
+    Tuning, measured with an 8-task trivial flow on a sqlite file (same run, interleaved,
+    medians): TaskFlow defaults ~400 ms; shared connection ~180 ms; plus pooled connections and
+    WAL with synchronous=FULL ~100 ms (synchronous=NORMAL would give ~80 ms but may lose the
+    last commits on power loss, so it is not used). The shared connection also helps PostgreSQL
+    and MariaDB, which TaskFlow already pools.
+    """
+    scheme, parsed = _parse(url)
+    if parsed is None:
+        return tf_backends.fetch({"connection": f"{scheme}://"})
+    engine_args: dict[str, Any] = {}
+    if scheme == "sqlite":
+        _ensure_sqlite_dir(url, parsed.database)
+        # TaskFlow forces NullPool for sqlite; a pool keeps connections (and their settings)
+        # open. SQLAlchemy sets check_same_thread=False for pooled file databases.
+        engine_args["poolclass"] = sa_pool.QueuePool
+    elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        engine_args["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+    real_url = parsed.render_as_string(hide_password=False)
+    try:
+        backend = _SharedConnectionBackend(
+            {"connection": real_url, "engine_args": engine_args}
+        )
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        raise _explain(exc, url) from None
+    if scheme == "sqlite":
+        sa.event.listen(backend.engine, "connect", _sqlite_on_connect)
+    return backend
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _lock_key(backend: tf_base.Backend) -> str:
+    database = backend.engine.url.database or ""
+    return f"vsan_flows.schema.{database}"[:64]
+
+
+@contextlib.contextmanager
+def _sqlite_lock(path: str, url: str, deadline: float) -> Iterator[None]:
+    # A sidecar file: sqlite's own locks are fcntl byte ranges on the database file that
+    # create_all's check-then-create cannot hold across statements.
+    fd = os.open(os.path.abspath(path) + ".upgrade-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise _lock_timeout(url) from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def _server_lock(backend: Any, url: str, deadline: float) -> Iterator[None]:
+    """Advisory lock on PostgreSQL / MariaDB, held on its own connection during the upgrade."""
+    engine = backend.engine
+    key = _lock_key(backend)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            num = zlib.crc32(key.encode())
+            while not conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": num}).scalar():
+                if time.monotonic() > deadline:
+                    raise _lock_timeout(url)
+                time.sleep(0.1)
+            unlock = sa.text("SELECT pg_advisory_unlock(:k)"), {"k": num}
+        else:
+            wait = max(1, int(deadline - time.monotonic()))
+            got = conn.execute(sa.text("SELECT GET_LOCK(:k, :t)"), {"k": key, "t": wait}).scalar()
+            if got != 1:
+                raise _lock_timeout(url)
+            unlock = sa.text("SELECT RELEASE_LOCK(:k)"), {"k": key}
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(*unlock)
+                conn.rollback()
+            except sa_exc.DBAPIError:
+                # The session is gone, and the server dropped the lock with it; make sure the
+                # pool does not hand the broken connection out again.
+                conn.invalidate()
+
+
+def _lock_timeout(url: str) -> PersistenceError:
+    return PersistenceError(
+        "locked", url,
+        f"another process held the schema upgrade lock for more than {UPGRADE_LOCK_TIMEOUT:g} s",
+        "Find the stuck vsan-flows process (or the session holding the advisory lock) and "
+        "stop it, then start again.",
+    )
+
+
+def upgrade_schema(backend: tf_base.Backend, url: str | None = None) -> None:
+    """Create or upgrade TaskFlow's tables; idempotent, and safe with concurrent processes.
+
+    ``url`` (optional) is used only to word errors; the backend's own URL is used otherwise.
+    """
+    engine = getattr(backend, "engine", None)
+    if url is None:
+        url = engine.url.render_as_string(hide_password=False) if engine else "memory://"
+    deadline = time.monotonic() + UPGRADE_LOCK_TIMEOUT
+    try:
+        if engine is None:
+            lock: Any = contextlib.nullcontext()
+        elif engine.dialect.name == "sqlite":
+            lock = _sqlite_lock(engine.url.database, url, deadline)
+        else:
+            lock = _server_lock(backend, url, deadline)
+        with lock, contextlib.closing(backend.get_connection()) as conn:
+            conn.upgrade()
+    except VsanFlowsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        raise _explain(exc, url) from None
+
+
+def open_backend(conf: cfg.ConfigOpts) -> tf_base.Backend:
+    """The backend configured in ``conf``, connected and with an up-to-date schema.
+
+    Fails at service start, with one clear error, rather than at the first spawn.
+    """
+    url = vconf.persistence_url(conf)
+    backend = backend_from_url(url)
+    try:
+        upgrade_schema(backend, url)
+    except BaseException:
+        backend.close()
+        raise
+    LOG.info("Flow persistence at %s, schema up to date", mask_url(url))
+    return backend
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        yield cur
+        todo += [getattr(cur, "orig", None), getattr(cur, "cause", None),
+                 cur.__cause__, cur.__context__]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc.args[-1] if exc.args else exc) or type(exc).__name__
+    return text.strip().splitlines()[0].strip() if text.strip() else type(exc).__name__
+
+
+def _explain(exc: BaseException, url: str) -> PersistenceError:
+    """Turn whatever SQLAlchemy/TaskFlow/the driver raised into one PersistenceError."""
+    scheme = _SCHEME.match(url).group(1).lower().partition("+")[0]  # type: ignore[union-attr]
+    _, label, default_port = _SQL_SCHEMES.get(scheme, ("", scheme, None))
+    try:
+        parsed = sa.engine.make_url(url)
+        host = parsed.host or "localhost"
+        where = f"{host}:{parsed.port or default_port}"
+        user, database = parsed.username, parsed.database
+    except Exception:  # noqa: BLE001 - already validated; belt and braces
+        where, user, database = "?", None, None
+    chain = list(_causes(exc))
+    for cause in chain:
+        if isinstance(cause, ModuleNotFoundError) and cause.name:
+            module = cause.name.split(".")[0]
+            package = _DRIVER_PACKAGES.get(module, module)
+            return PersistenceError(
+                "driver", url, f"the Python database driver {module!r} is not installed",
+                f"Install {package} in the service's environment, or use a URL whose driver "
+                "is installed (postgresql:// uses psycopg2, mysql:// uses PyMySQL).",
+            )
+        if isinstance(cause, sa_exc.NoSuchModuleError):
+            return PersistenceError(
+                "driver", url, f"SQLAlchemy has no such dialect/driver ({_first_line(cause)})",
+                f"Use one of {_SUPPORTED}.",
+            )
+    for cause in chain:
+        reason = _scrub(_first_line(cause), url)
+        low = str(cause).lower()
+        code = cause.args[0] if cause.args and isinstance(cause.args[0], int) else None
+        if isinstance(cause, sqlite3.Error):
+            return PersistenceError(
+                "path", url, f"cannot use the sqlite file {database} ({reason})",
+                "Check that the file and its directory are writable by the service user, "
+                "that the disk is not full, and that it is not on a network filesystem.",
+            )
+        if not isinstance(cause, Exception) or type(cause).__module__.split(".")[0] not in (
+            "psycopg2", "pymysql", "psycopg", "MySQLdb"):
+            continue
+        if code in (2002, 2003, 2005, 2006, 2013) or any(s in low for s in (
+                "connection refused", "could not connect", "could not translate host",
+                "timeout expired", "no route to host", "name or service not known")):
+            return PersistenceError(
+                "unreachable", url, f"cannot connect to {label} at {where} ({reason})",
+                "Check that the database server is running and accepts TCP connections on "
+                "that address (firewall, listen_addresses/bind-address), or correct the host "
+                "and port in the URL.",
+            )
+        if code in (1044, 1045, 1698) or any(s in low for s in (
+                "password authentication failed", "authentication failed", "no pg_hba.conf",
+                "role ", "access denied", "no password supplied")):
+            return PersistenceError(
+                "auth", url, f"{label} at {where} rejected user {user!r} ({reason})",
+                "Check the user name and password in the URL (URL-encode special characters) "
+                "and that the user may connect from this host and use the database.",
+            )
+        if code == 1049 or ("database" in low and "does not exist" in low):
+            return PersistenceError(
+                "no-database", url, f"database {database!r} does not exist on {label} at {where}",
+                f"Create it (CREATE DATABASE {database}) and grant the user access, or fix the "
+                "database name in the URL.",
+            )
+        return PersistenceError(
+            "storage", url, f"{label} at {where} failed: {reason}",
+            "Check the database server's log; the error above is the driver's.",
+        )
+    return PersistenceError(
+        "storage", url, f"the flow database failed: {_scrub(_first_line(exc), url)}",
+        "Check the URL and the database server's log.",
+    )
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+@contextlib.contextmanager
+def _connection(backend: tf_base.Backend) -> Iterator[Any]:
+    url = getattr(getattr(backend, "engine", None), "url", None)
+    text_url = url.render_as_string(hide_password=False) if url is not None else "memory://"
+    try:
+        with contextlib.closing(backend.get_connection()) as conn:
+            yield conn
+    except (VsanFlowsError, tf_exc.NotFound):
+        raise
+    except (tf_exc.StorageFailure, sa_exc.SQLAlchemyError) as exc:
+        raise _explain(exc, text_url) from None
+
+
+def list_flow_details(backend: tf_base.Backend) -> list[tuple[models.LogBook, models.FlowDetail]]:
+    """Every flow detail with its logbook (atoms loaded), for ``vsan-flows flows list``."""
+    with _connection(backend) as conn:
+        return [(book, fd) for book in conn.get_logbooks(lazy=False) for fd in book]
+
+
+def find_flow_detail(
+    backend: tf_base.Backend, flow_uuid: str
+) -> tuple[models.LogBook, models.FlowDetail]:
+    """The flow detail ``flow_uuid`` (atoms loaded) and its logbook; FlowError if absent.
+
+    Scans logbooks lazily because TaskFlow's API has no flow -> logbook lookup.
+    """
+    with _connection(backend) as conn:
+        for book in conn.get_logbooks(lazy=True):
+            if any(fd.uuid == flow_uuid for fd in conn.get_flows_for_book(book.uuid, lazy=True)):
+                fd = conn.get_flow_details(flow_uuid, lazy=False)
+                book.add(fd)
+                return book, fd
+    raise FlowError(
+        flow_uuid, "no such flow in the persistence backend",
+        "List the known flows with `vsan-flows flows list`; it may have been destroyed.",
+    )
+
+
+def destroy_flow_detail(backend: tf_base.Backend, flow_uuid: str) -> None:
+    """Delete flow ``flow_uuid`` and its atoms; its logbook too when nothing else is in it.
+
+    TaskFlow's connection API can only destroy whole logbooks. Our runner keeps one flow per
+    logbook, so that is the normal path; a flow sharing its logbook is deleted row by row on
+    SQL backends, in one transaction.
+    """
+    book, fd = find_flow_detail(backend, flow_uuid)
+    with _connection(backend) as conn:
+        others = [f for f in conn.get_flows_for_book(book.uuid, lazy=True) if f.uuid != fd.uuid]
+        if not others:
+            conn.destroy_logbook(book.uuid)
+            return
+    engine = getattr(backend, "engine", None)
+    if engine is None:
+        raise FlowError(
+            flow_uuid, f"it shares logbook {book.uuid} with {len(others)} other flow(s), and "
+            "this backend can only destroy whole logbooks",
+            "Destroy the logbook instead, or use a SQL backend.",
+        )
+    t = tf_tables.fetch(sa.MetaData())
+    try:
+        with engine.begin() as sql:
+            sql.execute(t.atomdetails.delete().where(t.atomdetails.c.parent_uuid == fd.uuid))
+            sql.execute(t.flowdetails.delete().where(t.flowdetails.c.uuid == fd.uuid))
+    except sa_exc.SQLAlchemyError as exc:
+        raise _explain(exc, engine.url.render_as_string(hide_password=False)) from None
