@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import sqlite3
 
@@ -217,3 +218,24 @@ def test_maintenance_helpers(kind, tmp_path):
         flows = {r[0] for r in db.execute("select uuid from flowdetails")}
         assert (atoms, flows) == ({"atom-b"}, {"uuid-b"})  # nothing orphaned
     backend.close()
+
+
+def test_sqlite_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "flows.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    backend = persistence.backend_from_url(f"sqlite:///{path}")
+    with pytest.raises(persistence.PersistenceError) as info:
+        persistence.upgrade_schema(backend)
+    assert info.value.kind == "path"
+    assert f"cannot use the sqlite file {path}" in str(info.value)
+
+
+def test_sqlite_read_only_directory(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    backend = persistence.backend_from_url(f"sqlite:///{ro}/flows.sqlite")
+    with pytest.raises(persistence.PersistenceError) as info:
+        persistence.upgrade_schema(backend)
+    assert info.value.kind == "path"

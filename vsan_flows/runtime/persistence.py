@@ -465,10 +465,22 @@ def _explain(exc: BaseException, url: str) -> PersistenceError:
         low = str(cause).lower()
         code = cause.args[0] if cause.args and isinstance(cause.args[0], int) else None
         if isinstance(cause, sqlite3.Error):
+            if "locked" in low or "busy" in low:
+                return PersistenceError(
+                    "locked", url, f"the sqlite file {database} stayed locked ({reason})",
+                    "Another process holds a long write transaction on it; find and stop it.",
+                )
+            if any(s in low for s in ("unable to open", "readonly", "read-only", "disk",
+                                      "permission", "not a database", "malformed")):
+                return PersistenceError(
+                    "path", url, f"cannot use the sqlite file {database} ({reason})",
+                    "Check that the file and its directory are writable by the service user, "
+                    "that the disk is not full, that the file is a sqlite database, and that "
+                    "it is not on a network filesystem.",
+                )
             return PersistenceError(
-                "path", url, f"cannot use the sqlite file {database} ({reason})",
-                "Check that the file and its directory are writable by the service user, "
-                "that the disk is not full, and that it is not on a network filesystem.",
+                "storage", url, f"the sqlite file {database} failed: {reason}",
+                "Check the file; the error above is sqlite's.",
             )
         if not isinstance(cause, Exception) or type(cause).__module__.split(".")[0] not in (
             "psycopg2", "pymysql", "psycopg", "MySQLdb"):
