@@ -37,7 +37,7 @@ def _import_lease(session, placement, name, capacity_kb=64 * 1024, ds="vsanDatas
 def _upload(session, lease, path, host, port, timeout=60):
     size = path.stat().st_size
     device = transfer.disk_device(session, lease, host, port)
-    writer = transfer.LeaseUploadHandle(session, lease, device, size)
+    writer = transfer.LeaseUploadHandle(session, lease, device, size, timeout_secs=timeout)
     with open(path, "rb") as f:
         transfer.copy(transfer.ImageStreamReader(f), writer, timeout)
     return writer
@@ -157,7 +157,7 @@ def test_nfc_cut_knob_fails_the_upload(vim_session, control, simulator, image_64
     lease = _import_lease(vim_session, placement_for(vim_session), name)
     try:
         transfer.wait_ready(vim_session, lease)
-        control.cut_nfc(5 * MiB, direction="upload")
+        control.cut_nfc(1 * MiB, direction="upload")
         with pytest.raises(exceptions.TransferError):
             _upload(vim_session, lease, image_64m, simulator.host, simulator.port)
         sizes = _file_sizes(control, name)
@@ -174,10 +174,10 @@ def test_nfc_throttle_knob_hits_the_timeout(vim_session, control, simulator, ima
     lease = _import_lease(vim_session, placement_for(vim_session), name)
     try:
         transfer.wait_ready(vim_session, lease)
-        control.throttle_nfc(2 * MiB, direction="upload")
+        control.throttle_nfc(512 * 1024, direction="upload")
         t0 = time.monotonic()
         with pytest.raises(exceptions.TransferTimeout):
-            _upload(vim_session, lease, image_64m, simulator.host, simulator.port, timeout=2)
+            _upload(vim_session, lease, image_64m, simulator.host, simulator.port, timeout=1)
         assert time.monotonic() - t0 < 30
     finally:
         transfer.abort(vim_session, lease)
@@ -217,5 +217,7 @@ def test_leak_check_catches_a_planted_leak(vim_session, leak_check, simulator):
     assert any(line.startswith("lease") for line in found), found
     assert any(line.startswith("file") and name in line for line in found), found
     transfer.abort(vim_session, lease)
-    vm.destroy(vim_session, vm.find_by_name(vim_session, name))
+    leftover = vm.find_by_name(vim_session, name)
+    if leftover is not None:
+        vm.destroy(vim_session, leftover)
     assert leak_check.leaks(before) == []

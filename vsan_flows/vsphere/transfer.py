@@ -22,6 +22,7 @@ same deadline, same progress updaters.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -116,8 +117,11 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
     """PUT a disk stream to an existing import lease and insist on the server's answer."""
 
     def __init__(self, session, lease, device: LeaseDevice, size: int,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None,
+                 timeout_secs: float | None = None) -> None:
         # Deliberately not calling VmdkWriteHandle.__init__: it would create a second lease.
+        self._timeout_secs = timeout_secs
+        self._deadline = time.monotonic() + timeout_secs if timeout_secs else None
         self._vmdk_size = size
         self._bytes_written = 0
         self._vm_ref = None
@@ -125,6 +129,7 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
         self._conn = self._create_write_connection(
             "PUT", device.url, size, cookies=session.vim.client.cookiejar, overwrite="t",
             content_type="binary/octet-stream", ssl_thumbprint=device.thumbprint)
+        self._conn.timeout = SOCKET_TIMEOUT
         if self._conn.sock is not None:
             self._conn.sock.settimeout(SOCKET_TIMEOUT)
         rw_handles.VmdkHandle.__init__(self, session, lease, device.url, self._conn)
@@ -141,14 +146,36 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
             self._on_progress(self._bytes_written)
 
     def close(self) -> None:
-        """Read the answer (only when every byte went out), never touch the lease."""
+        """Read the answer (only when every byte went out), never touch the lease.
+
+        Raises when the answer is missing or not a success: this is the moment nova's path
+        (oslo's close) skips, and where a cut or short upload shows itself. Waiting for the
+        answer counts against the transfer's deadline like the bytes before it.
+        """
         try:
-            if self._bytes_written == self._vmdk_size:
+            if self._bytes_written != self._vmdk_size:
+                return  # the copy loop failed earlier and is raising its own error
+            if self._deadline is not None:
+                # urllib3's getresponse() re-applies conn.timeout to the socket, so set both.
+                self._conn.timeout = max(0.5, self._deadline - time.monotonic())
+                if self._conn.sock is not None:
+                    self._conn.sock.settimeout(self._conn.timeout)
+            try:
                 resp = self._conn.getresponse()
                 resp.read()
                 self.response_status = resp.status
-        except Exception as exc:  # noqa: BLE001 - any failure here means "not stored"
-            LOG.warning("upload to the import lease got no answer: %s", type(exc).__name__)
+            except TimeoutError:
+                raise exceptions.TransferTimeout(
+                    "The upload (waiting for vCenter to accept the last bytes)",
+                    self._timeout_secs or 0, self._bytes_written, self._vmdk_size) from None
+            except Exception as exc:  # noqa: BLE001 - any failure here means "not stored"
+                raise exceptions.IncompleteTransfer(
+                    f"The upload (vCenter gave no answer: {type(exc).__name__})",
+                    bytes_sent=self._bytes_written, bytes_expected=self._vmdk_size) from None
+            if not 200 <= resp.status < 300:
+                raise exceptions.IncompleteTransfer(
+                    f"The upload (vCenter answered HTTP {resp.status})",
+                    bytes_sent=self._bytes_written, bytes_expected=self._vmdk_size)
         finally:
             try:
                 self._conn.close()
@@ -168,6 +195,7 @@ class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
         self._bytes_read = 0
         self._conn = self._create_read_connection(
             device.url, cookies=session.vim.client.cookiejar, ssl_thumbprint=device.thumbprint)
+        self._conn.timeout = SOCKET_TIMEOUT
         if self._conn.sock is not None:
             self._conn.sock.settimeout(SOCKET_TIMEOUT)
         resp = self._conn.getresponse()
