@@ -13,6 +13,7 @@ from vsan_flows.runtime import runner
 from vsan_flows.vsphere.session import VSphere, connect
 
 SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
+SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
 
 
 def image_service(conf: cfg.ConfigOpts) -> ImageService:
@@ -43,4 +44,32 @@ def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
         SPAWN_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
         backend=backend, book_name=f"spawn {instance_name}",
         book_meta={"operation": "spawn", "instance": instance_name, "image": image_id},
+        engine=conf.vsan_flows.engine, listeners=listeners)
+
+
+def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
+             vsphere: VSphere | None = None, images: ImageService | None = None,
+             backend=None, listeners: tuple = ()) -> dict:
+    """Export ``instance_name``'s disk into the existing empty image ``image_id``.
+
+    On failure everything temporary is removed and the image is marked killed (or deleted),
+    so it can never be mistaken for a usable snapshot.
+    """
+    token = uuid.uuid4().hex[:12]
+    store = {
+        "instance_name": instance_name,
+        "image_id": image_id,
+        "flow_token": token,
+        "snapshot_name": f"vsanflows-snapshot-{token}",
+        "clone_vm_name": f"vsanflows-export-{token}",
+    }
+    transients = {
+        "vsphere": vsphere or connect(conf),
+        "images": images or image_service(conf),
+        "policy": Policy.from_conf(conf),
+    }
+    return runner.run(
+        SNAPSHOT_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
+        backend=backend, book_name=f"snapshot {instance_name}",
+        book_meta={"operation": "snapshot", "instance": instance_name, "image": image_id},
         engine=conf.vsan_flows.engine, listeners=listeners)

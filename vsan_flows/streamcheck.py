@@ -8,9 +8,11 @@ the disk size.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import BinaryIO
 
-from vsan_flows import vmdk
+from vsan_flows import exceptions, vmdk
 
 _PROBE = 64 * 1024
 
@@ -19,8 +21,18 @@ class StreamTap:
     """A read-through wrapper: ``read(n)`` as the wrapped file, remembering head and tail."""
 
     def __init__(self, source: BinaryIO, header: vmdk.VmdkHeader | None = None,
-                 image_id: str | None = None) -> None:
+                 image_id: str | None = None, *, verify_at_eof: bool = False,
+                 expected_bytes: int | None = None, timeout_secs: float | None = None,
+                 on_progress: Callable[[int], None] | None = None) -> None:
+        """``verify_at_eof`` makes the final read raise instead of returning b'' when the
+        stream is not whole, so a consumer that pulls until EOF (an image upload) fails
+        before it commits anything. ``timeout_secs`` bounds the whole read."""
         self._src = source
+        self._verify_at_eof = verify_at_eof
+        self._expected = expected_bytes
+        self._timeout = timeout_secs
+        self._deadline = time.monotonic() + timeout_secs if timeout_secs else None
+        self._on_progress = on_progress
         self.header = header
         self.image_id = image_id
         # Without a header yet, keep enough to parse one; then keep what its overhead says.
@@ -30,12 +42,19 @@ class StreamTap:
         self.bytes_read = 0
 
     def read(self, n: int = -1) -> bytes:
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise exceptions.TransferTimeout("The disk export", self._timeout or 0,
+                                             self.bytes_read, self._expected)
         data = self._src.read(n)
         if not data:
+            if self._verify_at_eof:
+                self._verify()
             return data
         start = self.bytes_read
         self.bytes_read += len(data)
         self._keep_head(data, start)
+        if self._on_progress is not None:
+            self._on_progress(self.bytes_read)
         self._tail += data
         if len(self._tail) > 2 * vmdk.TAIL_BYTES:
             del self._tail[: len(self._tail) - vmdk.TAIL_BYTES]
@@ -54,6 +73,12 @@ class StreamTap:
 
     def close(self) -> None:
         self._src.close()
+
+    def _verify(self) -> None:
+        if self._expected is not None and self.bytes_read != self._expected:
+            raise exceptions.IncompleteTransfer("The disk export", bytes_sent=self.bytes_read,
+                                                bytes_expected=self._expected)
+        self.check_complete()
 
     def check_complete(self) -> vmdk.VmdkHeader:
         """Raise InvalidImage unless a whole streamOptimized disk went through."""

@@ -30,7 +30,8 @@ def make_spawn_flow(retries: int = 3) -> linear_flow.Flow:
     importing = linear_flow.Flow("import-image",
                                  retry=TransferRetry(attempts=retries + 1, name="import-retry",
                                                      revert_all=True))
-    importing.add(CreateImportLease(), StreamDiskToLease(), CompleteLease())
+    importing.add(CreateImportLease(), StreamDiskToLease(),
+                  CompleteLease(rebind={"lease": "import_lease"}))
     flow = linear_flow.Flow(NAME)
     flow.add(ValidateStreamOptimizedImage(), PickVsanDatastore(), LookupImageCache(),
              importing, RegisterShadowVM(), CloneLinkedDisk())

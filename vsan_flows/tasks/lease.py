@@ -6,7 +6,7 @@ import logging
 
 from taskflow import task
 
-from vsan_flows.vsphere import imports, instances
+from vsan_flows.vsphere import exports, imports, instances
 
 LOG = logging.getLogger(__name__)
 
@@ -43,10 +43,26 @@ class CreateImportLease(task.Task):
         instances.destroy_by_name(vsphere, import_vm_name)
 
 
-class CompleteLease(task.Task):
-    """Tell vCenter the transfer is done; only after the stream was verified end to end."""
+class CreateExportLease(task.Task):
+    """ExportVm on the temporary clone; revert aborts the lease (safe if already gone)."""
 
-    def execute(self, vsphere, import_lease: dict | None) -> None:
-        if import_lease is None:
-            return  # cache hit, no lease
-        imports.complete_lease(vsphere, import_lease["lease"])
+    default_provides = "export_lease"
+
+    def execute(self, vsphere, snapshot_clone: dict) -> dict:
+        return {"lease": exports.begin_export(vsphere, snapshot_clone["vm"])}
+
+    def revert(self, vsphere, result=None, **kwargs) -> None:
+        if isinstance(result, dict) and result.get("lease"):
+            imports.abort_lease(vsphere, result["lease"])
+
+
+class CompleteLease(task.Task):
+    """Tell vCenter the transfer is done; only after the stream was verified end to end.
+
+    Used by both flows: bind ``lease`` to ``import_lease`` or ``export_lease``.
+    """
+
+    def execute(self, vsphere, lease: dict | None) -> None:
+        if lease is None:
+            return  # spawn with a cache hit: no lease was made
+        imports.complete_lease(vsphere, lease["lease"])

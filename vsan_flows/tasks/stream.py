@@ -8,7 +8,7 @@ from taskflow import task
 
 from vsan_flows import exceptions
 from vsan_flows.streamcheck import StreamTap
-from vsan_flows.vsphere import imports
+from vsan_flows.vsphere import exports, imports
 
 # TaskFlow persists every update_progress() call (~9 ms each on sqlite); once a second is
 # plenty for a person watching and keeps the hot loop off the database.
@@ -49,3 +49,50 @@ class StreamDiskToLease(task.Task):
                     f"The import to {path}", bytes_sent=sent, bytes_expected=size,
                     bytes_stored=stored)
         return sent
+
+
+class StreamDiskToImage(task.Task):
+    """Read the export lease's disk and upload it as a streamOptimized image.
+
+    The upload pulls through a tap that checks, at the very last read, that the stream is a
+    whole streamOptimized disk (end structure, byte count as the lease announced it); a cut
+    export makes that read raise, so the image service never turns the image active.
+    """
+
+    default_provides = "image_upload"
+
+    def execute(self, vsphere, images, image_id: str, instance: dict, export_lease: dict,
+                flow_token: str) -> dict:
+        meta = images.show(image_id)
+        if meta.status == "active" and meta.properties.get("vsan_flows_flow") == flow_token:
+            return {"size": meta.size}  # uploaded by this flow before a crash or retry
+        last = [0.0]
+        reader = exports.open_export(vsphere, export_lease["lease"])
+        total = reader.content_length
+
+        def on_progress(done: int) -> None:
+            now = time.monotonic()
+            if total and now - last[0] >= PROGRESS_INTERVAL:
+                last[0] = now
+                self.update_progress(min(done / total, 1.0))
+
+        tap = StreamTap(reader, image_id=image_id, verify_at_eof=True, expected_bytes=total,
+                        timeout_secs=vsphere.transfer_timeout, on_progress=on_progress)
+        props = {
+            "disk_format": "vmdk",
+            "container_format": "bare",
+            "vmware_disktype": "streamOptimized",
+            "vmware_image_version": 1,
+            "vmware_ostype": instance["guest_id"],
+            "vmware_adaptertype": instance["adapter_type"],
+            "vsan_flows_flow": flow_token,
+        }
+        try:
+            done = images.upload(image_id, tap, props)
+        except exceptions.InvalidImage as exc:
+            raise exceptions.IncompleteTransfer(
+                f"The disk export (the stream is not a whole streamOptimized disk: "
+                f"{exc.reason})", bytes_sent=tap.bytes_read, bytes_expected=total) from None
+        finally:
+            tap.close()
+        return {"size": done.size}

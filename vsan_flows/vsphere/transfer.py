@@ -211,7 +211,15 @@ class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
         rw_handles.VmdkHandle.__init__(self, session, lease, device.url, resp)
 
     def read(self, chunk_size: int = rw_handles.READ_CHUNKSIZE) -> bytes:
-        data = super().read(chunk_size)
+        # Not oslo's read(): it logs and raises with the lease URL in the message, and the
+        # URL is a credential for as long as the lease lives.
+        try:
+            data = self._file_handle.read(chunk_size)
+        except Exception as exc:  # noqa: BLE001 - every read failure means a cut stream
+            raise exceptions.IncompleteTransfer(
+                f"The disk export (the connection broke: {type(exc).__name__})",
+                bytes_sent=self._bytes_read, bytes_expected=self._vmdk_size or None) from None
+        self._bytes_read += len(data)
         if self._vmdk_size:
             self.update_progress()
         return data

@@ -187,3 +187,72 @@ def all_disks(session) -> dict[str, list]:
             result[props.get("name")] = [d for d in devices
                                          if d.__class__.__name__ == "VirtualDisk"]
     return result
+
+
+def snapshots(session, vm_ref) -> list[tuple[str, object]]:
+    """(name, snapshot ref) of every snapshot in the VM's tree, depth first."""
+    info = session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref, "snapshot")
+    found = []
+    stack = list(getattr(info, "rootSnapshotList", None) or [])
+    while stack:
+        node = stack.pop()
+        found.append((node.name, node.snapshot))
+        stack.extend(getattr(node, "childSnapshotList", None) or [])
+    return found
+
+
+def create_snapshot(session, vm_ref, name: str, description: str = ""):
+    task = session.invoke_api(session.vim, "CreateSnapshot_Task", vm_ref, name=name,
+                              description=description, memory=False, quiesce=False)
+    return session.wait_for_task(task).result
+
+
+def remove_snapshot(session, snapshot_ref) -> None:
+    task = session.invoke_api(session.vim, "RemoveSnapshot_Task", snapshot_ref,
+                              removeChildren=False)
+    session.wait_for_task(task)
+
+
+def clone_linked(session, vm_ref, snapshot_ref, *, name: str, folder, pool,
+                 annotation: str = ""):
+    """A linked clone of ``vm_ref`` at ``snapshot_ref``: its disk is a child of that state."""
+    cf = session.vim.client.factory
+    relocate = cf.create("ns0:VirtualMachineRelocateSpec")
+    relocate.diskMoveType = "createNewChildDiskBacking"
+    relocate.pool = pool
+    config = cf.create("ns0:VirtualMachineConfigSpec")
+    config.annotation = annotation
+    spec = cf.create("ns0:VirtualMachineCloneSpec")
+    spec.location = relocate
+    spec.snapshot = snapshot_ref
+    spec.powerOn = False
+    spec.template = False
+    spec.config = config
+    task = session.invoke_api(session.vim, "CloneVM_Task", vm_ref, folder=folder, name=name,
+                              spec=spec)
+    return session.wait_for_task(task).result
+
+
+def power_state(session, vm_ref) -> str:
+    return session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref,
+                              "runtime.powerState")
+
+
+def guest_id(session, vm_ref) -> str:
+    return session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref,
+                              "config.guestId") or "otherGuest"
+
+
+def controller_types(session, vm_ref) -> dict[int, str]:
+    """Device key -> vmware_adaptertype of the VM's disk controllers."""
+    devices = session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref,
+                                 "config.hardware.device")
+    by_class = {v: k for k, v in CONTROLLERS.items()}
+    found = {}
+    for d in getattr(devices, "VirtualDevice", None) or []:
+        kind = by_class.get(d.__class__.__name__)
+        if kind:
+            found[d.key] = kind
+        elif d.__class__.__name__ == "VirtualIDEController":
+            found[d.key] = "ide"
+    return found
