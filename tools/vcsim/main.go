@@ -263,6 +263,7 @@ func main() {
 	s := <-sig
 	log.Printf("%s: shutting down", s)
 
+	simulator.AbortTransfers()
 	done := make(chan struct{})
 	go func() {
 		_ = control.Close()

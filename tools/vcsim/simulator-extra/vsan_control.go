@@ -414,4 +414,3 @@ func ResetKnobs() {
 	resetLeaseFaults()
 	resetNFCFaults()
 }
-

@@ -29,8 +29,8 @@ type VsanDatastore struct {
 const (
 	// DefaultVsanCapacity and DefaultVsanFree are what every datastore
 	// reports until the control API changes them.
-	DefaultVsanCapacity = int64(1) << 40        // 1 TiB
-	DefaultVsanFree     = int64(900) << 30      // 900 GiB
+	DefaultVsanCapacity = int64(1) << 40   // 1 TiB
+	DefaultVsanFree     = int64(900) << 30 // 900 GiB
 )
 
 var (

@@ -18,6 +18,7 @@ import (
 	"path"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vmware/govmomi/object"
@@ -422,6 +423,14 @@ func Leases() []*HttpNfcLease {
 	return out
 }
 
+// transfersAborted, once set by AbortTransfers, ends every NFC transfer.
+var transfersAborted int32
+
+// AbortTransfers drops every NFC transfer in progress (used at shutdown).
+func AbortTransfers() {
+	atomic.StoreInt32(&transfersAborted, 1)
+}
+
 // errCut / errLeaseGone end a transfer with the connection dropped.
 var (
 	errCut       = fmt.Errorf("cut by the nfc knob")
@@ -466,7 +475,7 @@ func transfer(dst io.Writer, src io.Reader, plan *nfcFault, l *HttpNfcLease, flu
 		if rerr != nil {
 			return n, rerr
 		}
-		if l.State != types.HttpNfcLeaseStateReady {
+		if l.State != types.HttpNfcLeaseStateReady || atomic.LoadInt32(&transfersAborted) != 0 {
 			return n, errLeaseGone
 		}
 		if plan != nil && plan.bps > 0 {
