@@ -9,7 +9,7 @@ from oslo_config import cfg
 from vsan_flows import conf as vconf
 from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
-from vsan_flows.runtime import runner
+from vsan_flows.runtime import persistence, runner
 from vsan_flows.vsphere.session import VSphere, connect
 
 SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
@@ -35,14 +35,10 @@ def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
         "flow_token": token,
         "import_vm_name": f"vsanflows-import-{token}",
     }
-    transients = {
-        "vsphere": vsphere or connect(conf),
-        "images": images or image_service(conf),
-        "policy": Policy.from_conf(conf),
-    }
+    transients = live_handles(conf, vsphere=vsphere, images=images)
     return runner.run(
         SPAWN_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
-        backend=backend, book_name=f"spawn {instance_name}",
+        backend=backend or persistence.open_backend(conf), book_name=f"spawn {instance_name}",
         book_meta={"operation": "spawn", "instance": instance_name, "image": image_id},
         engine=conf.vsan_flows.engine, listeners=listeners)
 
@@ -63,13 +59,29 @@ def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
         "snapshot_name": f"vsanflows-snapshot-{token}",
         "clone_vm_name": f"vsanflows-export-{token}",
     }
-    transients = {
+    transients = live_handles(conf, vsphere=vsphere, images=images)
+    return runner.run(
+        SNAPSHOT_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
+        backend=backend or persistence.open_backend(conf),
+        book_name=f"snapshot {instance_name}",
+        book_meta={"operation": "snapshot", "instance": instance_name, "image": image_id},
+        engine=conf.vsan_flows.engine, listeners=listeners)
+
+
+def live_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
+                 images: ImageService | None = None) -> dict:
+    """The transient values every flow gets; rebuilt on each host, never persisted."""
+    return {
         "vsphere": vsphere or connect(conf),
         "images": images or image_service(conf),
         "policy": Policy.from_conf(conf),
     }
-    return runner.run(
-        SNAPSHOT_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
-        backend=backend, book_name=f"snapshot {instance_name}",
-        book_meta={"operation": "snapshot", "instance": instance_name, "image": image_id},
-        engine=conf.vsan_flows.engine, listeners=listeners)
+
+
+def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
+                      images: ImageService | None = None,
+                      backend=None) -> list[tuple[str, str, str]]:
+    """What a restarted compute service calls first: finish or roll back this host's flows."""
+    backend = backend or persistence.open_backend(conf)
+    return runner.resume_all(backend, lambda: live_handles(conf, vsphere=vsphere, images=images),
+                             engine=conf.vsan_flows.engine)

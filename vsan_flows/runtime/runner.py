@@ -1,9 +1,10 @@
-"""Run a flow by factory name with its store, on a persistence backend, with live handles.
+"""Run flows by factory name on a persistence backend, and resume them after a restart.
 
 Why this shape: a flow that must survive a restart is rebuilt from its factory name and JSON
 arguments (saved in the flow detail by TaskFlow's load_from_factory), reads its facts from the
 store, and gets live objects (vSphere session, image service, policy) injected as transient
-values, which TaskFlow keeps in memory only.
+values, which TaskFlow keeps in memory only. The logbook of every flow records the host that
+owns it, the operation, the instance and the image, for resume and for the admin CLI.
 """
 
 from __future__ import annotations
@@ -11,18 +12,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import taskflow.engines
 from oslo_vmware import exceptions as vexc
 from taskflow import exceptions as tf_exc
+from taskflow import states
 from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models
+from taskflow.types import failure as tf_failure
 
 from vsan_flows import exceptions
 
 LOG = logging.getLogger(__name__)
+
+# Flow states that mean "started here and not finished": what a restart must pick up.
+UNFINISHED = (states.RUNNING, states.RESUMING, states.REVERTING, states.SUSPENDED,
+              states.SUSPENDING, states.PENDING)
+
+# Tasks whose effect cannot be known after a crash in the middle of them: a transfer that
+# died half way left a partial disk behind an open lease. Instead of re-running them on the
+# same lease, resume fails them, so their subflow's Retry aborts the lease, destroys the
+# half-import and starts over with a fresh one (DESIGN: leases do not survive a crash).
+RESTART_FROM_SCRATCH = ("vsan_flows.tasks.stream.StreamDiskToLease",
+                        "vsan_flows.tasks.stream.StreamDiskToImage")
 
 
 def memory_backend():
@@ -32,9 +46,13 @@ def memory_backend():
     return backend
 
 
+def host_name() -> str:
+    return socket.gethostname()
+
+
 def new_book(backend, name: str, meta: Mapping[str, Any]) -> models.LogBook:
     book = models.LogBook(name)
-    book.meta = {"host": socket.gethostname(), **meta}
+    book.meta = {"host": host_name(), **meta}
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
     return book
@@ -44,7 +62,7 @@ def run(factory: str, factory_kwargs: Mapping[str, Any], store: Mapping[str, Any
         transients: Mapping[str, Any], *, backend=None, book_name: str | None = None,
         book_meta: Mapping[str, Any] | None = None, engine: str = "serial",
         listeners: tuple = ()) -> dict:
-    """Run the flow to the end; returns its results, or raises one of our errors."""
+    """Run a new flow to the end; returns its results, or raises one of our errors."""
     backend = backend or memory_backend()
     book = new_book(backend, book_name or factory, book_meta or {})
     eng = taskflow.engines.load_from_factory(
@@ -52,6 +70,109 @@ def run(factory: str, factory_kwargs: Mapping[str, Any], store: Mapping[str, Any
         backend=backend, engine=engine)
     eng.storage.inject(dict(transients), transient=True)
     return _run(eng, listeners)
+
+
+def unfinished(backend, host: str | None = None) -> list[tuple[models.LogBook,
+                                                                 models.FlowDetail]]:
+    """This host's flows that a crash or restart interrupted, oldest first."""
+    host = host or host_name()
+    found = []
+    with contextlib.closing(backend.get_connection()) as conn:
+        for book in conn.get_logbooks():
+            if (book.meta or {}).get("host") != host:
+                continue
+            for fd in book:
+                if fd.state in UNFINISHED and (fd.meta or {}).get("factory"):
+                    found.append((book, fd))
+    return sorted(found, key=lambda bf: bf[0].created_at or 0)
+
+
+def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
+         engine: str = "serial"):
+    """An engine for a saved flow, rebuilt from its factory, with fresh live handles."""
+    book = _book_of(backend, flow_detail.uuid)
+    eng = taskflow.engines.load_from_detail(flow_detail, backend=backend, book=book,
+                                            engine=engine)
+    eng.storage.inject(dict(transients), transient=True)
+    return eng
+
+
+def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
+           engine: str = "serial", listeners: tuple = ()) -> dict:
+    """Finish an interrupted flow: forward where that is safe, via its Retry where not."""
+    eng = load(backend, flow_detail, transients, engine=engine)
+    eng.compile()
+    eng.prepare()
+    _fail_interrupted_transfers(eng)
+    return _run(eng, listeners)
+
+
+def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
+           engine: str = "serial", listeners: tuple = ()) -> None:
+    """Roll a flow back completely (an admin's choice, or a flow unsafe to resume)."""
+    eng = load(backend, flow_detail, transients, engine=engine)
+    eng.compile()
+    eng.prepare()
+    reason = tf_failure.Failure.from_exception(
+        exceptions.FlowError(flow_detail.name, "reverted on request",
+                             "Its effects were undone; start the operation again if needed."))
+    for atom in eng.compilation.execution_graph.nodes:
+        name = atom.name
+        state = eng.storage.get_atom_state(name)
+        if state in (states.SUCCESS, states.RUNNING, states.FAILURE, states.RETRYING):
+            eng.storage.set_atom_intention(name, states.REVERT)
+        if state == states.RUNNING and not _is_retry(atom):
+            eng.storage.save(name, reason, states.FAILURE)
+        elif state == states.PENDING:
+            eng.storage.set_atom_intention(name, states.IGNORE)
+    with contextlib.suppress(exceptions.FlowError):
+        _run(eng, listeners)
+
+
+def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
+               engine: str = "serial") -> list[tuple[str, str, str]]:
+    """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
+
+    Live handles are built once, only if there is something to resume.
+    """
+    todo = unfinished(backend)
+    if not todo:
+        return []
+    transients = make_transients()
+    outcomes = []
+    for _book, fd in todo:
+        try:
+            resume(backend, fd, transients, engine=engine)
+            outcomes.append((fd.uuid, fd.name, "completed"))
+        except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
+            LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
+            outcomes.append((fd.uuid, fd.name, f"rolled back: {exc}"))
+    return outcomes
+
+
+def _fail_interrupted_transfers(eng) -> None:
+    reason = tf_failure.Failure.from_exception(exceptions.TransferError(
+        "the transfer was interrupted by a restart; its lease and partial disk are discarded "
+        "and the transfer starts again"))
+    for atom in eng.compilation.execution_graph.nodes:
+        if atom.name in RESTART_FROM_SCRATCH and \
+                eng.storage.get_atom_state(atom.name) == states.RUNNING:
+            eng.storage.save(atom.name, reason, states.FAILURE)
+
+
+def _is_retry(atom) -> bool:
+    from taskflow import retry
+
+    return isinstance(atom, retry.Retry)
+
+
+def _book_of(backend, flow_uuid: str):
+    with contextlib.closing(backend.get_connection()) as conn:
+        for book in conn.get_logbooks():
+            if book.find(flow_uuid) is not None:
+                return book
+    raise exceptions.FlowError(flow_uuid, "is not in the persistence backend",
+                               "List flows with 'vsan-flows flows list'.")
 
 
 def _run(eng, listeners: tuple = ()) -> dict:
@@ -62,7 +183,8 @@ def _run(eng, listeners: tuple = ()) -> dict:
             eng.run()
         except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
             raise translate(exc) from None
-    return dict(eng.storage.fetch_all())
+    return {k: v for k, v in eng.storage.fetch_all().items()
+            if k not in ("vsphere", "images", "policy")}
 
 
 def translate(exc: BaseException) -> Exception:

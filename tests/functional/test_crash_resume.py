@@ -1,0 +1,145 @@
+"""SIGKILL a real compute process at every task boundary and mid-transfer; resume in another.
+
+Each case: a child process runs spawn or snapshot on a persistent store and kills itself with
+SIGKILL at the cue; this process (a "restarted compute service" on the same host and store)
+calls resume_unfinished(); the flow must end completed or fully rolled back, nothing may be
+done twice with a visible effect, and the leak check must come out clean.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import make_conf
+from vsan_flows import api
+from vsan_flows.simulator import disks
+from vsan_flows.tasks.shadow_vm import cache_vm_name
+
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1024 * 1024
+
+SPAWN_ATOMS = ["ValidateStreamOptimizedImage", "PickVsanDatastore", "LookupImageCache",
+               "CreateImportLease", "StreamDiskToLease", "CompleteLease", "RegisterShadowVM",
+               "CloneLinkedDisk"]
+SPAWN_CUES = [f"{a}:before" for a in SPAWN_ATOMS] + ["CloneLinkedDisk:after", "transfer"]
+SNAPSHOT_ATOMS = ["ReserveImage", "ReadInstance", "CreateVmSnapshot", "CloneFromSnapshot",
+                  "CreateExportLease", "StreamDiskToImage", "CompleteLease", "Cleanup"]
+SNAPSHOT_CUES = [f"{a}:before" for a in SNAPSHOT_ATOMS] + ["Cleanup:after", "transfer"]
+# Cues after which resume legitimately starts the transfer over with a fresh lease.
+RESTARTS_TRANSFER = {"StreamDiskToLease:before", "StreamDiskToImage:before", "transfer"}
+
+
+@pytest.fixture(scope="module")
+def vmdk(tmp_path_factory):
+    path = tmp_path_factory.mktemp("disks") / "crash.vmdk"
+    disks.make_stream_optimized(path, 64 * MiB, data_mib=16)
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    return _db_url(request.param, tmp_path)
+
+
+def _db_url(kind, tmp_path):
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/flows.sqlite"
+    name = "vsan_flows_crash_" + uuid.uuid4().hex[:8]
+    if kind == "postgresql":
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc",
+                        f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        return f"postgresql://postgres@127.0.0.1:5432/{name}"
+    subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-e",
+                    f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
+
+
+def _run_child(simulator, wsdl_url, tmp_path, db_url, op, instance, image_id, images, cue):
+    args = {"sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(tmp_path / "state"), "db_url": db_url, "op": op,
+            "instance": instance, "image_id": image_id,
+            "images_dir": str(images.directory), "cue": cue}
+    proc = subprocess.run([sys.executable, "-m", "tests.functional.crash_child",
+                           json.dumps(args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+
+
+def _conf(simulator, wsdl_url, tmp_path, db_url):
+    return make_conf(simulator, wsdl_url, tmp_path / "state",
+                     vsan_flows__persistence_connection=db_url, vsan_flows__import_retries=2)
+
+
+def _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere, images,
+                            control, vmdk, destroy_after):
+    image_id = images.add_file(vmdk, name="crash")
+    instance = "crash-" + uuid.uuid4().hex[:8]
+    destroy_after.append(instance)
+    before = control.calls("ImportVApp")
+    if cue == "transfer":
+        control.throttle_nfc(2 * MiB, direction="upload")
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images, cue)
+    control.reset()
+    outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
+                                     vsphere=vsphere, images=images)
+    if cue == "CloneLinkedDisk:after":
+        assert len(outcomes) <= 1  # finished or nearly so when it died
+    else:
+        assert [o[2] for o in outcomes] == ["completed"], outcomes
+    vms = [vm for vm in control.status()["vms"] if vm["name"] == instance]
+    assert len(vms) == 1, "exactly one instance VM"
+    cached = [vm for vm in control.status()["vms"]
+              if vm["name"].startswith(cache_vm_name(image_id, ""))]
+    assert len(cached) == 1, "exactly one image cache entry"
+    destroy_after.append(cached[0]["name"])
+    assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
+    imports = control.calls("ImportVApp") - before
+    assert imports == (2 if cue in RESTARTS_TRANSFER else 1), imports
+
+
+@pytest.mark.parametrize("cue", SPAWN_CUES)
+def test_spawn_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsphere, images,
+                                control, vmdk, destroy_after):
+    _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere, images,
+                            control, vmdk, destroy_after)
+
+
+@pytest.mark.parametrize("cue", ["CreateImportLease:before", "transfer",
+                                 "CloneLinkedDisk:before"])
+def test_spawn_survives_sigkill_on_mariadb(cue, simulator, wsdl_url, tmp_path, vsphere,
+                                           images, control, vmdk, destroy_after):
+    _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, _db_url("mysql", tmp_path),
+                            vsphere, images, control, vmdk, destroy_after)
+
+
+@pytest.mark.parametrize("cue", SNAPSHOT_CUES)
+def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
+                                   images, control, vmdk, destroy_after, sim_conf):
+    base = images.add_file(vmdk, name="base")
+    instance = "snapcrash-" + uuid.uuid4().hex[:8]
+    destroy_after.append(instance)
+    result = api.spawn(sim_conf, instance, base, vsphere=vsphere, images=images)
+    destroy_after.append(result["shadow_vm"]["name"])
+    image_id = images.create({"name": "snap"})
+    exports_before = control.calls("ExportVm")
+    if cue == "transfer":
+        control.throttle_nfc(2 * MiB, direction="download")
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "snapshot", instance, image_id, images,
+               cue)
+    control.reset()
+    outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
+                                     vsphere=vsphere, images=images)
+    if cue != "Cleanup:after":
+        assert [o[2] for o in outcomes] == ["completed"], outcomes
+    assert images.show(image_id).status == "active"
+    vm = next(v for v in control.status()["vms"] if v["name"] == instance)
+    assert vm["snapshots"] == 0
+    assert not [v for v in control.status()["vms"] if v["name"].startswith("vsanflows-export")]
+    exported = control.calls("ExportVm") - exports_before
+    assert exported == (2 if cue in RESTARTS_TRANSFER else 1), exported
