@@ -12,6 +12,8 @@ from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
 from vsan_flows.vsphere.session import VSphere, connect
 
+__all__ = ["connect", "live_handles", "resume_unfinished", "snapshot", "spawn"]
+
 SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
 SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
 

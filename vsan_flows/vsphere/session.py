@@ -7,14 +7,19 @@ build their own. A dropped or expired vCenter session is re-established by oslo.
 
 from __future__ import annotations
 
+import logging
 import socket
+import warnings
 from dataclasses import dataclass
 
+import urllib3
 from oslo_config import cfg
 from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
 from vsan_flows import exceptions
+
+LOG = logging.getLogger(__name__)
 
 # A vCenter that does not answer TCP within this many seconds is reported unreachable at
 # once, instead of after oslo.vmware's api_retry_count rounds of back-off (minutes).
@@ -55,6 +60,12 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         raise exceptions.ConfigError("[vmware] host_ip", "is not set",
                                      "Set it to the vCenter server's address.")
     _probe(v.host_ip, v.host_port)
+    if v.insecure and not v.ca_file:
+        # The operator chose this once in config; one warning here instead of urllib3's
+        # warning on every request (hundreds per spawn).
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        LOG.warning("TLS certificate of vCenter %s is not verified ([vmware] insecure=true)",
+                    v.host_ip)
     try:
         return api.VMwareAPISession(
             v.host_ip, v.host_username, v.host_password,
