@@ -1,0 +1,881 @@
+#!/usr/bin/env python
+"""Stream benchmark: our disk transfer paths against a bare HTTP client, on one simulator.
+
+This is a benchmark, not a test: it prints figures and asserts nothing about speed (the exit
+status is non-zero only when the benchmark itself could not run). See benchmarks/README.md.
+
+Sections (``--sections``, default all):
+
+import  For each image size, N runs (median and per-run figures) of
+          spawn    the full ``api.spawn`` of a streamOptimized image (cold image cache), with
+                   the stream step (the StreamDiskToLease task) timed by a TaskFlow listener;
+          upload   ``imports.upload`` alone on a lease made with ``imports.begin_import``;
+          bare     a bare ``http.client`` PUT of the same file to the same kind of lease, in
+                   --bare-chunk chunks (and ``bare64k``: 64 KiB chunks, oslo's chunk size).
+        MB/s are over the image FILE bytes (MB = 10**6 bytes); ratios are ours/bare.
+memory  Peak RSS (ru_maxrss) of a fresh child interpreter per measurement, against the same
+        running simulator: ``floor`` (imports, login, image validation), ``warm`` (a whole
+        spawn that hits the image cache, so everything but the stream) and ``spawn`` (a cold
+        spawn that streams the image). Reported per --mem-sizes size, with the growth of
+        ``spawn`` from the smallest to the largest size.
+export  For each image size, a shadow VM is imported (untimed), then N runs of an ExportVm
+        lease read through ``transfer.LeaseDownloadHandle`` in oslo's copy loop (``handle``)
+        against a bare ``http.client`` GET of the same lease URL. New export paths (the
+        snapshot flow) go in EXPORT_PATHS.
+
+Every VM the benchmark creates is destroyed, the simulator is stopped, and the work directory
+removed (unless --keep); a leak check over VMs, datastore files and leases is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import resource
+import shutil
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import urllib.parse
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+MiB = 1 << 20
+GiB = 1 << 30
+MB = 1e6
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_SIZES = "256M,2G"
+DEFAULT_MEM_SIZES = "256M,2G"
+QUICK_SIZES = "64M"
+QUICK_MEM_SIZES = "32M,64M"
+QUICK_RUNS = 2
+DATASTORE = "vsanDatastore"
+RATIO_GOAL = 0.90
+RSS_FLAT_GOAL_MIB = 20.0
+
+
+# --------------------------------------------------------------------------------- helpers
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    units = {"K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def size_label(n: int) -> str:
+    if n % GiB == 0:
+        return f"{n // GiB}G"
+    if n % MiB == 0:
+        return f"{n // MiB}M"
+    return str(n)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / MB / seconds if seconds > 0 else float("nan")
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def make_conf(sim: dict, wsdl_url: str, state_dir: str):
+    """A ConfigOpts for the simulator, as tests/functional/conftest.py's make_conf builds it."""
+    from oslo_config import cfg
+
+    from vsan_flows import conf as vconf
+
+    c = cfg.ConfigOpts()
+    vconf.register_opts(c)
+    c([], project="vsan-flows", default_config_files=[])
+    values = {
+        ("vmware", "host_ip"): sim["host"],
+        ("vmware", "host_port"): sim["port"],
+        ("vmware", "host_username"): sim["username"],
+        ("vmware", "host_password"): sim["password"],
+        ("vmware", "insecure"): True,
+        ("vmware", "wsdl_location"): wsdl_url,
+        ("vmware", "task_poll_interval"): 0.05,
+        ("vmware", "api_retry_count"): 2,
+        ("vsan_flows", "state_dir"): state_dir,
+        ("vsan_flows", "import_retries"): 0,
+    }
+    for (group, name), value in values.items():
+        c.set_override(name, value, group)
+    return c
+
+
+def cookie_header(vsphere) -> str | None:
+    """The vCenter session cookie, as oslo's handles send it with a lease URL request."""
+    for cookie in vsphere.vim.client.cookiejar:
+        return f"{cookie.name}={cookie.value}"
+    return None
+
+
+def _https(url: str) -> tuple[http.client.HTTPSConnection, str]:
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPSConnection(u.hostname, u.port, timeout=120,
+                                       context=ssl._create_unverified_context())
+    return conn, u.path + (f"?{u.query}" if u.query else "")
+
+
+def bare_put(url: str, cookie: str | None, path: Path, chunk: int) -> tuple[int, int]:
+    """PUT the file in ``chunk``-sized sends and read the answer; (bytes sent, HTTP status)."""
+    size = path.stat().st_size
+    conn, target = _https(url)
+    try:
+        conn.putrequest("PUT", target, skip_accept_encoding=True)
+        conn.putheader("Content-Length", str(size))
+        conn.putheader("Content-Type", "binary/octet-stream")
+        conn.putheader("Overwrite", "t")
+        if cookie:
+            conn.putheader("Cookie", cookie)
+        conn.endheaders()
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        sent = 0
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                conn.send(view[:n])
+                sent += n
+        resp = conn.getresponse()
+        resp.read()
+        return sent, resp.status
+    finally:
+        conn.close()
+
+
+def bare_get(url: str, cookie: str | None, chunk: int) -> tuple[int, int]:
+    """GET the URL, reading the body into one reused buffer; (bytes received, HTTP status)."""
+    conn, target = _https(url)
+    try:
+        conn.putrequest("GET", target, skip_accept_encoding=True)
+        if cookie:
+            conn.putheader("Cookie", cookie)
+        conn.endheaders()
+        resp = conn.getresponse()
+        buf = bytearray(chunk)
+        got = 0
+        while n := resp.readinto(buf):
+            got += n
+        return got, resp.status
+    finally:
+        conn.close()
+
+
+def _timing_listener(sink: dict) -> Callable:
+    """A listener factory for api.spawn(listeners=...): task/flow name -> seconds."""
+    from taskflow.listeners import timing
+
+    class _Durations(timing.DurationListener):
+        def _record_ending(self, timer, item_type, item_name, state):
+            sink[item_name.rsplit(".", 1)[-1]] = timer.elapsed()
+
+    return _Durations
+
+
+# --------------------------------------------------------------------------------- child
+
+def _proc_status_kib(field: str) -> int | None:
+    """VmRSS / VmHWM of this process from /proc (Linux), in KiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM (Linux >= 4.0: clear_refs 5) so it measures from now on."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def child_main(spec: dict) -> None:
+    """One memory measurement in a fresh interpreter; prints one JSON line.
+
+    Everything but the stream happens first (imports, login, image validation) and is
+    measured as the floor; then the spawn runs, with the peak RSS reset just before it so
+    that its own peak is known apart from the login's (suds parsing the WSDL peaks high).
+    """
+    _quiet()
+    t0 = time.monotonic()
+    from vsan_flows import api
+    from vsan_flows.flows import spawn as _spawn_flow  # noqa: F401 - what spawn imports
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.tasks.image import ValidateStreamOptimizedImage
+    from vsan_flows.vsphere.session import connect
+
+    conf = make_conf(spec["sim"], spec["wsdl"], spec["state_dir"])
+    images = LocalImageService(spec["images_dir"])
+    vsphere = connect(conf)
+    ValidateStreamOptimizedImage().execute(images, spec["image_id"])
+    out: dict = {"mode": spec["mode"],
+                 "floor_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                 "rss_before_spawn_kib": _proc_status_kib("VmRSS")}
+    reset = _reset_peak_rss()
+    durations: dict = {}
+    result = api.spawn(conf, spec["instance"], spec["image_id"], vsphere=vsphere,
+                       images=images, listeners=(_timing_listener(durations),))
+    out["spawn_peak_kib"] = _proc_status_kib("VmHWM") if reset else None
+    out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["instance"] = result["instance_vm"]["name"]
+    out["shadow"] = result["shadow_vm"]["name"]
+    out["bytes_sent"] = result.get("bytes_sent")
+    out["stream_s"] = durations.get("StreamDiskToLease")
+    with contextlib.suppress(Exception):
+        vsphere.session.logout()
+    out["seconds"] = time.monotonic() - t0
+    print(json.dumps(out), flush=True)
+
+
+def _quiet() -> None:
+    # The lease URLs are fetched without TLS verification on purpose (a simulator).
+    warnings.filterwarnings("ignore", message="Unverified HTTPS request")
+    warnings.filterwarnings("ignore", message=r"\s*eventlet is deprecated")
+    warnings.filterwarnings("ignore", message=r"HTTPSConnection\.set_cert\(\) is deprecated")
+
+
+# --------------------------------------------------------------------------------- bench
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.sim = None
+        self.vsphere = None
+        self.images = None
+        self.fixtures: dict[int, dict] = {}
+        self.results: dict = {"import": {}, "memory": {}, "export": {}}
+        self.errors: list[str] = []
+
+    # ---------------------------------------------------------------- setup / teardown
+
+    def start(self) -> None:
+        from vsan_flows.images import LocalImageService
+        from vsan_flows.simulator import launcher, wsdl
+        from vsan_flows.simulator.leaks import LeakChecker
+        from vsan_flows.vsphere.session import connect
+
+        t0 = time.monotonic()
+        self.sim = launcher.start(self.workdir / "vcsim", timeout=90)
+        out = Path(os.environ.get("VSAN_FLOWS_BUILD_DIR") or ROOT / ".build") / "wsdl"
+        self.wsdl_url = "file://" + str(wsdl.generate(out))
+        self.sim_info = {"host": self.sim.host, "port": self.sim.port,
+                         "username": self.sim.username, "password": self.sim.password}
+        self.state_dir = self.workdir / "state"
+        self.state_dir.mkdir(exist_ok=True)
+        self.conf = make_conf(self.sim_info, self.wsdl_url, str(self.state_dir))
+        self.vsphere = connect(self.conf)
+        self.images = LocalImageService(self.workdir / "images")
+        self.checker = LeakChecker(self.sim.control)
+        self.before = self.checker.snapshot()
+        log(f"simulator pid {self.sim.process.pid} at {self.sim.host}:{self.sim.port} ready "
+            f"in {time.monotonic() - t0:.1f}s; work dir {self.workdir}")
+
+    def stop(self) -> list[str]:
+        leaks: list[str] = []
+        if self.sim is None:
+            return leaks
+        try:
+            if self.vsphere is not None:
+                self.cleanup_all()
+                leaks = self.checker.leaks(self.before)
+                with contextlib.suppress(Exception):
+                    self.vsphere.session.logout()
+        finally:
+            self.sim.stop()
+        return leaks
+
+    def cleanup_all(self) -> None:
+        """Abort every open lease and destroy every VM that was not there at the start."""
+        from vsan_flows.vsphere import imports, instances
+
+        status = self.sim.control.status()
+        for lease in status.get("leases") or []:
+            if lease.get("state") not in ("done",):
+                with contextlib.suppress(Exception):
+                    imports.abort_lease(self.vsphere, lease["moref"])
+        names = [vm["name"] for vm in status.get("vms") or []
+                 if vm["name"] not in self.before.vms]
+        # Linked clones (instances) before the shadow VMs they hang from.
+        names.sort(key=lambda n: n.startswith("vsanflows-image-"))
+        for name in names:
+            try:
+                instances.destroy_by_name(self.vsphere, name)
+            except Exception as exc:  # noqa: BLE001 - report, keep cleaning
+                self.errors.append(f"cleanup of VM {name}: {exc}")
+
+    def destroy(self, *names: str | None) -> None:
+        from vsan_flows.vsphere import instances
+
+        for name in names:
+            if name:
+                instances.destroy_by_name(self.vsphere, name)
+
+    # ---------------------------------------------------------------- fixtures
+
+    def fixture(self, size: int) -> dict:
+        """A streamOptimized image of virtual size ``size`` registered in the image store."""
+        if size in self.fixtures:
+            return self.fixtures[size]
+        from vsan_flows.simulator import disks
+        from vsan_flows.tasks.image import ValidateStreamOptimizedImage
+
+        data_mib = max(3, int(size / MiB * self.args.data_fraction))
+        fdir = Path(self.args.fixture_dir) if self.args.fixture_dir else self.workdir / "disks"
+        fdir.mkdir(parents=True, exist_ok=True)
+        path = fdir / f"bench-{size_label(size)}-d{data_mib}.vmdk"
+        t0 = time.monotonic()
+        if not path.exists():
+            tmp = path.with_name(path.name + ".tmp")
+            disks.make_stream_optimized(tmp, size, data_mib=data_mib)
+            tmp.rename(path)
+        made = time.monotonic() - t0
+        image_id = self.images.add_file(path, name=path.name)
+        image = ValidateStreamOptimizedImage().execute(self.images, image_id)
+        fx = {"size": size, "label": size_label(size), "path": path, "image_id": image_id,
+              "file_bytes": image["size"], "image": image, "data_mib": data_mib}
+        # The file every path reads: warm the page cache once so no path pays a cold read.
+        with self.images.open(image_id) as f:
+            while f.read(8 * MiB):
+                pass
+        log(f"fixture {fx['label']}: {fx['file_bytes'] / MB:.0f} MB file "
+            f"({data_mib} MiB of data), ready in {time.monotonic() - t0:.1f}s "
+            f"(made in {made:.1f}s)")
+        self.fixtures[size] = fx
+        return fx
+
+    def store_path(self, fx: dict) -> Path:
+        """The image store's copy of the fixture (what spawn reads)."""
+        with self.images.open(fx["image_id"]) as f:
+            return Path(f.name)
+
+    # ---------------------------------------------------------------- leases
+
+    def new_import_lease(self, fx: dict, prefix: str) -> tuple[str, dict]:
+        from vsan_flows.vsphere import imports
+
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        image = fx["image"]
+        lease = imports.begin_import(self.vsphere, vm_name=name, datastore_name=DATASTORE,
+                                     capacity_bytes=image["virtual_size"],
+                                     adapter_type=image["adapter_type"],
+                                     guest_id=image["os_type"])
+        return name, lease
+
+    def drop_import(self, name: str, lease: dict) -> None:
+        from vsan_flows.vsphere import imports
+
+        try:
+            imports.abort_lease(self.vsphere, lease["lease"])
+        finally:
+            self.destroy(name)
+
+    # ---------------------------------------------------------------- import section
+
+    def run_spawn(self, fx: dict) -> dict:
+        from vsan_flows import api
+
+        name = f"bench-{uuid.uuid4().hex[:8]}"
+        durations: dict = {}
+        result = None
+        t0 = time.monotonic()
+        try:
+            result = api.spawn(self.conf, name, fx["image_id"], vsphere=self.vsphere,
+                               images=self.images, listeners=(_timing_listener(durations),))
+            total = time.monotonic() - t0
+        finally:
+            # Instance (a linked clone) first, then the shadow VM: the next run imports again.
+            self.destroy(name, result and result["shadow_vm"]["name"])
+        stream_s = durations.get("StreamDiskToLease")
+        nbytes = fx["file_bytes"]
+        return {"seconds": total, "mbps": mbps(nbytes, total),
+                "stream_seconds": stream_s,
+                "stream_mbps": mbps(nbytes, stream_s) if stream_s else None,
+                "bytes_sent": result.get("bytes_sent"),
+                "tasks": {k: round(v, 4) for k, v in durations.items()}}
+
+    def run_upload(self, fx: dict) -> dict:
+        from vsan_flows.vsphere import imports
+
+        name, lease = self.new_import_lease(fx, "bench-upload")
+        try:
+            t0 = time.monotonic()
+            with self.images.open(fx["image_id"]) as f:
+                sent = imports.upload(self.vsphere, lease["lease"], f, fx["file_bytes"])
+            secs = time.monotonic() - t0
+        finally:
+            self.drop_import(name, lease)
+        return {"seconds": secs, "mbps": mbps(sent, secs), "bytes": sent}
+
+    def run_bare(self, fx: dict, chunk: int) -> dict:
+        from vsan_flows.vsphere import transfer
+        from vsan_flows.vsphere.session import ref
+
+        name, lease = self.new_import_lease(fx, "bench-bare")
+        try:
+            t0 = time.monotonic()
+            device = transfer.disk_device(self.vsphere.session,
+                                          ref(lease["lease"], "HttpNfcLease"),
+                                          self.vsphere.host, self.vsphere.port)
+            sent, status = bare_put(device.url, cookie_header(self.vsphere),
+                                    self.store_path(fx), chunk)
+            secs = time.monotonic() - t0
+        finally:
+            self.drop_import(name, lease)
+        if status != 200 or sent != fx["file_bytes"]:
+            raise RuntimeError(f"bare PUT: HTTP {status}, {sent} of {fx['file_bytes']} bytes")
+        return {"seconds": secs, "mbps": mbps(sent, secs), "bytes": sent}
+
+    def section_import(self, sizes: list[int]) -> None:
+        chunk = self.args.bare_chunk
+        kinds: dict[str, Callable[[dict], dict]] = {
+            "spawn": self.run_spawn,
+            "upload": self.run_upload,
+            "bare": lambda fx: self.run_bare(fx, chunk),
+        }
+        if chunk != 64 * 1024:
+            kinds["bare64k"] = lambda fx: self.run_bare(fx, 64 * 1024)
+        for size in sizes:
+            fx = self.fixture(size)
+            runs: dict[str, list[dict]] = {k: [] for k in kinds}
+            order = list(kinds)
+            for i in range(self.args.runs):
+                # Rotate the order each run so no path always goes first (or last).
+                for kind in order[i % len(order):] + order[: i % len(order)]:
+                    r = kinds[kind](fx)
+                    runs[kind].append(r)
+                    extra = (f", stream {r['stream_mbps']:.1f} MB/s"
+                             if r.get("stream_mbps") else "")
+                    log(f"  import {fx['label']} run {i + 1} {kind:8s} {r['seconds']:6.2f}s "
+                        f"{r['mbps']:7.1f} MB/s{extra}")
+            self.results["import"][fx["label"]] = summarize_import(fx, runs, chunk)
+
+    # ---------------------------------------------------------------- memory section
+
+    def child(self, mode: str, fx: dict) -> dict:
+        spec = {"mode": mode, "sim": self.sim_info, "wsdl": self.wsdl_url,
+                "state_dir": str(self.state_dir), "images_dir": str(self.images.directory),
+                "image_id": fx["image_id"], "instance": f"bench-mem-{uuid.uuid4().hex[:8]}"}
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
+                               json.dumps(spec)], capture_output=True, text=True, timeout=900)
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(f"memory child ({mode}, {fx['label']}) failed with "
+                               f"{proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        return json.loads(lines[-1])
+
+    def section_memory(self, sizes: list[int]) -> None:
+        per_size = {}
+        keys = ("floor", "warm", "spawn", "warm_in_spawn", "spawn_in_spawn")
+        for size in sizes:
+            fx = self.fixture(size)
+            samples: dict[str, list[float]] = {k: [] for k in keys}
+            for i in range(self.args.mem_runs):
+                cold = self.child("spawn", fx)  # the image cache is empty: it streams
+                warm: dict = {}
+                try:
+                    if self.args.warm:
+                        warm = self.child("warm", fx)  # the same spawn, cache hit: no stream
+                        self.destroy(warm.get("instance"))
+                finally:
+                    self.destroy(cold.get("instance"), cold.get("shadow"))
+                if not cold.get("bytes_sent") or warm.get("bytes_sent"):
+                    raise RuntimeError(f"memory children: the cold spawn sent "
+                                       f"{cold.get('bytes_sent')} bytes, the warm one "
+                                       f"{warm.get('bytes_sent')}; expected some and none")
+                kib = {
+                    "floor": min(r["floor_maxrss_kib"] for r in (cold, warm) if r),
+                    "warm": warm.get("maxrss_kib"),
+                    "spawn": cold["maxrss_kib"],
+                }
+                for name, r in (("warm", warm), ("spawn", cold)):
+                    if r.get("spawn_peak_kib") is not None:
+                        kib[f"{name}_in_spawn"] = r["spawn_peak_kib"] - r["rss_before_spawn_kib"]
+                for k, v in kib.items():
+                    if v is not None:
+                        samples[k].append(v / 1024)
+                mib = {k: (v / 1024 if v is not None else None) for k, v in kib.items()}
+                log(f"  memory {fx['label']} run {i + 1}: ru_maxrss floor "
+                    f"{mib['floor']:.1f} MiB, warm {_fmt(mib['warm'])} MiB, spawn "
+                    f"{mib['spawn']:.1f} MiB; peak above the pre-spawn RSS: warm "
+                    f"{_fmt(mib.get('warm_in_spawn'))} MiB, spawn "
+                    f"{_fmt(mib.get('spawn_in_spawn'))} MiB (streamed "
+                    f"{cold['bytes_sent'] / MB:.0f} MB in {cold['stream_s'] or 0:.2f}s)")
+            per_size[fx["label"]] = {
+                "virtual_bytes": size, "file_bytes": fx["file_bytes"],
+                **{f"{k}_mib": _round(median(v)) for k, v in samples.items()},
+                "runs": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+            }
+        labels = [size_label(s) for s in sizes]
+        out: dict = {"sizes": per_size, "goal_flat_within_mib": RSS_FLAT_GOAL_MIB}
+        if len(labels) >= 2:
+            lo, hi = per_size[labels[0]], per_size[labels[-1]]
+            out["growth_from"], out["growth_to"] = labels[0], labels[-1]
+            out["spawn_growth_mib"] = _round(hi["spawn_mib"] - lo["spawn_mib"])
+            if hi["spawn_in_spawn_mib"] is not None and lo["spawn_in_spawn_mib"] is not None:
+                out["spawn_in_spawn_growth_mib"] = _round(hi["spawn_in_spawn_mib"]
+                                                          - lo["spawn_in_spawn_mib"])
+        self.results["memory"] = out
+
+    # ---------------------------------------------------------------- export section
+
+    def export_lease(self, vm_id: str):
+        from vsan_flows.vsphere import transfer
+        from vsan_flows.vsphere.session import ref
+
+        session = self.vsphere.session
+        lease = transfer.create_export_lease(session, ref(vm_id, "VirtualMachine"))
+        try:
+            transfer.wait_ready(session, lease)
+        except Exception:
+            transfer.abort(session, lease)
+            raise
+        return lease
+
+    def run_export(self, vm_id: str, reader: Callable) -> dict:
+        from vsan_flows.vsphere import transfer
+
+        session = self.vsphere.session
+        lease = self.export_lease(vm_id)
+        ok = False
+        try:
+            t0 = time.monotonic()
+            device = transfer.disk_device(session, lease, self.vsphere.host, self.vsphere.port)
+            got = reader(lease, device)
+            secs = time.monotonic() - t0
+            ok = True
+        finally:
+            if ok:
+                transfer.complete(session, lease)
+            else:
+                transfer.abort(session, lease)
+        return {"seconds": secs, "mbps": mbps(got, secs), "bytes": got}
+
+    def read_bare(self, lease, device) -> int:
+        got, status = bare_get(device.url, cookie_header(self.vsphere), self.args.bare_chunk)
+        if status != 200:
+            raise RuntimeError(f"bare GET answered HTTP {status}")
+        return got
+
+    def section_export(self, sizes: list[int]) -> None:
+        from vsan_flows import api
+        from vsan_flows.vsphere import instances
+
+        for size in sizes:
+            fx = self.fixture(size)
+            name = f"bench-exp-{uuid.uuid4().hex[:8]}"
+            result = api.spawn(self.conf, name, fx["image_id"], vsphere=self.vsphere,
+                               images=self.images)  # untimed: gives us the shadow VM
+            shadow = result["shadow_vm"]
+            try:
+                self.destroy(name)  # the shadow VM is what we export
+                expected = fx["file_bytes"]
+                kinds = {"bare": self.read_bare}
+                kinds.update({k: make(self) for k, make in EXPORT_PATHS.items()})
+                runs: dict[str, list[dict]] = {k: [] for k in kinds}
+                order = list(kinds)
+                for i in range(self.args.runs):
+                    for kind in order[i % len(order):] + order[: i % len(order)]:
+                        r = self.run_export(shadow["vm"], kinds[kind])
+                        if r["bytes"] != expected:
+                            raise RuntimeError(f"export {kind}: got {r['bytes']} bytes, the "
+                                               f"stored disk has {expected}")
+                        runs[kind].append(r)
+                        log(f"  export {fx['label']} run {i + 1} {kind:8s} "
+                            f"{r['seconds']:6.2f}s {r['mbps']:7.1f} MB/s")
+            finally:
+                instances.destroy_by_name(self.vsphere, shadow["name"])
+            self.results["export"][fx["label"]] = summarize_export(fx, runs)
+
+
+# Our export paths, name -> factory(bench) -> reader(lease, device) -> bytes read. Each reader
+# gets a ready ExportVm lease of the shadow VM and its disk device; the bench completes the
+# lease afterwards. When the snapshot flow lands, add its stream step here (e.g. a reader that
+# runs the flow's export task against this lease, or a separate section timing api.snapshot).
+
+def _export_via_handle(bench: Bench) -> Callable:
+    from vsan_flows.vsphere import transfer
+
+    class _Sink:
+        """A write handle for oslo's copy loop that drops the bytes."""
+
+        def __init__(self) -> None:
+            self.bytes_written = 0
+
+        def write(self, data: bytes) -> None:
+            self.bytes_written += len(data)
+
+        def close(self) -> None:
+            pass
+
+    def reader(lease, device) -> int:
+        session = bench.vsphere.session
+        handle = transfer.LeaseDownloadHandle(session, lease, device)
+        sink = _Sink()
+        transfer.copy(handle, sink, bench.vsphere.transfer_timeout, "The export")
+        return sink.bytes_written
+
+    return reader
+
+
+EXPORT_PATHS: dict[str, Callable[[Bench], Callable]] = {
+    "handle": _export_via_handle,
+}
+
+
+# --------------------------------------------------------------------------------- report
+
+def _stats(runs: list[dict], key: str = "mbps") -> dict:
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return {"median": round(median(vals), 2) if vals else None,
+            "runs": [round(v, 2) for v in vals]}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def summarize_import(fx: dict, runs: dict[str, list[dict]], chunk: int) -> dict:
+    out: dict = {"virtual_bytes": fx["size"], "file_bytes": fx["file_bytes"],
+                 "data_mib": fx["data_mib"], "bare_chunk": chunk, "mbps": {}, "seconds": {}}
+    for kind, rs in runs.items():
+        out["mbps"][kind] = _stats(rs)
+        out["seconds"][kind] = _stats(rs, "seconds")
+    spawn = runs.get("spawn") or []
+    out["mbps"]["stream"] = _stats(spawn, "stream_mbps")
+    out["seconds"]["stream"] = _stats(spawn, "stream_seconds")
+    tasks: dict[str, list[float]] = {}
+    for r in spawn:
+        for name, secs in r["tasks"].items():
+            tasks.setdefault(name, []).append(secs)
+    out["spawn_task_seconds_median"] = {k: round(median(v), 4) for k, v in tasks.items()}
+    bare = out["mbps"]["bare"]["median"]
+    out["ratio"] = {k: _ratio(out["mbps"][k]["median"], bare)
+                    for k in ("stream", "upload", "spawn", "bare64k") if k in out["mbps"]}
+    # Per-run ratios pair each run of ours with the bare run of the same round.
+    out["ratio_runs"] = {
+        k: [_ratio(a, b) for a, b in zip(out["mbps"][k]["runs"], out["mbps"]["bare"]["runs"],
+                                         strict=False)]
+        for k in ("stream", "upload")}
+    out["ratio_goal"] = RATIO_GOAL
+    return out
+
+
+def summarize_export(fx: dict, runs: dict[str, list[dict]]) -> dict:
+    out: dict = {"file_bytes": fx["file_bytes"], "mbps": {}, "seconds": {}}
+    for kind, rs in runs.items():
+        out["mbps"][kind] = _stats(rs)
+        out["seconds"][kind] = _stats(rs, "seconds")
+    bare = out["mbps"]["bare"]["median"]
+    out["ratio"] = {k: _ratio(out["mbps"][k]["median"], bare) for k in runs if k != "bare"}
+    out["ratio_goal"] = RATIO_GOAL
+    return out
+
+
+def _round(v: float | None, nd: int = 1) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_report(results: dict) -> None:
+    imp = results.get("import") or {}
+    if imp:
+        print("\n== Import (spawn) direction: MB/s over the image file bytes, median of runs ==")
+        cols = ["spawn", "stream", "upload", "bare", "bare64k"]
+        print(f"{'size':>6} {'file MB':>8} " + " ".join(f"{c:>8}" for c in cols)
+              + f" {'stream/bare':>11} {'upload/bare':>11} {'spawn/bare':>10}")
+        for label, s in imp.items():
+            m = s["mbps"]
+            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} "
+                  + " ".join(f"{_fmt(m.get(c, {}).get('median')):>8}" for c in cols)
+                  + f" {_fmt(s['ratio'].get('stream'), '.3f'):>11}"
+                  f" {_fmt(s['ratio'].get('upload'), '.3f'):>11}"
+                  f" {_fmt(s['ratio'].get('spawn'), '.3f'):>10}")
+        print(f"  goal: stream/bare >= {RATIO_GOAL:.2f}.  spawn = whole api.spawn; stream = its "
+              "StreamDiskToLease task; upload = imports.upload alone;")
+        print(f"  bare = http.client PUT in {size_label(next(iter(imp.values()))['bare_chunk'])}"
+              " chunks; bare64k = the same in 64 KiB chunks (oslo's copy-loop chunk).")
+        for label, s in imp.items():
+            print(f"  {label} per run MB/s: "
+                  + "; ".join(f"{k} {', '.join(_fmt(v) for v in s['mbps'][k]['runs'])}"
+                              for k in cols if k in s["mbps"]))
+            print(f"  {label} per run ratio: stream/bare "
+                  f"{', '.join(_fmt(v, '.3f') for v in s['ratio_runs']['stream'])}; upload/bare "
+                  f"{', '.join(_fmt(v, '.3f') for v in s['ratio_runs']['upload'])}")
+            tasks = ", ".join(f"{k} {v:.3f}s" for k, v in s["spawn_task_seconds_median"].items())
+            print(f"  {label} spawn task/flow seconds (median): {tasks}")
+    mem = results.get("memory") or {}
+    if mem:
+        print("\n== Memory: peak RSS of a fresh child process per measurement, MiB ==")
+        print(f"{'size':>6} {'file MB':>8} {'floor':>8} {'warm':>8} {'spawn':>8} "
+              f"{'warm +peak':>11} {'spawn +peak':>11}")
+        for label, s in mem["sizes"].items():
+            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} {_fmt(s['floor_mib']):>8} "
+                  f"{_fmt(s['warm_mib']):>8} {_fmt(s['spawn_mib']):>8} "
+                  f"{_fmt(s['warm_in_spawn_mib']):>11} {_fmt(s['spawn_in_spawn_mib']):>11}")
+        print("  floor/warm/spawn = ru_maxrss of the child: floor = after imports + login + "
+              "image validation; warm = a whole spawn\n  on an image cache hit (everything but"
+              " the stream); spawn = a cold spawn that streams the image. '+peak' = the\n  "
+              "peak RSS during api.spawn above the RSS just before it (VmHWM reset first): the "
+              "login (suds parsing\n  the WSDL) peaks higher than anything after it, so "
+              "ru_maxrss alone hides what the spawn itself needs.")
+        if "spawn_growth_mib" in mem:
+            print(f"  {mem['growth_from']} -> {mem['growth_to']}: spawn ru_maxrss "
+                  f"{mem['spawn_growth_mib']:+.1f} MiB, spawn +peak "
+                  f"{_fmt(mem.get('spawn_in_spawn_growth_mib'), '+.1f')} MiB (goal: flat "
+                  f"within {RSS_FLAT_GOAL_MIB:.0f} MB)")
+    exp = results.get("export") or {}
+    if exp:
+        print("\n== Export (ExportVm lease) direction: MB/s over the stored disk bytes ==")
+        kinds = [k for k in next(iter(exp.values()))["mbps"]]
+        print(f"{'size':>6} {'file MB':>8} " + " ".join(f"{k:>8}" for k in kinds)
+              + " " + " ".join(f"{k + '/bare':>12}" for k in kinds if k != "bare"))
+        for label, s in exp.items():
+            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} "
+                  + " ".join(f"{_fmt(s['mbps'][k]['median']):>8}" for k in kinds) + " "
+                  + " ".join(f"{_fmt(s['ratio'][k], '.3f'):>12}" for k in kinds if k != "bare"))
+            print(f"  {label} per run MB/s: "
+                  + "; ".join(f"{k} {', '.join(_fmt(v) for v in s['mbps'][k]['runs'])}"
+                              for k in kinds))
+        print("  handle = transfer.LeaseDownloadHandle in oslo's copy loop (64 KiB reads); "
+              "bare = http.client GET into a reused buffer.")
+
+
+def environment(workdir: Path) -> dict:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    fs = subprocess.run(["df", "--output=fstype", str(workdir)], capture_output=True,
+                        text=True).stdout.split()[-1:]
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "machine": platform.machine(), "commit": commit or None,
+            "workdir_fs": fs[0] if fs else None}
+
+
+# --------------------------------------------------------------------------------- main
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", help=f"image (virtual) sizes for import/export, default "
+                   f"{DEFAULT_SIZES} ({QUICK_SIZES} with --quick)")
+    p.add_argument("--mem-sizes", help=f"virtual sizes for the memory section, default "
+                   f"{DEFAULT_MEM_SIZES} ({QUICK_MEM_SIZES} with --quick)")
+    p.add_argument("--runs", type=int, help=f"runs per figure (median), default 3 "
+                   f"({QUICK_RUNS} with --quick)")
+    p.add_argument("--mem-runs", type=int, default=1, help="memory measurements per size")
+    p.add_argument("--quick", action="store_true", help="small sizes: runs in under a minute")
+    p.add_argument("--sections", default="import,memory,export",
+                   help="comma-separated subset of import,memory,export")
+    p.add_argument("--data-fraction", type=float, default=0.25,
+                   help="share of the virtual size that holds (incompressible) data; the "
+                   "streamOptimized file is about this big (default 0.25)")
+    p.add_argument("--bare-chunk", default="1M", help="chunk of the bare PUT/GET (default 1M)")
+    p.add_argument("--workdir", help="parent of the temporary work directory (simulator "
+                   "datastores, image store); default: the system temp dir")
+    p.add_argument("--fixture-dir", help="keep and reuse the generated VMDKs here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.sizes = [parse_size(s) for s in (args.sizes or (QUICK_SIZES if args.quick
+                                                          else DEFAULT_SIZES)).split(",")]
+    args.mem_sizes = [parse_size(s) for s in (args.mem_sizes or (
+        QUICK_MEM_SIZES if args.quick else DEFAULT_MEM_SIZES)).split(",")]
+    args.runs = args.runs or (QUICK_RUNS if args.quick else 3)
+    args.bare_chunk = parse_size(args.bare_chunk)
+    args.warm = not args.quick  # --quick skips the cache-hit child to stay under a minute
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - {"import", "memory", "export"}
+    if unknown:
+        p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
+    for s in args.sizes + args.mem_sizes:
+        if s < MiB or s % MiB:
+            p.error(f"sizes must be whole MiB, got {s}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    _quiet()
+    if args.child:
+        child_main(json.loads(args.child))
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="vsan-flows-bench-", dir=args.workdir))
+    bench = Bench(args, workdir)
+    t0 = time.monotonic()
+    leaks: list[str] = []
+    failed = False
+    try:
+        bench.start()
+        if "import" in args.sections:
+            log("import section")
+            bench.section_import(args.sizes)
+        if "memory" in args.sections:
+            log("memory section")
+            bench.section_memory(args.mem_sizes)
+        if "export" in args.sections:
+            log("export section")
+            bench.section_export(args.sizes)
+    except Exception:  # noqa: BLE001 - report what we have, then clean up
+        failed = True
+        bench.errors.append(traceback.format_exc())
+    finally:
+        try:
+            leaks = bench.stop()
+        except Exception:  # noqa: BLE001
+            failed = True
+            bench.errors.append(traceback.format_exc())
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    env = environment(Path(args.workdir or tempfile.gettempdir()))
+    with contextlib.suppress(Exception):
+        from vsan_flows import conf as vconf
+
+        env["persistence"] = vconf.persistence_url(bench.conf).split(":", 1)[0]
+    results = {**bench.results, "leaks": leaks, "errors": bench.errors,
+               "elapsed_seconds": round(time.monotonic() - t0, 1),
+               "args": {"sizes": [size_label(s) for s in args.sizes],
+                        "mem_sizes": [size_label(s) for s in args.mem_sizes],
+                        "runs": args.runs, "mem_runs": args.mem_runs,
+                        "data_fraction": args.data_fraction,
+                        "bare_chunk": args.bare_chunk, "sections": args.sections},
+               "env": env}
+    print_report(results)
+    print(f"\nleak check: {'; '.join(leaks) if leaks else 'nothing left behind'}; "
+          f"{results['elapsed_seconds']:.0f}s in all")
+    for err in bench.errors:
+        print(f"ERROR: {err}", file=sys.stderr)
+    print(json.dumps(results, sort_keys=True))
+    return 1 if failed or bench.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
