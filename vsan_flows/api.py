@@ -24,7 +24,7 @@ def image_service(conf: cfg.ConfigOpts) -> ImageService:
 
 def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
           vsphere: VSphere | None = None, images: ImageService | None = None,
-          backend=None, listeners: tuple = ()) -> dict:
+          backend=None, listeners: tuple = (), power_on: bool = False) -> dict:
     """Deploy ``image_id`` as the VM ``instance_name``; returns the flow's facts.
 
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
@@ -39,7 +39,8 @@ def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
     }
     transients = live_handles(conf, vsphere=vsphere, images=images)
     return runner.run(
-        SPAWN_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
+        SPAWN_FACTORY, {"retries": conf.vsan_flows.import_retries, "power_on": power_on},
+        store, transients,
         backend=backend or persistence.open_backend(conf), book_name=f"spawn {instance_name}",
         book_meta={"operation": "spawn", "instance": instance_name, "image": image_id},
         engine=conf.vsan_flows.engine, listeners=listeners)

@@ -44,3 +44,22 @@ def install(logger: logging.Logger | None = None) -> None:
     for handler in target.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+
+
+# Library loggers whose own records carry lease URLs (oslo.vmware logs them at DEBUG when
+# it opens, reads or writes a disk URL). A logger-level filter cleans the record before any
+# handler, ours or the host application's, sees it.
+_URL_LOGGERS = ("oslo_vmware.rw_handles", "oslo_vmware.image_transfer", "oslo_vmware.api",
+                "oslo_vmware.service", "urllib3.connection", "urllib3.connectionpool")
+
+
+def guard_library_logs() -> None:
+    """suds logs whole SOAP envelopes at DEBUG (Login's password, every sessionID): those
+    records never leave its logger. oslo.vmware's lease URLs are redacted at the source."""
+    suds = logging.getLogger("suds")
+    if suds.getEffectiveLevel() < logging.INFO:
+        suds.setLevel(logging.INFO)
+    for name in _URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())

@@ -12,7 +12,7 @@ from taskflow.patterns import linear_flow
 
 from vsan_flows.flows.retry import TransferRetry
 from vsan_flows.tasks.datastore import PickVsanDatastore
-from vsan_flows.tasks.disk import CloneLinkedDisk
+from vsan_flows.tasks.disk import CloneLinkedDisk, PowerOnInstance
 from vsan_flows.tasks.image import ValidateStreamOptimizedImage
 from vsan_flows.tasks.lease import CompleteLease, CreateImportLease
 from vsan_flows.tasks.shadow_vm import LookupImageCache, RegisterShadowVM
@@ -21,7 +21,7 @@ from vsan_flows.tasks.stream import StreamDiskToLease
 NAME = "spawn"
 
 
-def make_spawn_flow(retries: int = 3) -> linear_flow.Flow:
+def make_spawn_flow(retries: int = 3, power_on: bool = False) -> linear_flow.Flow:
     """Build the spawn flow; importable by name (vsan_flows.flows.spawn.make_spawn_flow).
 
     Store inputs: instance_name, image_id, flow_token, import_vm_name.
@@ -35,4 +35,6 @@ def make_spawn_flow(retries: int = 3) -> linear_flow.Flow:
     flow = linear_flow.Flow(NAME)
     flow.add(ValidateStreamOptimizedImage(), PickVsanDatastore(), LookupImageCache(),
              importing, RegisterShadowVM(), CloneLinkedDisk())
+    if power_on:
+        flow.add(PowerOnInstance())
     return flow

@@ -42,3 +42,15 @@ class CloneLinkedDisk(task.Task):
 
     def revert(self, vsphere, instance_name: str, flow_token: str, **kwargs) -> None:
         instances.destroy_by_name(vsphere, instance_name, only_if_note_has=_note(flow_token))
+
+
+class PowerOnInstance(task.Task):
+    """Start the instance, as nova's spawn does when power_on is true; revert stops it."""
+
+    def execute(self, vsphere, instance_vm: dict) -> None:
+        instances.power_on(vsphere, instance_vm["vm"])
+
+    def revert(self, vsphere, instance_name: str, **kwargs) -> None:
+        vm_id = instances.find(vsphere, instance_name)
+        if vm_id is not None:
+            instances.power_off(vsphere, vm_id)

@@ -71,3 +71,11 @@ def create_linked(ctx: VSphere, *, name: str, datastore_name: str, parent_vm_id:
 
 def names_with_prefix(ctx: VSphere, prefix: str) -> list[str]:
     return sorted(n for n in vm.all_disks(ctx.session) if n and n.startswith(prefix))
+
+
+def power_on(ctx: VSphere, vm_id: str) -> None:
+    vm.power_on(ctx.session, ref(vm_id, "VirtualMachine"))
+
+
+def power_off(ctx: VSphere, vm_id: str) -> None:
+    vm.power_off(ctx.session, ref(vm_id, "VirtualMachine"))

@@ -17,7 +17,7 @@ from oslo_config import cfg
 from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
-from vsan_flows import exceptions
+from vsan_flows import exceptions, redaction
 
 LOG = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         raise exceptions.ConfigError("[vmware] host_ip", "is not set",
                                      "Set it to the vCenter server's address.")
     _probe(v.host_ip, v.host_port)
+    redaction.guard_library_logs()
     if v.insecure and not v.ca_file:
         # The operator chose this once in config; one warning here instead of urllib3's
         # warning on every request (hundreds per spawn).

@@ -92,6 +92,7 @@ def destroy(session, vm_ref) -> bool:
     if not exists(session, vm_ref):
         return False
     try:
+        power_off(session, vm_ref)  # vCenter refuses to destroy a running VM
         task = session.invoke_api(session.vim, "Destroy_Task", vm_ref)
         session.wait_for_task(task)
     except vexc.ManagedObjectNotFoundException:
@@ -256,3 +257,13 @@ def controller_types(session, vm_ref) -> dict[int, str]:
         elif d.__class__.__name__ == "VirtualIDEController":
             found[d.key] = "ide"
     return found
+
+
+def power_on(session, vm_ref) -> None:
+    if power_state(session, vm_ref) != "poweredOn":
+        session.wait_for_task(session.invoke_api(session.vim, "PowerOnVM_Task", vm_ref))
+
+
+def power_off(session, vm_ref) -> None:
+    if power_state(session, vm_ref) == "poweredOn":
+        session.wait_for_task(session.invoke_api(session.vim, "PowerOffVM_Task", vm_ref))
