@@ -190,3 +190,31 @@ def test_vsphere_fault_in_any_step_rolls_back(method, sim_conf, vsphere, images,
     with pytest.raises(exceptions.VsanFlowsError) as err:
         _spawn(sim_conf, vsphere, images, _name(), _add(images, good_vmdk))
     assert "SystemError" in str(err.value)
+
+
+def test_session_expiring_mid_flow_is_reestablished(sim_conf, vsphere, images, control,
+                                                     good_vmdk, destroy_after):
+    """vCenter drops every session just as the transfer starts; the spawn still completes."""
+    from contextlib import contextmanager
+
+    from taskflow import states
+
+    @contextmanager
+    def expire_sessions_before_stream(engine):
+        def on_event(state, details):
+            if state == states.RUNNING and details.get("task_name", "").endswith(
+                    "StreamDiskToLease"):
+                control.terminate_sessions()
+
+        engine.atom_notifier.register("*", on_event)
+        yield
+
+    name = _name()
+    image_id = _add(images, good_vmdk)
+    destroy_after.append(name)
+    logins = control.calls("Login")
+    result = _spawn(sim_conf, vsphere, images, name, image_id,
+                    listeners=(expire_sessions_before_stream,))
+    destroy_after.append(result["shadow_vm"]["name"])
+    assert control.calls("Login") > logins
+    assert result["instance_vm"]["parent"]
