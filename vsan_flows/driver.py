@@ -76,7 +76,8 @@ class VsanFlowsDriver:
 
     def init_host(self, host: str | None = None) -> list[tuple[str, str, str]]:
         """nova calls this when nova-compute starts: finish what a restart interrupted."""
-        return api.resume_unfinished(self.conf, vsphere=self._vs(), images=self._images,
+        # No login unless there is something to resume: live handles are built lazily.
+        return api.resume_unfinished(self.conf, vsphere=self._vsphere, images=self._images,
                                      backend=self._backend)
 
     def spawn(self, context, instance, image_meta, injected_files, admin_password,

@@ -9,6 +9,7 @@ the disk size.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -38,7 +39,8 @@ class StreamTap:
         # Without a header yet, keep enough to parse one; then keep what its overhead says.
         self._head_limit = header.overhead_bytes if header is not None else _PROBE
         self._head = bytearray()
-        self._tail = bytearray()
+        self._tail: deque[bytes] = deque()
+        self._tail_len = 0
         self.bytes_read = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -55,9 +57,11 @@ class StreamTap:
         self._keep_head(data, start)
         if self._on_progress is not None:
             self._on_progress(self.bytes_read)
-        self._tail += data
-        if len(self._tail) > 2 * vmdk.TAIL_BYTES:
-            del self._tail[: len(self._tail) - vmdk.TAIL_BYTES]
+        # Keep references to the last chunks, not copies: the hot loop must not copy bytes.
+        self._tail.append(data)
+        self._tail_len += len(data)
+        while self._tail_len - len(self._tail[0]) >= vmdk.TAIL_BYTES:
+            self._tail_len -= len(self._tail.popleft())
         return data
 
     def _keep_head(self, data: bytes, start: int) -> None:
@@ -83,7 +87,7 @@ class StreamTap:
     def check_complete(self) -> vmdk.VmdkHeader:
         """Raise InvalidImage unless a whole streamOptimized disk went through."""
         header = self.header or vmdk.read_header(bytes(self._head), image_id=self.image_id)
-        tail = bytes(self._tail[-vmdk.TAIL_BYTES:])
+        tail = b"".join(self._tail)[-vmdk.TAIL_BYTES:]
         vmdk.check_stream_end(tail, header=header, total_bytes=self.bytes_read,
                               head=bytes(self._head), image_id=self.image_id)
         return header

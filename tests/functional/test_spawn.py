@@ -218,3 +218,12 @@ def test_session_expiring_mid_flow_is_reestablished(sim_conf, vsphere, images, c
     destroy_after.append(result["shadow_vm"]["name"])
     assert control.calls("Login") > logins
     assert result["instance_vm"]["parent"]
+
+
+def test_unknown_cluster_is_a_config_error(simulator, wsdl_url, tmp_path, images, good_vmdk):
+    from tests.functional.conftest import make_conf
+
+    conf = make_conf(simulator, wsdl_url, tmp_path, vmware__cluster_name="no-such-cluster")
+    with pytest.raises(exceptions.ConfigError) as err:
+        api.spawn(conf, _name(), _add(images, good_vmdk), images=images)
+    assert "no-such-cluster" in str(err.value) and "DC0_C0" in str(err.value)

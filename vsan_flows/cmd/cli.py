@@ -22,7 +22,9 @@ from vsan_flows import exceptions, redaction
 def _load_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
     conf = cfg.ConfigOpts()
     vconf.register_opts(conf)
-    files = [args.config_file] if args.config_file else []
+    # Without --config-file, oslo.config's usual search applies
+    # (/etc/vsan-flows/vsan-flows.conf, ~/.vsan-flows/...), as for every OpenStack service.
+    files = args.config_file or None
     try:
         conf([], project="vsan-flows", default_config_files=files)
     except cfg.Error as exc:
@@ -32,7 +34,9 @@ def _load_conf(args: argparse.Namespace) -> cfg.ConfigOpts:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsan-flows", description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", help="vsan-flows.conf with [vmware] and [vsan_flows]")
+    parser.add_argument("--config-file", action="append",
+                        help="vsan-flows.conf with [vmware] and [vsan_flows] (repeatable; "
+                        "default: oslo.config's search, e.g. /etc/vsan-flows/vsan-flows.conf)")
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and debug logs (secrets stay masked)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -36,6 +36,7 @@ import logging
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -252,6 +253,10 @@ def _short_id(value: str | None) -> str | None:
 
 
 def _backend(conf: cfg.ConfigOpts) -> Any:
+    """Open the store, after arming the output guard (see module doc)."""
+    # Importing the store pulls in eventlet (via taskflow/oslo), which announces its own
+    # deprecation over ten lines of stderr; that is noise around our one-line answers.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     from vsan_flows.runtime import persistence
 
     _guard_output(conf)
@@ -580,6 +585,7 @@ def cmd_abandon(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
                         f"Abandon flow {fd.uuid}, {_describe(book, fd)}? It will never be "
                         "resumed, and what it created stays until you remove it."):
             return 1
+        _take_over(backend, book, args)
         previous = fd.state
         fd.meta = {**(fd.meta or {}), "abandoned": {
             "at": dt.datetime.now(dt.UTC).isoformat(),

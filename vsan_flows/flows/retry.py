@@ -15,6 +15,9 @@ NOT_RETRYABLE = (
     exceptions.ConfigError,
     exceptions.VCenterAuthError,
     exceptions.InstanceNotFound,
+    # A transfer that ran out of image_transfer_timeout_secs would only run out again: with
+    # the defaults, retrying would keep nova waiting 4 x 2 hours before it hears anything.
+    exceptions.TransferTimeout,
 )
 
 

@@ -26,7 +26,8 @@ class StreamDiskToLease(task.Task):
 
     default_provides = "bytes_sent"
 
-    def execute(self, vsphere, images, policy, image: dict, import_lease: dict | None) -> int:
+    def execute(self, vsphere, images, policy, image: dict, datastore: dict,
+                import_lease: dict | None) -> int:
         if import_lease is None:
             return 0  # cache hit, nothing to send
         size = image["size"]
@@ -43,7 +44,7 @@ class StreamDiskToLease(task.Task):
             sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress)
         tap.check_complete()
         if policy.verify_stored_size and import_lease.get("vm"):
-            path, stored = imports.stored_disk(vsphere, import_lease["vm"])
+            path, stored = imports.stored_disk(vsphere, import_lease["vm"], datastore["moref"])
             if stored is not None and stored < sent:
                 raise exceptions.IncompleteTransfer(
                     f"The import to {path}", bytes_sent=sent, bytes_expected=size,

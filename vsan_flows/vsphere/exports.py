@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import transfer, vm
+from vsan_flows.vsphere import instances, transfer, vm
 from vsan_flows.vsphere.imports import _placement
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
 def describe_instance(ctx: VSphere, name: str) -> dict:
     """What a snapshot image's metadata needs from the instance, or InstanceNotFound."""
-    vm_ref = vm.find_by_name(ctx.session, name)
-    if vm_ref is None:
+    vm_id = instances.find(ctx, name)
+    if vm_id is None:
         raise exceptions.InstanceNotFound(name)
+    vm_ref = ref(vm_id, "VirtualMachine")
     disks = vm.disks(ctx.session, vm_ref)
     if not disks:
         raise exceptions.VSphereError(

@@ -16,11 +16,13 @@ from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
 def _placement(ctx: VSphere):
+    if "placement" not in ctx.cache:
+        ctx.cache["placement"] = _lookup_placement(ctx)
+    return ctx.cache["placement"]
+
+
+def _lookup_placement(ctx: VSphere):
     cluster = inventory.cluster_by_name(ctx.session, ctx.cluster_name)
-    if cluster is None:
-        raise exceptions.ConfigError(
-            "[vmware] cluster_name", f"no cluster called {ctx.cluster_name!r} in vCenter",
-            "Set it to one of the cluster names vCenter shows.")
     return inventory.resource_pool(ctx.session, cluster), inventory.vm_folder(ctx.session,
                                                                               cluster)
 
@@ -76,15 +78,11 @@ def upload(ctx: VSphere, lease_id: str, source: BinaryIO, size: int,
     return reader.bytes_read
 
 
-def stored_disk(ctx: VSphere, vm_id: str) -> tuple[str, int | None]:
+def stored_disk(ctx: VSphere, vm_id: str, datastore_id: str) -> tuple[str, int | None]:
     """(datastore path, bytes stored) of the VM's first disk, as the datastore reports it."""
     vm_ref = ref(vm_id, "VirtualMachine")
     disks = vm.disks(ctx.session, vm_ref)
     if not disks:
         raise exceptions.VSphereError(f"VM {vm_id} has no disk")
     path = disks[0].backing.fileName
-    ds_name, _ = disk.split_path(path)
-    ds = next((d for d in list_datastores(ctx) if d.name == ds_name), None)
-    if ds is None:
-        return path, None
-    return path, disk.file_size(ctx.session, ref(ds.moref, "Datastore"), path)
+    return path, disk.file_size(ctx.session, ref(datastore_id, "Datastore"), path)

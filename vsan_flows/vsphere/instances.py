@@ -9,7 +9,9 @@ from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
 def find(ctx: VSphere, name: str) -> str | None:
-    found = vm.find_by_name(ctx.session, name)
+    """Our VMs (and nova's instances) live in the cluster's datacenter VM folder."""
+    _pool, folder = _placement(ctx)
+    found = vm.find_child(ctx.session, folder, name)
     return ref_value(found) if found is not None else None
 
 
@@ -70,7 +72,7 @@ def create_linked(ctx: VSphere, *, name: str, datastore_name: str, parent_vm_id:
 
 
 def names_with_prefix(ctx: VSphere, prefix: str) -> list[str]:
-    return sorted(n for n in vm.all_disks(ctx.session) if n and n.startswith(prefix))
+    return sorted(n for n in vm.all_names(ctx.session) if n and n.startswith(prefix))
 
 
 def power_on(ctx: VSphere, vm_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from oslo_vmware import vim_util
 
+from vsan_flows import exceptions
 from vsan_flows.vsphere.placement import DatastoreInfo
 
 _DS_PROPS = ["summary.name", "summary.type", "summary.freeSpace", "summary.capacity",
@@ -44,11 +45,27 @@ def datastores(session, cluster=None) -> list[DatastoreInfo]:
 
 
 def cluster_by_name(session, name: str | None):
-    """The named cluster, or the only one when no name is configured."""
+    """The named cluster, or the only one when no name is configured.
+
+    Guessing among several clusters would place disks somewhere the operator did not choose,
+    so that is a configuration error naming the candidates.
+    """
     clusters = _collect(session, "ClusterComputeResource", ["name"])
+    names = sorted(str(c[1].get("name")) for c in clusters)
     if name:
         clusters = [c for c in clusters if c[1].get("name") == name]
-    return clusters[0][0] if clusters else None
+        if not clusters:
+            raise exceptions.ConfigError(
+                "[vmware] cluster_name", f"vCenter has no cluster called {name!r}",
+                f"Set it to one of: {', '.join(names) or '(none)'}.")
+    elif len(clusters) > 1:
+        raise exceptions.ConfigError(
+            "[vmware] cluster_name", "is not set and vCenter has several clusters",
+            f"Set it to one of: {', '.join(names)}.")
+    if not clusters:
+        raise exceptions.ConfigError("[vmware] cluster_name", "vCenter has no cluster",
+                                     "Add the compute hosts to a cluster.")
+    return clusters[0][0]
 
 
 def resource_pool(session, cluster):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import urllib3
 from oslo_config import cfg
@@ -35,6 +35,9 @@ class VSphere:
     port: int
     cluster_name: str | None
     transfer_timeout: int
+    # Inventory references that do not change while the process lives (cluster, pool,
+    # folder): looked up once, never persisted.
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def vim(self):
