@@ -30,20 +30,9 @@ def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
     been rolled back.
     """
-    token = uuid.uuid4().hex[:12]
-    store = {
-        "instance_name": instance_name,
-        "image_id": image_id,
-        "flow_token": token,
-        "import_vm_name": f"vsanflows-import-{token}",
-    }
-    transients = live_handles(conf, vsphere=vsphere, images=images)
-    return runner.run(
-        SPAWN_FACTORY, {"retries": conf.vsan_flows.import_retries, "power_on": power_on},
-        store, transients,
-        backend=backend or persistence.open_backend(conf), book_name=f"spawn {instance_name}",
-        book_meta={"operation": "spawn", "instance": instance_name, "image": image_id},
-        engine=conf.vsan_flows.engine, listeners=listeners)
+    return _run("spawn", SPAWN_FACTORY, {"power_on": power_on},
+                lambda token: {"import_vm_name": f"vsanflows-import-{token}"},
+                conf, instance_name, image_id, vsphere, images, backend, listeners)
 
 
 def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
@@ -54,20 +43,25 @@ def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
     On failure everything temporary is removed and the image is marked killed (or deleted),
     so it can never be mistaken for a usable snapshot.
     """
+    return _run("snapshot", SNAPSHOT_FACTORY, {},
+                lambda token: {"snapshot_name": f"vsanflows-snapshot-{token}",
+                               "clone_vm_name": f"vsanflows-export-{token}"},
+                conf, instance_name, image_id, vsphere, images, backend, listeners)
+
+
+def _run(operation, factory, factory_kwargs, names, conf, instance_name, image_id, vsphere,
+         images, backend, listeners) -> dict:
+    """Every name a flow gives things in vCenter carries its token, fixed before it runs, so
+    a revert after a crash can find them by name."""
     token = uuid.uuid4().hex[:12]
-    store = {
-        "instance_name": instance_name,
-        "image_id": image_id,
-        "flow_token": token,
-        "snapshot_name": f"vsanflows-snapshot-{token}",
-        "clone_vm_name": f"vsanflows-export-{token}",
-    }
-    transients = live_handles(conf, vsphere=vsphere, images=images)
+    store = {"instance_name": instance_name, "image_id": image_id, "flow_token": token,
+             **names(token)}
     return runner.run(
-        SNAPSHOT_FACTORY, {"retries": conf.vsan_flows.import_retries}, store, transients,
+        factory, {"retries": conf.vsan_flows.import_retries, **factory_kwargs}, store,
+        live_handles(conf, vsphere=vsphere, images=images),
         backend=backend or persistence.open_backend(conf),
-        book_name=f"snapshot {instance_name}",
-        book_meta={"operation": "snapshot", "instance": instance_name, "image": image_id},
+        book_name=f"{operation} {instance_name}",
+        book_meta={"operation": operation, "instance": instance_name, "image": image_id},
         engine=conf.vsan_flows.engine, listeners=listeners)
 
 

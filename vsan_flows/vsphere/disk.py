@@ -12,6 +12,8 @@ import re
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 
+from vsan_flows.vsphere import faults
+
 _DS_PATH = re.compile(r"^\[(?P<ds>[^\]]+)\]\s*(?P<rel>.*)$")
 
 
@@ -42,10 +44,8 @@ def file_size(session, datastore_ref, ds_path: str) -> int | None:
         task = session.invoke_api(session.vim, "SearchDatastore_Task", browser,
                                   datastorePath=f"[{ds_name}] {folder}", searchSpec=spec)
         info = session.wait_for_task(task)
-    except vexc.FileNotFoundException:
-        return None
-    except vexc.VimFaultException as exc:
-        if "FileNotFound" in (exc.fault_list or []):
+    except vexc.VimException as exc:
+        if faults.is_gone(exc):
             return None
         raise
     for f in getattr(info.result, "file", None) or []:
@@ -61,10 +61,8 @@ def delete_file(session, datacenter_ref, ds_path: str) -> bool:
         task = session.invoke_api(session.vim, "DeleteDatastoreFile_Task", fm, name=ds_path,
                                   datacenter=datacenter_ref)
         session.wait_for_task(task)
-    except vexc.FileNotFoundException:
-        return False
-    except vexc.VimFaultException as exc:
-        if "FileNotFound" in (exc.fault_list or []):
+    except vexc.VimException as exc:
+        if faults.is_gone(exc):
             return False
         raise
     return True

@@ -31,6 +31,7 @@ from oslo_vmware import exceptions as vexc
 from oslo_vmware import image_transfer, rw_handles, vim_util
 
 from vsan_flows import exceptions
+from vsan_flows.vsphere import faults
 
 LOG = logging.getLogger(__name__)
 
@@ -89,10 +90,8 @@ def abort(session, lease) -> bool:
     """Abort a lease; False when it is already gone (completed, aborted or never existed)."""
     try:
         session.invoke_api(session.vim, "HttpNfcLeaseAbort", lease)
-    except vexc.ManagedObjectNotFoundException:
-        return False
-    except vexc.VimFaultException as exc:
-        if "ManagedObjectNotFound" in (exc.fault_list or []):
+    except vexc.VimException as exc:
+        if faults.is_gone(exc):
             return False
         raise
     return True

@@ -10,6 +10,8 @@ from __future__ import annotations
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 
+from vsan_flows.vsphere import faults
+
 # The disk controller device for each vmware_adaptertype an image may carry.
 CONTROLLERS = {
     "lsiLogic": "VirtualLsiLogicController",
@@ -20,9 +22,11 @@ CONTROLLERS = {
 DEFAULT_ADAPTER = "lsiLogic"
 
 
-def import_spec(cf, name: str, datastore_name: str, capacity_kb: int,
-                adapter_type: str = DEFAULT_ADAPTER, guest_id: str = "otherGuest"):
-    """A VirtualMachineImportSpec for a disk-only VM on ``datastore_name``."""
+def _vm_config(cf, *, name: str, datastore_name: str, capacity_kb: int, adapter_type: str,
+               guest_id: str, parent_file: str | None = None, memory_mb: int = 128,
+               vcpus: int = 1, annotation: str | None = None):
+    """A config spec for a VM with one SCSI controller and one new thin disk on the datastore
+    (a child of ``parent_file`` when given: a linked clone of that disk)."""
     controller = cf.create("ns0:" + CONTROLLERS.get(adapter_type, CONTROLLERS[DEFAULT_ADAPTER]))
     controller.key = -100
     controller.busNumber = 0
@@ -35,6 +39,11 @@ def import_spec(cf, name: str, datastore_name: str, capacity_kb: int,
     backing.fileName = f"[{datastore_name}]"
     backing.diskMode = "persistent"
     backing.thinProvisioned = True
+    if parent_file:
+        parent = cf.create("ns0:VirtualDiskFlatVer2BackingInfo")
+        parent.fileName = parent_file
+        parent.diskMode = "persistent"
+        backing.parent = parent
     disk = cf.create("ns0:VirtualDisk")
     disk.key = -101
     disk.controllerKey = -100
@@ -51,13 +60,22 @@ def import_spec(cf, name: str, datastore_name: str, capacity_kb: int,
     config = cf.create("ns0:VirtualMachineConfigSpec")
     config.name = name
     config.guestId = guest_id
-    config.numCPUs = 1
-    config.memoryMB = 128
+    config.numCPUs = vcpus
+    config.memoryMB = memory_mb
+    if annotation is not None:
+        config.annotation = annotation
     config.files = files
     config.deviceChange = [ctl_change, disk_change]
+    return config
 
+
+def import_spec(cf, name: str, datastore_name: str, capacity_kb: int,
+                adapter_type: str = DEFAULT_ADAPTER, guest_id: str = "otherGuest"):
+    """A VirtualMachineImportSpec for a disk-only VM on ``datastore_name``."""
     spec = cf.create("ns0:VirtualMachineImportSpec")
-    spec.configSpec = config
+    spec.configSpec = _vm_config(cf, name=name, datastore_name=datastore_name,
+                                 capacity_kb=capacity_kb, adapter_type=adapter_type,
+                                 guest_id=guest_id)
     return spec
 
 
@@ -96,10 +114,8 @@ def all_names(session) -> list[str]:
 def exists(session, vm_ref) -> bool:
     try:
         session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref, "name")
-    except vexc.ManagedObjectNotFoundException:
-        return False
-    except vexc.VimFaultException as exc:
-        if "ManagedObjectNotFound" in (exc.fault_list or []):
+    except vexc.VimException as exc:
+        if faults.is_gone(exc):
             return False
         raise
     return True
@@ -151,44 +167,10 @@ def create_linked(session, folder, pool, *, name: str, datastore_name: str, pare
     This is what makes a spawn cheap on vSAN: the instance shares the cached base disk and
     writes only its own differences.
     """
-    cf = session.vim.client.factory
-    controller = cf.create("ns0:" + CONTROLLERS.get(adapter_type, CONTROLLERS[DEFAULT_ADAPTER]))
-    controller.key = -100
-    controller.busNumber = 0
-    controller.sharedBus = "noSharing"
-    ctl_change = cf.create("ns0:VirtualDeviceConfigSpec")
-    ctl_change.operation = "add"
-    ctl_change.device = controller
-
-    parent = cf.create("ns0:VirtualDiskFlatVer2BackingInfo")
-    parent.fileName = parent_disk.backing.fileName
-    parent.diskMode = "persistent"
-    backing = cf.create("ns0:VirtualDiskFlatVer2BackingInfo")
-    backing.fileName = f"[{datastore_name}]"
-    backing.diskMode = "persistent"
-    backing.thinProvisioned = True
-    backing.parent = parent
-    disk = cf.create("ns0:VirtualDisk")
-    disk.key = -101
-    disk.controllerKey = -100
-    disk.unitNumber = 0
-    disk.capacityInKB = parent_disk.capacityInKB
-    disk.backing = backing
-    disk_change = cf.create("ns0:VirtualDeviceConfigSpec")
-    disk_change.operation = "add"
-    disk_change.fileOperation = "create"
-    disk_change.device = disk
-
-    files = cf.create("ns0:VirtualMachineFileInfo")
-    files.vmPathName = f"[{datastore_name}]"
-    config = cf.create("ns0:VirtualMachineConfigSpec")
-    config.name = name
-    config.guestId = guest_id
-    config.numCPUs = vcpus
-    config.memoryMB = memory_mb
-    config.annotation = annotation
-    config.files = files
-    config.deviceChange = [ctl_change, disk_change]
+    config = _vm_config(session.vim.client.factory, name=name, datastore_name=datastore_name,
+                        capacity_kb=parent_disk.capacityInKB, adapter_type=adapter_type,
+                        guest_id=guest_id, parent_file=parent_disk.backing.fileName,
+                        memory_mb=memory_mb, vcpus=vcpus, annotation=annotation)
     task = session.invoke_api(session.vim, "CreateVM_Task", folder, config=config, pool=pool)
     info = session.wait_for_task(task)
     return info.result
