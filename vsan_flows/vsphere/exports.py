@@ -71,4 +71,4 @@ def begin_export(ctx: VSphere, vm_id: str) -> str:
 def open_export(ctx: VSphere, lease_id: str) -> transfer.LeaseDownloadHandle:
     lease = ref(lease_id, "HttpNfcLease")
     device = transfer.disk_device(ctx.session, lease, ctx.host, ctx.port)
-    return transfer.LeaseDownloadHandle(ctx.session, lease, device)
+    return transfer.LeaseDownloadHandle(ctx.session, lease, device, cacerts=ctx.cacerts)

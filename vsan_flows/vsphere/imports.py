@@ -66,7 +66,7 @@ def upload(ctx: VSphere, lease_id: str, source: BinaryIO, size: int,
     device = transfer.disk_device(ctx.session, lease, ctx.host, ctx.port)
     reader = transfer.ImageStreamReader(source)
     writer = transfer.LeaseUploadHandle(ctx.session, lease, device, size, on_progress,
-                                        ctx.transfer_timeout)
+                                        ctx.transfer_timeout, cacerts=ctx.cacerts)
     transfer.copy(reader, writer, ctx.transfer_timeout, "The image upload", size)
     if reader.bytes_read != size:
         raise exceptions.IncompleteTransfer("The image upload", bytes_sent=reader.bytes_read,

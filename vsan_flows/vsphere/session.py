@@ -35,6 +35,10 @@ class VSphere:
     port: int
     cluster_name: str | None
     transfer_timeout: int
+    # How lease (NFC) URLs are verified, as for the SOAP endpoint: a CA bundle path, True for
+    # the system bundle, False when [vmware] insecure. The lease's own thumbprint, when vCenter
+    # gives one, is checked in addition.
+    cacerts: bool | str = False
     # Inventory references that do not change while the process lives (cluster, pool,
     # folder): looked up once, never persisted.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -88,8 +92,10 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
 
 
 def connect(conf: cfg.ConfigOpts) -> VSphere:
-    return VSphere(create_session(conf), conf.vmware.host_ip, conf.vmware.host_port,
-                   conf.vmware.cluster_name, conf.vmware.image_transfer_timeout_secs)
+    v = conf.vmware
+    return VSphere(create_session(conf), v.host_ip, v.host_port, v.cluster_name,
+                   v.image_transfer_timeout_secs,
+                   cacerts=v.ca_file or not v.insecure)
 
 
 def ref(value: str, type_: str):

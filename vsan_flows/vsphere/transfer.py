@@ -117,7 +117,7 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
 
     def __init__(self, session, lease, device: LeaseDevice, size: int,
                  on_progress: Callable[[int], None] | None = None,
-                 timeout_secs: float | None = None) -> None:
+                 timeout_secs: float | None = None, cacerts: bool | str = False) -> None:
         # Deliberately not calling VmdkWriteHandle.__init__: it would create a second lease.
         self._timeout_secs = timeout_secs
         self._deadline = time.monotonic() + timeout_secs if timeout_secs else None
@@ -127,7 +127,8 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
         self._on_progress = on_progress
         self._conn = self._create_write_connection(
             "PUT", device.url, size, cookies=session.vim.client.cookiejar, overwrite="t",
-            content_type="binary/octet-stream", ssl_thumbprint=device.thumbprint)
+            content_type="binary/octet-stream", cacerts=cacerts,
+            ssl_thumbprint=device.thumbprint)
         self._conn.timeout = SOCKET_TIMEOUT
         if self._conn.sock is not None:
             self._conn.sock.settimeout(SOCKET_TIMEOUT)
@@ -188,12 +189,14 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
 class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
     """GET a disk stream from an existing export lease without releasing it on close."""
 
-    def __init__(self, session, lease, device: LeaseDevice, size: int | None = None) -> None:
+    def __init__(self, session, lease, device: LeaseDevice, size: int | None = None,
+                 cacerts: bool | str = False) -> None:
         # Deliberately not calling VmdkReadHandle.__init__: it would create a second lease.
         self._vmdk_size = size or device.file_size or 0
         self._bytes_read = 0
         self._conn = self._create_read_connection(
-            device.url, cookies=session.vim.client.cookiejar, ssl_thumbprint=device.thumbprint)
+            device.url, cookies=session.vim.client.cookiejar, cacerts=cacerts,
+            ssl_thumbprint=device.thumbprint)
         self._conn.timeout = SOCKET_TIMEOUT
         if self._conn.sock is not None:
             self._conn.sock.settimeout(SOCKET_TIMEOUT)
