@@ -492,7 +492,7 @@ def _node_label(view: Mapping | None, atom: Any) -> str:
         extra.append(f"{view['attempts']} attempt(s)")
     progress = view.get("progress")
     if view["kind"] == "task" and state == states.RUNNING and isinstance(progress, (int, float)):
-        extra.append(f"{progress:.0%}")
+        extra.append(f"progress {progress:.0%}")
     rows.append(_html(" · ".join([state, *extra])))
     for key, verb in (("failure", "raised"), ("revert_failure", "revert raised")):
         info = view.get(key)
