@@ -471,6 +471,24 @@ def test_guard_abandoned_needs_force():
         cli_flows._check_may_act(book, fd, _args(), "revert")
 
 
+def test_abandoned_means_failure_with_the_record(sqlite_backend):
+    flow_id = run_flow(sqlite_backend, run=False)
+    _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
+    fd.meta = {**fd.meta, "abandoned": {"at": "now", "by": "admin", "previous_state": "PENDING"}}
+    fd.state = states.FAILURE
+    with contextlib.closing(sqlite_backend.get_connection()) as conn:
+        conn.update_flow_details(fd)
+    (row,) = inspect.list_flows(sqlite_backend, state=["abandoned"])
+    assert row["abandoned"] and cli_flows._is_abandoned(fd)
+    assert inspect.purge_candidates(sqlite_backend, dt.timedelta(0)) == []
+    assert inspect.purge_candidates(sqlite_backend, dt.timedelta(0),
+                                    include_abandoned=True)[0]["id"] == flow_id
+    cli_flows._revert_flow(sqlite_backend, fd, {}, "serial")  # revert --force
+    (row,) = inspect.list_flows(sqlite_backend)
+    assert row["state"] == states.REVERTED and not row["abandoned"]
+    assert inspect.show_flow(sqlite_backend, flow_id)["abandoned_details"]["by"] == "admin"
+
+
 def test_confirmation_refuses_without_a_terminal(monkeypatch):
     import io
 

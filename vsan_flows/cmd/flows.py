@@ -382,6 +382,11 @@ def cmd_graph(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- guard rails
 
 
+def _is_abandoned(fd: Any) -> bool:
+    """Abandoned and still in the FAILURE abandon put it in (not forced on since)."""
+    return bool((fd.meta or {}).get("abandoned")) and fd.state == "FAILURE"
+
+
 def _refuse(flow_id: str, problem: str, fix: str | None = None) -> exceptions.FlowError:
     return exceptions.FlowError(flow_id, problem, fix)
 
@@ -405,7 +410,7 @@ def _check_may_act(book: Any, fd: Any, args: argparse.Namespace, action: str) ->
                       "(the store records no process id, so this cannot be checked)",
                       f"If no nova-compute/vsan-flows process runs it (it crashed, or the "
                       f"service is stopped), add --force to {action} it.")
-    abandoned = (fd.meta or {}).get("abandoned")
+    abandoned = (fd.meta or {}).get("abandoned") if _is_abandoned(fd) else None
     if abandoned and not args.force:
         raise _refuse(fd.uuid, f"was abandoned at {abandoned.get('at')} by "
                       f"{abandoned.get('by')}", f"Add --force to {action} it anyway.")
@@ -470,11 +475,18 @@ def cmd_resume(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
         book, fd = persistence.find_flow_detail(backend, args.flow_id)
         if fd.state in ("SUCCESS", "REVERTED"):
             raise _refuse(fd.uuid, f"already finished ({fd.state}); there is nothing to resume")
-        if fd.state == "FAILURE" and not (fd.meta or {}).get("abandoned"):
+        if fd.state == "FAILURE" and not _is_abandoned(fd):
             raise _refuse(fd.uuid, "ended in FAILURE (an undo step failed)",
                           f"Retry the undo with `vsan-flows flows revert {fd.uuid}`.")
         _check_may_act(book, fd, args, "resume")
         _take_over(backend, book, args)
+        if _is_abandoned(fd):  # --force: un-abandon, back to where it was
+            meta = dict(fd.meta)
+            fd.state = meta["abandoned"].get("previous_state") or "SUSPENDED"
+            meta["abandoned_earlier"] = meta.pop("abandoned")
+            fd.meta = meta
+            with contextlib.closing(backend.get_connection()) as conn:
+                conn.update_flow_details(fd)
         try:
             _with_live_handles(conf, lambda t: runner.resume(
                 backend, fd, t, engine=conf.vsan_flows.engine))
@@ -575,7 +587,7 @@ def cmd_abandon(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     backend = _backend(conf)
     with contextlib.closing(backend):
         book, fd = persistence.find_flow_detail(backend, args.flow_id)
-        if (fd.meta or {}).get("abandoned"):
+        if _is_abandoned(fd):
             raise _refuse(fd.uuid, "is already abandoned")
         if fd.state in ("SUCCESS", "REVERTED"):
             raise _refuse(fd.uuid, f"already finished ({fd.state}); nothing would resume it",

@@ -238,7 +238,9 @@ def summary(book: models.LogBook, fd: models.FlowDetail,
         "instance": meta.get("instance"),
         "image": meta.get("image"),
         "state": fd.state,
-        "abandoned": bool((fd.meta or {}).get("abandoned")),
+        # Abandon sets FAILURE; a flow forced on later (revert/resume --force) is no longer
+        # abandoned, though show still reports the record.
+        "abandoned": bool((fd.meta or {}).get("abandoned")) and fd.state == states.FAILURE,
         "host": meta.get("host"),
         "started": iso(started),
         "last_change": iso(last),
