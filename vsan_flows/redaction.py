@@ -15,7 +15,7 @@ _PATTERNS = [
     (re.compile(r"(vmware_soap_session=)[\"']?[^;\s\"']+", re.I), r"\1***"),
     (re.compile(r"(vmware_cgi_ticket=)[^;\s\"']+", re.I), r"\1***"),
     (re.compile(r"(Cookie:\s*)[^\r\n]+", re.I), r"\1***"),
-    (re.compile(r"(<(?:password|sessionID|key)>)[^<]*(</)", re.I), r"\1***\2"),
+    (re.compile(r"(<(?:\w+:)?(?:password|sessionID|key)>)[^<]*(</)", re.I), r"\1***\2"),
     (re.compile(r"(://[^:/\s@]+:)[^@\s/]+(@)"), r"\1***\2"),
 ]
 

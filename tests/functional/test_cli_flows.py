@@ -131,15 +131,14 @@ def world(simulator, wsdl_url, vsphere, tmp_path_factory):
 
 def _cleanup(conf, vsphere, images, ctl, vms_before) -> None:
     """Undo whatever the tests left half done, then remove every VM this module made."""
-    from vsan_flows.cmd import flows as cli_flows
 
     with contextlib.suppress(Exception), contextlib.closing(
             persistence.open_backend(conf)) as backend:
         for _book, fd in persistence.list_flow_details(backend):
             if fd.state not in ("SUCCESS", "REVERTED"):
                 with contextlib.suppress(Exception):
-                    cli_flows._revert_flow(backend, fd, api.live_handles(
-                        conf, vsphere=vsphere, images=images), "serial")
+                    runner.revert(backend, fd, api.live_handles(
+                        conf, vsphere=vsphere, images=images))
     made = [vm["name"] for vm in ctl.status()["vms"] if vm["name"] not in vms_before]
     # instances first: image cache VMs refuse to go while linked clones use them
     for name in sorted(made, key=lambda n: n.startswith("vsanflows-")):

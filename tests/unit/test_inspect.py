@@ -483,7 +483,7 @@ def test_abandoned_means_failure_with_the_record(sqlite_backend):
     assert inspect.purge_candidates(sqlite_backend, dt.timedelta(0)) == []
     assert inspect.purge_candidates(sqlite_backend, dt.timedelta(0),
                                     include_abandoned=True)[0]["id"] == flow_id
-    cli_flows._revert_flow(sqlite_backend, fd, {}, "serial")  # revert --force
+    runner.revert(sqlite_backend, fd, {})  # revert --force
     (row,) = inspect.list_flows(sqlite_backend)
     assert row["state"] == states.REVERTED and not row["abandoned"]
     assert inspect.show_flow(sqlite_backend, flow_id)["abandoned_details"]["by"] == "admin"
@@ -502,7 +502,7 @@ def test_revert_retries_a_failed_undo(sqlite_backend):
     flow_id = run_flow(sqlite_backend, boom=1, sticky=1)
     _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
     assert fd.state == states.FAILURE and KNOBS["sticky_reverts"] == 1
-    cli_flows._revert_flow(sqlite_backend, fd, {}, "serial")
+    runner.revert(sqlite_backend, fd, {})
     _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
     assert fd.state == states.REVERTED
     assert KNOBS["sticky_reverts"] == 2
@@ -516,7 +516,7 @@ def test_revert_retries_a_failed_undo(sqlite_backend):
 def test_revert_a_pending_flow(sqlite_backend):
     flow_id = run_flow(sqlite_backend, run=False)
     _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
-    cli_flows._revert_flow(sqlite_backend, fd, {}, "serial")
+    runner.revert(sqlite_backend, fd, {})
     _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
     assert fd.state == states.REVERTED
 

@@ -16,12 +16,7 @@ from pathlib import Path
 
 from oslo_config import cfg
 
-from vsan_flows import api
 from vsan_flows import conf as vconf
-from vsan_flows.cmd.progress import terminal_progress
-from vsan_flows.images import LocalImageService
-from vsan_flows.runtime import persistence
-from vsan_flows.simulator import disks, launcher, wsdl
 
 MiB = 1024 * 1024
 
@@ -46,7 +41,7 @@ def _timed(label: str, fn, *args, **kwargs):
     return result
 
 
-def _point_at(conf: cfg.ConfigOpts, sim: launcher.Simulator, wsdl_url: str) -> None:
+def _point_at(conf: cfg.ConfigOpts, sim, wsdl_url: str) -> None:
     for name, value in (("host_ip", sim.host), ("host_port", sim.port),
                         ("host_username", sim.username), ("host_password", sim.password),
                         ("insecure", True), ("wsdl_location", wsdl_url)):
@@ -65,6 +60,14 @@ def _write_inspect_conf(conf: cfg.ConfigOpts, path: Path) -> None:
 
 
 def run(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
+    # Imported here: they pull in oslo.vmware and eventlet, which every other vsan-flows
+    # command (flows list, ...) would otherwise pay for on each call.
+    from vsan_flows import api
+    from vsan_flows.cmd.progress import terminal_progress
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.runtime import persistence
+    from vsan_flows.simulator import disks, launcher, wsdl
+
     state = Path(vconf.state_dir(conf))
     work = state / "demo"
     work.mkdir(parents=True, exist_ok=True)

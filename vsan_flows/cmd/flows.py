@@ -500,56 +500,9 @@ def cmd_resume(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     return 0 if after.state == "SUCCESS" else 1
 
 
-def _revert_flow(backend: Any, flow_detail: Any, transients: Mapping[str, Any],
-                 engine: str) -> None:
-    """Roll a flow back completely, retrying undo steps that failed before.
-
-    Stand-in for ``runner.revert`` (runtime/runner.py, not ours to change), which has two
-    defects in taskflow 6.5: it iterates every node of the execution graph, including the
-    flow start/end nodes, and ``storage.get_atom_state("spawn")`` raises NotFound, so it
-    fails on every flow; and it leaves REVERT_FAILURE atoms alone, which TaskFlow treats as
-    terminal, so a flow whose undo failed is marked REVERTED without running the undo again.
-    Same steps otherwise; switch back once runner.revert is fixed.
-    """
-    from taskflow import states
-    from taskflow.types import failure as tf_failure
-
-    from vsan_flows.runtime import runner
-
-    eng = runner.load(backend, flow_detail, transients, engine=engine)
-    eng.compile()
-    eng.prepare()
-    reason = tf_failure.Failure.from_exception(exceptions.FlowError(
-        flow_detail.name, "reverted on request",
-        "Its effects were undone; start the operation again if needed."))
-    for atom, data in eng.compilation.execution_graph.nodes(data=True):
-        kind = data.get("kind")
-        if kind not in ("task", "retry"):
-            continue  # flow start/end markers have no stored state
-        name = atom.name
-        state = eng.storage.get_atom_state(name)
-        if state == states.REVERT_FAILURE:
-            # Back to the state the undo started from, keeping the recorded failure.
-            eng.storage.set_atom_state(name, states.FAILURE)
-            state = states.FAILURE
-        if state in (states.SUCCESS, states.RUNNING, states.FAILURE, states.RETRYING):
-            eng.storage.set_atom_intention(name, states.REVERT)
-        if state == states.RUNNING and kind == "task":
-            eng.storage.save(name, reason, states.FAILURE)
-        elif state == states.PENDING:
-            eng.storage.set_atom_intention(name, states.IGNORE)
-    try:
-        eng.run()
-    except Exception as exc:  # noqa: BLE001 - judged by the end state, below
-        # A completed revert still re-raises the failures that are on record (the original
-        # one, "reverted on request"), so success is the flow's state, not the exception.
-        if eng.storage.get_flow_state() != states.REVERTED:
-            raise runner.translate(exc) from None
-
-
 def cmd_revert(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     """`flows revert ID`: undo a flow (or retry its failed undo); asks first."""
-    from vsan_flows.runtime import persistence
+    from vsan_flows.runtime import persistence, runner
 
     backend = _backend(conf)
     with contextlib.closing(backend):
@@ -567,8 +520,8 @@ def cmd_revert(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
             return 1
         _take_over(backend, book, args)
         try:
-            _with_live_handles(conf, lambda t: _revert_flow(backend, fd, t,
-                                                            conf.vsan_flows.engine))
+            _with_live_handles(conf, lambda t: runner.revert(backend, fd, t,
+                                                             engine=conf.vsan_flows.engine))
         except exceptions.VsanFlowsError as exc:
             _b, after = persistence.find_flow_detail(backend, fd.uuid)
             raise _refuse(fd.uuid, f"revert failed, flow is {after.state}: "

@@ -109,24 +109,40 @@ def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
            engine: str = "serial", listeners: tuple = ()) -> None:
-    """Roll a flow back completely (an admin's choice, or a flow unsafe to resume)."""
+    """Roll a flow back completely (an admin's choice), retrying undo steps that failed.
+
+    TaskFlow has no "revert this saved flow" call: every task/retry atom that did anything
+    gets the REVERT intention, an interrupted one is recorded as failed, what never ran is
+    ignored, and REVERT_FAILURE (terminal for TaskFlow) is set back to FAILURE so its undo
+    runs again. Success is judged by the final flow state: a complete revert still re-raises
+    the failures on record.
+    """
     eng = load(backend, flow_detail, transients, engine=engine)
     eng.compile()
     eng.prepare()
     reason = tf_failure.Failure.from_exception(
         exceptions.FlowError(flow_detail.name, "reverted on request",
                              "Its effects were undone; start the operation again if needed."))
-    for atom in eng.compilation.execution_graph.nodes:
+    for atom, data in eng.compilation.execution_graph.nodes(data=True):
+        kind = data.get("kind")
+        if kind not in ("task", "retry"):
+            continue  # flow start/end markers have no stored state
         name = atom.name
         state = eng.storage.get_atom_state(name)
+        if state == states.REVERT_FAILURE:
+            eng.storage.set_atom_state(name, states.FAILURE)
+            state = states.FAILURE
         if state in (states.SUCCESS, states.RUNNING, states.FAILURE, states.RETRYING):
             eng.storage.set_atom_intention(name, states.REVERT)
-        if state == states.RUNNING and not _is_retry(atom):
+        if state == states.RUNNING and kind == "task":
             eng.storage.save(name, reason, states.FAILURE)
         elif state == states.PENDING:
             eng.storage.set_atom_intention(name, states.IGNORE)
-    with contextlib.suppress(exceptions.FlowError):
+    try:
         _run(eng, listeners)
+    except Exception:
+        if eng.storage.get_flow_state() != states.REVERTED:
+            raise
 
 
 def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
@@ -154,16 +170,12 @@ def _fail_interrupted_transfers(eng) -> None:
     reason = tf_failure.Failure.from_exception(exceptions.TransferError(
         "the transfer was interrupted by a restart; its lease and partial disk are discarded "
         "and the transfer starts again"))
-    for atom in eng.compilation.execution_graph.nodes:
+    for atom, data in eng.compilation.execution_graph.nodes(data=True):
+        if data.get("kind") != "task":
+            continue
         if atom.name in RESTART_FROM_SCRATCH and \
                 eng.storage.get_atom_state(atom.name) == states.RUNNING:
             eng.storage.save(atom.name, reason, states.FAILURE)
-
-
-def _is_retry(atom) -> bool:
-    from taskflow import retry
-
-    return isinstance(atom, retry.Retry)
 
 
 def _book_of(backend, flow_uuid: str):
