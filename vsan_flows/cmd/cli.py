@@ -61,8 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     redaction.install()
     if not args.debug:
         # Library deprecation chatter (eventlet, urllib3) is for developers, not operators.
+        # eventlet's own warning class is not a DeprecationWarning, hence the message match.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
     for noisy in ("suds", "urllib3", "oslo_vmware", "stevedore"):
         if not args.debug:
             logging.getLogger(noisy).setLevel(logging.ERROR)
