@@ -61,7 +61,8 @@ def _run(operation, factory, factory_kwargs, names, conf, instance_name, image_i
         live_handles(conf, vsphere=vsphere, images=images),
         backend=backend or persistence.open_backend(conf),
         book_name=f"{operation} {instance_name}",
-        book_meta={"operation": operation, "instance": instance_name, "image": image_id},
+        book_meta={"operation": operation, "instance": instance_name, "image": image_id,
+                   "on_restart": "resume"},
         engine=conf.vsan_flows.engine, listeners=listeners)
 
 

@@ -42,7 +42,7 @@ def vmdk(tmp_path_factory):
     return path
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def db_url(request, tmp_path):
     return _db_url(request.param, tmp_path)
 
@@ -110,14 +110,6 @@ def test_spawn_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsph
                             control, vmdk, destroy_after)
 
 
-@pytest.mark.parametrize("cue", ["CreateImportLease:before", "transfer",
-                                 "CloneLinkedDisk:before"])
-def test_spawn_survives_sigkill_on_mariadb(cue, simulator, wsdl_url, tmp_path, vsphere,
-                                           images, control, vmdk, destroy_after):
-    _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, _db_url("mysql", tmp_path),
-                            vsphere, images, control, vmdk, destroy_after)
-
-
 @pytest.mark.parametrize("cue", SNAPSHOT_CUES)
 def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
                                    images, control, vmdk, destroy_after, sim_conf):
@@ -143,3 +135,28 @@ def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, v
     assert not [v for v in control.status()["vms"] if v["name"].startswith("vsanflows-export")]
     exported = control.calls("ExportVm") - exports_before
     assert exported == (2 if cue in RESTARTS_TRANSFER else 1), exported
+
+
+def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp_path,
+                                                         vsphere, images, control, vmdk):
+    """resume_unfinished reverts instead of resuming when the flow's logbook asks for it."""
+    import contextlib
+
+    from vsan_flows.runtime import persistence
+
+    db_url = _db_url("sqlite", tmp_path)
+    image_id = images.add_file(vmdk, name="unsafe")
+    instance = "unsafe-" + uuid.uuid4().hex[:8]
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
+               "CloneLinkedDisk:after")
+    backend = persistence.backend_from_url(db_url)
+    with contextlib.closing(backend.get_connection()) as conn:
+        for book in conn.get_logbooks():
+            book.meta["on_restart"] = "revert"
+            conn.save_logbook(book)
+    outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
+                                     vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["reverted (its flow asks for that)"]
+    names = [vm["name"] for vm in control.status()["vms"]]
+    assert instance not in names
+    assert not [n for n in names if n.startswith(cache_vm_name(image_id, ""))]

@@ -149,6 +149,10 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
                engine: str = "serial") -> list[tuple[str, str, str]]:
     """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
 
+    A flow whose logbook says ``on_restart: revert`` (an operation that is unsafe to finish
+    late) is rolled back instead. Spawn and snapshot are safe to resume: every task looks its
+    effects up by persisted identity before acting.
+
     Live handles are built once, only if there is something to resume.
     """
     todo = unfinished(backend)
@@ -156,8 +160,12 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
         return []
     transients = make_transients()
     outcomes = []
-    for _book, fd in todo:
+    for book, fd in todo:
         try:
+            if (book.meta or {}).get("on_restart") == "revert":
+                revert(backend, fd, transients, engine=engine)
+                outcomes.append((fd.uuid, fd.name, "reverted (its flow asks for that)"))
+                continue
             resume(backend, fd, transients, engine=engine)
             outcomes.append((fd.uuid, fd.name, "completed"))
         except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
