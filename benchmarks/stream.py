@@ -63,6 +63,7 @@ QUICK_RUNS = 2
 DATASTORE = "vsanDatastore"
 RATIO_GOAL = 0.90
 RSS_FLAT_GOAL_MIB = 20.0
+SECTIONS = ("import", "memory", "export", "export-memory")
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -233,6 +234,9 @@ def child_main(spec: dict) -> None:
     conf = make_conf(spec["sim"], spec["wsdl"], spec["state_dir"])
     images = LocalImageService(spec["images_dir"])
     vsphere = connect(conf)
+    if spec["mode"] == "snapshot":
+        _child_snapshot(spec, conf, vsphere, images, t0)
+        return
     ValidateStreamOptimizedImage().execute(images, spec["image_id"])
     out: dict = {"mode": spec["mode"],
                  "floor_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -247,6 +251,28 @@ def child_main(spec: dict) -> None:
     out["shadow"] = result["shadow_vm"]["name"]
     out["bytes_sent"] = result.get("bytes_sent")
     out["stream_s"] = durations.get("StreamDiskToLease")
+    with contextlib.suppress(Exception):
+        vsphere.session.logout()
+    out["seconds"] = time.monotonic() - t0
+    print(json.dumps(out), flush=True)
+
+
+def _child_snapshot(spec: dict, conf, vsphere, images, t0: float) -> None:
+    """The export-memory measurement: floor after login, then the peak during api.snapshot."""
+    from vsan_flows import api
+
+    images.show(spec["target_image"])
+    out: dict = {"mode": "snapshot",
+                 "floor_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                 "rss_before_spawn_kib": _proc_status_kib("VmRSS")}
+    reset = _reset_peak_rss()
+    durations: dict = {}
+    result = api.snapshot(conf, spec["instance"], spec["target_image"], vsphere=vsphere,
+                          images=images, listeners=(_timing_listener(durations),))
+    out["spawn_peak_kib"] = _proc_status_kib("VmHWM") if reset else None
+    out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out["bytes_sent"] = (result.get("image_upload") or {}).get("size")
+    out["stream_s"] = durations.get("StreamDiskToImage")
     with contextlib.suppress(Exception):
         vsphere.session.logout()
     out["seconds"] = time.monotonic() - t0
@@ -270,7 +296,7 @@ class Bench:
         self.vsphere = None
         self.images = None
         self.fixtures: dict[int, dict] = {}
-        self.results: dict = {"import": {}, "memory": {}, "export": {}}
+        self.results: dict = {"import": {}, "memory": {}, "export": {}, "export_memory": {}}
         self.errors: list[str] = []
 
     # ---------------------------------------------------------------- setup / teardown
@@ -478,10 +504,11 @@ class Bench:
 
     # ---------------------------------------------------------------- memory section
 
-    def child(self, mode: str, fx: dict) -> dict:
+    def child(self, mode: str, fx: dict, **extra) -> dict:
         spec = {"mode": mode, "sim": self.sim_info, "wsdl": self.wsdl_url,
                 "state_dir": str(self.state_dir), "images_dir": str(self.images.directory),
-                "image_id": fx["image_id"], "instance": f"bench-mem-{uuid.uuid4().hex[:8]}"}
+                "image_id": fx["image_id"], "instance": f"bench-mem-{uuid.uuid4().hex[:8]}",
+                **extra}
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
                                json.dumps(spec)], capture_output=True, text=True, timeout=900)
         lines = proc.stdout.strip().splitlines()
@@ -577,47 +604,185 @@ class Bench:
                 transfer.abort(session, lease)
         return {"seconds": secs, "mbps": mbps(got, secs), "bytes": got}
 
+    @contextlib.contextmanager
+    def snapshot_clone(self, instance: str):
+        """What the snapshot flow exports: a linked clone at a VM snapshot of the instance.
+
+        Made and removed with the same ``exports`` calls the flow's tasks use (untimed), so
+        the lease readers below read the same kind of disk chain as ``api.snapshot``.
+        """
+        from vsan_flows.vsphere import exports, instances
+
+        vm_id = instances.find(self.vsphere, instance)
+        token = uuid.uuid4().hex[:8]
+        snap_name, clone_name = f"bench-snap-{token}", f"bench-clone-{token}"
+        snap = exports.create_snapshot(self.vsphere, vm_id, snap_name)
+        try:
+            clone = exports.clone_at_snapshot(self.vsphere, vm_id, snap, clone_name,
+                                              "vsan_flows bench export clone")
+            try:
+                yield clone
+            finally:
+                instances.destroy_by_name(self.vsphere, clone_name)
+        finally:
+            exports.remove_snapshot(self.vsphere, vm_id, snap_name)
+
+    def new_image(self, prefix: str) -> str:
+        return self.images.create({"name": f"{prefix}-{uuid.uuid4().hex[:8]}",
+                                   "disk_format": "vmdk", "container_format": "bare"})
+
+    def drop_image(self, image_id: str) -> None:
+        from vsan_flows import exceptions
+
+        with contextlib.suppress(exceptions.ImageNotFound):
+            self.images.delete(image_id)
+
+    def run_snapshot(self, instance: str) -> dict:
+        """The whole ``api.snapshot`` into a fresh empty image; its StreamDiskToImage task timed
+        by a listener. The image is deleted afterwards (it is as big as the export)."""
+        from vsan_flows import api
+
+        image_id = self.new_image("bench-snapshot")
+        durations: dict = {}
+        try:
+            t0 = time.monotonic()
+            result = api.snapshot(self.conf, instance, image_id, vsphere=self.vsphere,
+                                  images=self.images, listeners=(_timing_listener(durations),))
+            total = time.monotonic() - t0
+            nbytes = self.images.show(image_id).size
+        finally:
+            self.drop_image(image_id)
+        if result.get("image_upload", {}).get("size") != nbytes:
+            raise RuntimeError(f"snapshot: flow says {result.get('image_upload')}, the image "
+                               f"holds {nbytes} bytes")
+        stream_s = durations.get("StreamDiskToImage")
+        return {"seconds": total, "mbps": mbps(nbytes, total), "bytes": nbytes,
+                "stream_seconds": stream_s,
+                "stream_mbps": mbps(nbytes, stream_s) if stream_s else None,
+                "tasks": {k: round(v, 4) for k, v in durations.items()}}
+
     def read_bare(self, lease, device) -> int:
         got, status = bare_get(device.url, cookie_header(self.vsphere), self.args.bare_chunk)
         if status != 200:
             raise RuntimeError(f"bare GET answered HTTP {status}")
         return got
 
+    def read_bare_store(self, lease, device) -> int:
+        """A bare GET whose body goes straight into ``images.upload`` of a new image: the
+        same sink (file write, sha256, fsync) as the snapshot flow, without our handle/tap."""
+        conn, target = _https(device.url)
+        image_id = self.new_image("bench-bare-store")
+        try:
+            conn.putrequest("GET", target, skip_accept_encoding=True)
+            if cookie := cookie_header(self.vsphere):
+                conn.putheader("Cookie", cookie)
+            conn.endheaders()
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise RuntimeError(f"bare GET answered HTTP {resp.status}")
+            return self.images.upload(image_id, resp, {"disk_format": "vmdk"}).size
+        finally:
+            conn.close()
+            self.drop_image(image_id)
+
     def section_export(self, sizes: list[int]) -> None:
+        """Per size: an instance is spawned (untimed); per run, rotating: ``api.snapshot`` of it
+        (whole flow + its StreamDiskToImage step), and lease readers on an ExportVm lease of a
+        snapshot clone of it (what the flow exports): bare GET, bare GET into the image store,
+        and every EXPORT_PATHS reader."""
         from vsan_flows import api
-        from vsan_flows.vsphere import instances
 
         for size in sizes:
             fx = self.fixture(size)
             name = f"bench-exp-{uuid.uuid4().hex[:8]}"
             result = api.spawn(self.conf, name, fx["image_id"], vsphere=self.vsphere,
-                               images=self.images)  # untimed: gives us the shadow VM
-            shadow = result["shadow_vm"]
+                               images=self.images)  # untimed: the instance to snapshot
+            shadow = result["shadow_vm"]["name"]
             try:
-                self.destroy(name)  # the shadow VM is what we export
-                expected = fx["file_bytes"]
-                kinds = {"bare": self.read_bare}
-                kinds.update({k: make(self) for k, make in EXPORT_PATHS.items()})
+                def lease_kind(reader: Callable, name: str = name) -> Callable[[], dict]:
+                    def run() -> dict:
+                        with self.snapshot_clone(name) as clone:
+                            return self.run_export(clone, reader)
+                    return run
+
+                kinds: dict[str, Callable[[], dict]] = {
+                    "snapshot": lambda name=name: self.run_snapshot(name),
+                    "bare": lease_kind(self.read_bare),
+                    "bare_store": lease_kind(self.read_bare_store),
+                }
+                kinds.update({k: lease_kind(make(self)) for k, make in EXPORT_PATHS.items()})
                 runs: dict[str, list[dict]] = {k: [] for k in kinds}
                 order = list(kinds)
+                expected = None
                 for i in range(self.args.runs):
                     for kind in order[i % len(order):] + order[: i % len(order)]:
-                        r = self.run_export(shadow["vm"], kinds[kind])
+                        r = kinds[kind]()
+                        expected = expected if expected is not None else r["bytes"]
                         if r["bytes"] != expected:
-                            raise RuntimeError(f"export {kind}: got {r['bytes']} bytes, the "
-                                               f"stored disk has {expected}")
+                            raise RuntimeError(f"export {kind}: got {r['bytes']} bytes, an "
+                                               f"earlier export of the same disk {expected}")
                         runs[kind].append(r)
-                        log(f"  export {fx['label']} run {i + 1} {kind:8s} "
-                            f"{r['seconds']:6.2f}s {r['mbps']:7.1f} MB/s")
+                        extra = (f", stream {r['stream_mbps']:.1f} MB/s"
+                                 if r.get("stream_mbps") else "")
+                        log(f"  export {fx['label']} run {i + 1} {kind:10s} "
+                            f"{r['seconds']:6.2f}s {r['mbps']:7.1f} MB/s{extra}")
             finally:
-                instances.destroy_by_name(self.vsphere, shadow["name"])
-            self.results["export"][fx["label"]] = summarize_export(fx, runs)
+                self.destroy(name, shadow)
+            self.results["export"][fx["label"]] = summarize_export(fx, runs, expected)
+
+    # ---------------------------------------------------------------- export memory section
+
+    def section_export_memory(self, sizes: list[int]) -> None:
+        """Peak RSS of ``api.snapshot`` in a fresh child per size (the memory section's method)."""
+        from vsan_flows import api
+
+        per_size = {}
+        for size in sizes:
+            fx = self.fixture(size)
+            samples: dict[str, list[float]] = {"floor": [], "snapshot": [],
+                                               "snapshot_in_snapshot": []}
+            for i in range(self.args.mem_runs):
+                name = f"bench-expmem-{uuid.uuid4().hex[:8]}"
+                result = api.spawn(self.conf, name, fx["image_id"], vsphere=self.vsphere,
+                                   images=self.images)
+                image_id = self.new_image("bench-expmem")
+                try:
+                    r = self.child("snapshot", fx, instance=name, target_image=image_id)
+                finally:
+                    self.drop_image(image_id)
+                    self.destroy(name, result["shadow_vm"]["name"])
+                kib = {"floor": r["floor_maxrss_kib"], "snapshot": r["maxrss_kib"]}
+                if r.get("spawn_peak_kib") is not None:
+                    kib["snapshot_in_snapshot"] = r["spawn_peak_kib"] - r["rss_before_spawn_kib"]
+                for k, v in kib.items():
+                    samples[k].append(v / 1024)
+                log(f"  export memory {fx['label']} run {i + 1}: ru_maxrss floor "
+                    f"{kib['floor'] / 1024:.1f} MiB, snapshot {kib['snapshot'] / 1024:.1f} MiB; "
+                    f"peak above the pre-snapshot RSS "
+                    f"{_fmt(kib.get('snapshot_in_snapshot', 0) / 1024)} MiB (exported "
+                    f"{(r.get('bytes_sent') or 0) / MB:.0f} MB in {r['stream_s'] or 0:.2f}s)")
+            per_size[fx["label"]] = {
+                "virtual_bytes": size, "file_bytes": fx["file_bytes"],
+                **{f"{k}_mib": _round(median(v)) for k, v in samples.items()},
+                "runs": {k: [round(x, 1) for x in v] for k, v in samples.items()},
+            }
+        labels = [size_label(s) for s in sizes]
+        out: dict = {"sizes": per_size, "goal_flat_within_mib": RSS_FLAT_GOAL_MIB}
+        if len(labels) >= 2:
+            lo, hi = per_size[labels[0]], per_size[labels[-1]]
+            out["growth_from"], out["growth_to"] = labels[0], labels[-1]
+            out["snapshot_growth_mib"] = _round(hi["snapshot_mib"] - lo["snapshot_mib"])
+            if hi["snapshot_in_snapshot_mib"] is not None and \
+                    lo["snapshot_in_snapshot_mib"] is not None:
+                out["snapshot_in_snapshot_growth_mib"] = _round(
+                    hi["snapshot_in_snapshot_mib"] - lo["snapshot_in_snapshot_mib"])
+        self.results["export_memory"] = out
 
 
-# Our export paths, name -> factory(bench) -> reader(lease, device) -> bytes read. Each reader
-# gets a ready ExportVm lease of the shadow VM and its disk device; the bench completes the
-# lease afterwards. When the snapshot flow lands, add its stream step here (e.g. a reader that
-# runs the flow's export task against this lease, or a separate section timing api.snapshot).
+# Our lease-level export readers, name -> factory(bench) -> reader(lease, device) -> bytes
+# read. Each reader gets a ready ExportVm lease of a snapshot clone of the instance (what the
+# snapshot flow exports) and its disk device; the bench completes the lease afterwards. The
+# flow itself (api.snapshot) is the "snapshot" kind in section_export.
 
 def _export_via_handle(bench: Bench) -> Callable:
     from vsan_flows.vsphere import transfer
@@ -687,13 +852,29 @@ def summarize_import(fx: dict, runs: dict[str, list[dict]], chunk: int) -> dict:
     return out
 
 
-def summarize_export(fx: dict, runs: dict[str, list[dict]]) -> dict:
-    out: dict = {"file_bytes": fx["file_bytes"], "mbps": {}, "seconds": {}}
+def summarize_export(fx: dict, runs: dict[str, list[dict]], export_bytes: int | None) -> dict:
+    out: dict = {"file_bytes": fx["file_bytes"], "export_bytes": export_bytes,
+                 "mbps": {}, "seconds": {}}
     for kind, rs in runs.items():
         out["mbps"][kind] = _stats(rs)
         out["seconds"][kind] = _stats(rs, "seconds")
+    snap = runs.get("snapshot") or []
+    out["mbps"]["stream"] = _stats(snap, "stream_mbps")
+    out["seconds"]["stream"] = _stats(snap, "stream_seconds")
+    tasks: dict[str, list[float]] = {}
+    for r in snap:
+        for name, secs in r["tasks"].items():
+            tasks.setdefault(name, []).append(secs)
+    out["snapshot_task_seconds_median"] = {k: round(median(v), 4) for k, v in tasks.items()}
     bare = out["mbps"]["bare"]["median"]
-    out["ratio"] = {k: _ratio(out["mbps"][k]["median"], bare) for k in runs if k != "bare"}
+    out["ratio"] = {k: _ratio(out["mbps"][k]["median"], bare) for k in out["mbps"]
+                    if k != "bare"}
+    out["ratio"]["stream/bare_store"] = _ratio(out["mbps"]["stream"]["median"],
+                                               out["mbps"].get("bare_store", {}).get("median"))
+    out["ratio_runs"] = {
+        k: [_ratio(a, b) for a, b in zip(out["mbps"][k]["runs"], out["mbps"]["bare"]["runs"],
+                                         strict=False)]
+        for k in ("stream", "snapshot")}
     out["ratio_goal"] = RATIO_GOAL
     return out
 
@@ -755,19 +936,49 @@ def print_report(results: dict) -> None:
                   f"within {RSS_FLAT_GOAL_MIB:.0f} MB)")
     exp = results.get("export") or {}
     if exp:
-        print("\n== Export (ExportVm lease) direction: MB/s over the stored disk bytes ==")
+        print("\n== Export (snapshot) direction: MB/s over the exported bytes, median of runs ==")
         kinds = [k for k in next(iter(exp.values()))["mbps"]]
-        print(f"{'size':>6} {'file MB':>8} " + " ".join(f"{k:>8}" for k in kinds)
-              + " " + " ".join(f"{k + '/bare':>12}" for k in kinds if k != "bare"))
+        ratios = [k for k in kinds if k != "bare"]
+        print(f"{'size':>6} {'exp MB':>8} " + " ".join(f"{k:>10}" for k in kinds)
+              + " " + " ".join(f"{k + '/bare':>15}" for k in ratios)
+              + f" {'stream/bare_store':>17}")
         for label, s in exp.items():
-            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} "
-                  + " ".join(f"{_fmt(s['mbps'][k]['median']):>8}" for k in kinds) + " "
-                  + " ".join(f"{_fmt(s['ratio'][k], '.3f'):>12}" for k in kinds if k != "bare"))
+            print(f"{label:>6} {(s['export_bytes'] or 0) / MB:8.1f} "
+                  + " ".join(f"{_fmt(s['mbps'][k]['median']):>10}" for k in kinds) + " "
+                  + " ".join(f"{_fmt(s['ratio'][k], '.3f'):>15}" for k in ratios)
+                  + f" {_fmt(s['ratio']['stream/bare_store'], '.3f'):>17}")
+        print(f"  goal: stream/bare >= {RATIO_GOAL:.2f}.  snapshot = whole api.snapshot; stream ="
+              " its StreamDiskToImage task (TaskFlow listener);\n  the others read an ExportVm "
+              "lease of a snapshot clone of the same instance (what the flow exports; lease\n"
+              "  creation untimed): bare = http.client GET into a reused buffer; bare_store = "
+              "the same GET piped into\n  images.upload (the flow's sink: file write, sha256, "
+              "fsync); handle = transfer.LeaseDownloadHandle in oslo's\n  copy loop (64 KiB "
+              "reads) into a sink that drops the bytes.")
+        for label, s in exp.items():
             print(f"  {label} per run MB/s: "
                   + "; ".join(f"{k} {', '.join(_fmt(v) for v in s['mbps'][k]['runs'])}"
                               for k in kinds))
-        print("  handle = transfer.LeaseDownloadHandle in oslo's copy loop (64 KiB reads); "
-              "bare = http.client GET into a reused buffer.")
+            print(f"  {label} per run ratio: "
+                  + "; ".join(f"{k}/bare {', '.join(_fmt(v, '.3f') for v in vs)}"
+                              for k, vs in s["ratio_runs"].items()))
+            tasks = ", ".join(f"{k} {v:.3f}s"
+                              for k, v in s["snapshot_task_seconds_median"].items())
+            print(f"  {label} snapshot task/flow seconds (median): {tasks}")
+    emem = results.get("export_memory") or {}
+    if emem:
+        print("\n== Export memory: peak RSS of a fresh child running api.snapshot, MiB ==")
+        print(f"{'size':>6} {'file MB':>8} {'floor':>8} {'snapshot':>9} {'snapshot +peak':>15}")
+        for label, s in emem["sizes"].items():
+            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} {_fmt(s['floor_mib']):>8} "
+                  f"{_fmt(s['snapshot_mib']):>9} {_fmt(s['snapshot_in_snapshot_mib']):>15}")
+        print("  floor = ru_maxrss after imports + login; snapshot = ru_maxrss after "
+              "api.snapshot; '+peak' = peak RSS during\n  api.snapshot above the RSS just "
+              "before it (VmHWM reset first), as in the memory section.")
+        if "snapshot_growth_mib" in emem:
+            print(f"  {emem['growth_from']} -> {emem['growth_to']}: snapshot ru_maxrss "
+                  f"{emem['snapshot_growth_mib']:+.1f} MiB, snapshot +peak "
+                  f"{_fmt(emem.get('snapshot_in_snapshot_growth_mib'), '+.1f')} MiB (goal: flat "
+                  f"within {RSS_FLAT_GOAL_MIB:.0f} MB)")
 
 
 def environment(workdir: Path) -> dict:
@@ -793,8 +1004,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    f"({QUICK_RUNS} with --quick)")
     p.add_argument("--mem-runs", type=int, default=1, help="memory measurements per size")
     p.add_argument("--quick", action="store_true", help="small sizes: runs in under a minute")
-    p.add_argument("--sections", default="import,memory,export",
-                   help="comma-separated subset of import,memory,export")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--export", action="store_true",
+                   help="only the export direction: --sections export,export-memory")
     p.add_argument("--data-fraction", type=float, default=0.25,
                    help="share of the virtual size that holds (incompressible) data; the "
                    "streamOptimized file is about this big (default 0.25)")
@@ -812,8 +1025,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.runs = args.runs or (QUICK_RUNS if args.quick else 3)
     args.bare_chunk = parse_size(args.bare_chunk)
     args.warm = not args.quick  # --quick skips the cache-hit child to stay under a minute
+    if args.export:
+        args.sections = "export,export-memory"
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(args.sections) - {"import", "memory", "export"}
+    unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown section(s): {', '.join(sorted(unknown))}")
     for s in args.sizes + args.mem_sizes:
@@ -844,6 +1059,9 @@ def main(argv: list[str] | None = None) -> int:
         if "export" in args.sections:
             log("export section")
             bench.section_export(args.sizes)
+        if "export-memory" in args.sections:
+            log("export memory section")
+            bench.section_export_memory(args.mem_sizes)
     except Exception:  # noqa: BLE001 - report what we have, then clean up
         failed = True
         bench.errors.append(traceback.format_exc())

@@ -1,0 +1,1045 @@
+#!/usr/bin/env python
+"""Flow overhead benchmark: what TaskFlow + persistence cost around the vSphere calls.
+
+A benchmark, not a test: it prints figures and asserts nothing about speed (the exit status is
+non-zero only when the benchmark itself could not run). See benchmarks/README.md.
+
+Sections (``--sections``, default all), all against one simulator started here:
+
+overhead     ``api.spawn`` on a sqlite persistence file against ``procedural_spawn`` (below):
+             the same ``vsan_flows.vsphere.*`` calls the spawn tasks make, in the same order,
+             in a plain function (no TaskFlow engine, no persistence). Cold (image cache
+             empty: the stream runs) and warm (second spawn of the image: no stream, the
+             overhead shows most). ``flow`` is given a backend opened once (as the driver
+             does); ``flow_open`` lets api.spawn open the backend from conf (schema check
+             included) on every call. The storage time of ``flow`` is measured by timing
+             every call on the backend's connection object and every SQL statement.
+resume       ``--flows`` spawn flows interrupted by a real SIGKILL: one child process starts
+             them one by one (each in its own thread, serially, on one session and one
+             backend), each flow parks at its task boundary (or mid-transfer), and once all
+             are parked the child SIGKILLs itself. Then, in fresh processes:
+             ``find + load + decide`` (runner.unfinished, runner.load + compile + prepare +
+             the interrupted-transfer decision) on a byte copy of the store, and the full
+             ``api.resume_unfinished(conf)`` on the store itself.
+concurrency  ``--concurrency`` warm spawns (distinct names, ``--images`` cached images) run
+             serially, then concurrently: threads sharing one vSphere session, threads with a
+             session each, and one process per spawn. Throughput and ratio to serial, CPU
+             used by us and by the simulator, and a sampling profile (file:line where the
+             worker threads spend their time) of the threaded runs.
+
+Every VM made is destroyed, the simulator is stopped, the work directory removed (unless
+--keep), and a leak check is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+
+import stream as sb  # benchmarks/stream.py: simulator, fixtures, conf, timing helpers
+
+MiB = sb.MiB
+OVERHEAD_GOAL = 1.10
+RESUME_GOAL_S = 10.0
+CONCURRENCY_GOAL = 5.0
+SPAWN_ATOMS = ["ValidateStreamOptimizedImage", "PickVsanDatastore", "LookupImageCache",
+               "CreateImportLease", "StreamDiskToLease", "CompleteLease", "RegisterShadowVM",
+               "CloneLinkedDisk"]
+# Where the resume section's flows are killed: just before each task (the task is RUNNING in
+# the store), mid-transfer (bytes on the wire) and after the last task. Within one image, the
+# cues before CloneLinkedDisk run while its cache entry does not exist yet, so the import
+# cues really import.
+CUES = ([f"{a}:before" for a in SPAWN_ATOMS[:5]] + ["transfer"]
+        + [f"{a}:before" for a in SPAWN_ATOMS[5:]] + ["CloneLinkedDisk:after"])
+
+
+def log(msg: str) -> None:
+    sb.log(msg)
+
+
+def med(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def r3(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def sql_conf(sim_info: dict, wsdl: str, state_dir: str, db: str, **flows):
+    conf = sb.make_conf(sim_info, wsdl, state_dir)
+    url = db if db.startswith("memory://") else f"sqlite:///{db}"
+    conf.set_override("persistence_connection", url, "vsan_flows")
+    for name, value in flows.items():
+        conf.set_override(name, value, "vsan_flows")
+    return conf
+
+
+# --------------------------------------------------------------------------------- procedural
+
+def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str) -> dict:
+    """The spawn flow's vSphere calls, in its order, as one plain function.
+
+    Task by task (vsan_flows/tasks/*.py), without the engine, the store, the Retry and the
+    reverts: what a hand-written spawn would do. Returns what the flow returns that the
+    benchmark needs (instance and shadow VM names, bytes sent).
+    """
+    from vsan_flows import exceptions
+    from vsan_flows.streamcheck import StreamTap
+    from vsan_flows.tasks.image import ValidateStreamOptimizedImage
+    from vsan_flows.tasks.shadow_vm import NOTE_PREFIX, cache_vm_name
+    from vsan_flows.vsphere import imports, instances, placement
+
+    token = uuid.uuid4().hex[:12]
+    import_vm_name = f"vsanflows-import-{token}"
+    # ValidateStreamOptimizedImage: image service only; the same checks, called plainly.
+    image = ValidateStreamOptimizedImage().execute(images, image_id)
+    # PickVsanDatastore
+    candidates = imports.list_datastores(vsphere)
+    rules = {"allowed_types": policy.datastore_types, "name_regex": policy.datastore_regex,
+             "required_bytes": image["virtual_size"]}
+    cached = set(instances.names_with_prefix(vsphere, cache_vm_name(image["id"], "")))
+    warm = [d for d in candidates if cache_vm_name(image["id"], d.moref) in cached]
+    chosen = None
+    if warm:
+        with contextlib.suppress(exceptions.NoSuitableDatastore):
+            chosen, _ = placement.choose_datastore(warm, **rules)
+    if chosen is None:
+        chosen, _ = placement.choose_datastore(candidates, **rules)
+    # LookupImageCache
+    cache_name = cache_vm_name(image["id"], chosen.moref)
+    shadow = None
+    vm_id = instances.find(vsphere, cache_name)
+    if vm_id is not None:
+        note = instances.annotation(vsphere, vm_id)
+        if note.startswith(NOTE_PREFIX) and f"image={image['id']} " in note:
+            disk = instances.first_disk(vsphere, vm_id)
+            shadow = {"vm": vm_id, "name": cache_name, "disk": disk["path"]}
+    sent = 0
+    if shadow is None:
+        # CreateImportLease
+        leftover = instances.find(vsphere, import_vm_name)
+        if leftover is not None:
+            instances.destroy(vsphere, leftover)
+        lease = imports.begin_import(
+            vsphere, vm_name=import_vm_name, datastore_name=chosen.name,
+            capacity_bytes=image["virtual_size"], adapter_type=image["adapter_type"],
+            guest_id=image["os_type"])
+        # StreamDiskToLease
+        with images.open(image["id"]) as source:
+            tap = StreamTap(source, image_id=image["id"])
+            sent = imports.upload(vsphere, lease["lease"], tap, image["size"])
+        tap.check_complete()
+        if policy.verify_stored_size and lease.get("vm"):
+            _path, stored = imports.stored_disk(vsphere, lease["vm"], chosen.moref)
+            if stored is not None and stored < sent:
+                raise RuntimeError(f"stored {stored} < sent {sent}")
+        # CompleteLease
+        imports.complete_lease(vsphere, lease["lease"])
+        # RegisterShadowVM
+        existing = instances.find(vsphere, cache_name)
+        if existing is not None:
+            raise RuntimeError(f"{cache_name} appeared meanwhile")
+        imported = instances.find(vsphere, import_vm_name)
+        instances.rename(vsphere, imported, cache_name,
+                         f"{NOTE_PREFIX}: image={image['id']} size={image['size']} "
+                         f"flow={token}")
+        disk = instances.first_disk(vsphere, imported)
+        shadow = {"vm": imported, "name": cache_name, "disk": disk["path"]}
+    # CloneLinkedDisk
+    if instances.find(vsphere, instance_name) is not None:
+        raise RuntimeError(f"{instance_name} exists")
+    new = instances.create_linked(
+        vsphere, name=instance_name, datastore_name=chosen.name, parent_vm_id=shadow["vm"],
+        adapter_type=image["adapter_type"], guest_id=image["os_type"],
+        note=f"vsan_flows instance: flow={token}")
+    instances.first_disk(vsphere, new)
+    return {"instance": instance_name, "shadow": shadow["name"], "bytes_sent": sent}
+
+
+# --------------------------------------------------------------------------------- storage meter
+
+class StorageMeter:
+    """Times every call on a backend's (shared) connection object and every SQL statement.
+
+    Benchmark-side instrumentation only: the connection's public methods are wrapped on the
+    instance, and SQLAlchemy cursor events time statement execution.
+    """
+
+    def __init__(self, backend) -> None:
+        import sqlalchemy as sa
+
+        self.calls: collections.Counter = collections.Counter()
+        self.secs: collections.defaultdict = collections.defaultdict(float)
+        self.sql_n = 0
+        self.sql_s = 0.0
+        conn = backend.get_connection()
+        if backend.get_connection() is not conn:
+            raise RuntimeError("the backend does not share its connection object")
+        for name in dir(conn):
+            attr = getattr(conn, name)
+            if name.startswith("_") or name in ("close", "backend") or not callable(attr):
+                continue
+            setattr(conn, name, self._wrap(name, attr))
+
+        def before(conn_, cursor, statement, params, context, many):
+            conn_.info.setdefault("bench_t0", []).append(time.perf_counter())
+
+        def after(conn_, cursor, statement, params, context, many):
+            self.sql_s += time.perf_counter() - conn_.info["bench_t0"].pop()
+            self.sql_n += 1
+
+        sa.event.listen(backend.engine, "before_cursor_execute", before)
+        sa.event.listen(backend.engine, "after_cursor_execute", after)
+
+    def _wrap(self, name, fn):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.secs[name] += time.perf_counter() - t0
+                self.calls[name] += 1
+        return timed
+
+    def snapshot(self) -> tuple:
+        return (sum(self.secs.values()), sum(self.calls.values()), self.sql_s, self.sql_n,
+                dict(self.secs), dict(self.calls))
+
+    @staticmethod
+    def delta(a: tuple, b: tuple) -> dict:
+        per = {k: round(b[4][k] - a[4].get(k, 0.0), 4) for k in b[4]
+               if b[5][k] != a[5].get(k, 0)}
+        return {"storage_s": b[0] - a[0], "storage_calls": b[1] - a[1],
+                "sql_exec_s": b[2] - a[2], "sql_statements": b[3] - a[3],
+                "per_method_s": per,
+                "per_method_calls": {k: b[5][k] - a[5].get(k, 0) for k in per}}
+
+
+# --------------------------------------------------------------------------------- sampler
+
+class StackSampler(threading.Thread):
+    """A wall-clock sampling profiler over a set of threads: where each one is, every few ms.
+
+    Counts the innermost frame (leaf) and the innermost frame in our code per sample, so a
+    lock or a serial resource shows up as many threads sitting on the same file:line.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.idents: set[int] = set()
+        self.leaf: collections.Counter = collections.Counter()
+        self.ours: collections.Counter = collections.Counter()
+        self.lib: collections.Counter = collections.Counter()
+        self.samples = 0
+        self._halt = threading.Event()
+
+    @staticmethod
+    def _site(frame) -> str:
+        code = frame.f_code
+        parts = code.co_filename.split("/site-packages/")
+        path = parts[-1] if len(parts) > 1 else os.path.relpath(code.co_filename, sb.ROOT)
+        return f"{path}:{frame.f_lineno} {code.co_name}"
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            frames = sys._current_frames()
+            for ident in list(self.idents):
+                frame = frames.get(ident)
+                if frame is None:
+                    continue
+                self.samples += 1
+                self.leaf[self._site(frame)] += 1
+                f, lib_done = frame, False
+                while f is not None:
+                    name = f.f_code.co_filename
+                    if not lib_done and "/site-packages/" in name and "/threading.py" not in name:
+                        top = name.split("/site-packages/")[-1].split("/")[0]
+                        self.lib[top] += 1
+                        lib_done = True
+                    if "/vsan_flows/" in name:
+                        self.ours[self._site(f)] += 1
+                        break
+                    f = f.f_back
+
+    def stop(self) -> dict:
+        self._halt.set()
+        self.join()
+        n = max(1, self.samples)
+
+        def top(counter, k=12):
+            return [[site, round(c / n, 3)] for site, c in counter.most_common(k)]
+
+        return {"samples": self.samples, "leaf": top(self.leaf), "ours": top(self.ours),
+                "library_share": top(self.lib, 8)}
+
+
+# --------------------------------------------------------------------------------- children
+
+def _park_listener(cue: str, parked: threading.Event):
+    """A listener factory that blocks the flow's thread forever at ``cue``, after saying so."""
+    from taskflow import states, task
+
+    forever = threading.Event()
+
+    def park(*_a, **_kw) -> None:
+        parked.set()
+        forever.wait()
+
+    if cue == "transfer":
+        def on_event(state, details):
+            if details.get("task_name", "").endswith("StreamDiskToLease") and \
+                    state == states.RUNNING:
+                for atom in engine_ref[0].compilation.execution_graph.nodes:
+                    if atom.name.endswith("StreamDiskToLease"):
+                        # The first progress call comes after the first chunk went out.
+                        atom.notifier.register(task.EVENT_UPDATE_PROGRESS, park)
+    else:
+        atom_name, when = cue.split(":")
+        wanted = states.RUNNING if when == "before" else states.SUCCESS
+
+        def on_event(state, details):
+            if details.get("task_name", "").endswith(atom_name) and state == wanted:
+                park()
+
+    engine_ref: list = []
+
+    def make(engine):
+        engine_ref.append(engine)
+
+        class _Reg:
+            def __enter__(self):
+                engine.atom_notifier.register("*", on_event)
+
+            def __exit__(self, *exc):
+                return False
+
+        return _Reg()
+
+    return make
+
+
+def child_create(spec: dict) -> None:
+    """Start every planned spawn, let each park at its cue, then SIGKILL this process."""
+    from vsan_flows import api
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.runtime import persistence
+    from vsan_flows.vsphere.session import connect
+
+    conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"],
+                    import_retries=2)
+    vsphere = connect(conf)
+    images = LocalImageService(spec["images_dir"])
+    backend = persistence.open_backend(conf)
+    t0 = time.monotonic()
+    parked, errors = 0, []
+    for name, image_id, cue in spec["plan"]:
+        got, done, err = threading.Event(), threading.Event(), []
+
+        def run(name=name, image_id=image_id, cue=cue, got=got, done=done, err=err):
+            try:
+                api.spawn(conf, name, image_id, vsphere=vsphere, images=images,
+                          backend=backend, listeners=(_park_listener(cue, got),))
+            except Exception as exc:  # noqa: BLE001 - reported
+                err.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                done.set()
+
+        threading.Thread(target=run, daemon=True).start()
+        while not (got.wait(0.01) or done.is_set()):
+            pass
+        if got.is_set():
+            parked += 1
+        else:
+            errors.append(f"{name} ({cue}) did not park: {err or 'it finished'}")
+    print(json.dumps({"parked": parked, "errors": errors,
+                      "seconds": time.monotonic() - t0}), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def child_probe(spec: dict, t_start: float) -> dict:
+    """find + load + decide on a copy of the store, in a fresh process; runs nothing."""
+    import cProfile
+    import pstats
+
+    from taskflow import atom as tf_atom
+    from taskflow import states
+
+    from vsan_flows import api
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.runtime import persistence, runner
+
+    out: dict = {"imports_s": time.monotonic() - t_start}
+    conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"],
+                    import_retries=2)
+    t = time.monotonic()
+    backend = persistence.open_backend(conf)
+    out["open_backend_s"] = time.monotonic() - t
+    t = time.monotonic()
+    todo = runner.unfinished(backend)
+    out["find_s"] = time.monotonic() - t
+    out["found"] = len(todo)
+    t = time.monotonic()
+    transients = api.live_handles(conf, images=LocalImageService(spec["images_dir"]))
+    out["login_s"] = time.monotonic() - t
+    states_seen: collections.Counter = collections.Counter()
+    failed_transfers = 0
+    prof = cProfile.Profile()
+    t = time.monotonic()
+    prof.enable()
+    for _book, fd in todo:
+        eng = runner.load(backend, fd, transients)
+        eng.compile()
+        eng.prepare()
+        before = {a.name: eng.storage.get_atom_state(a.name)
+                  for a in eng.compilation.execution_graph.nodes
+                  if isinstance(a, tf_atom.Atom)}
+        runner._fail_interrupted_transfers(eng)
+        for name, st in before.items():
+            states_seen[st] += 1
+            if st == states.RUNNING and name in runner.RESTART_FROM_SCRATCH:
+                failed_transfers += 1
+    prof.disable()
+    out["load_decide_s"] = time.monotonic() - t
+    out["atom_states"] = dict(states_seen)
+    out["transfers_restarted"] = failed_transfers
+    stats = pstats.Stats(prof)
+    rows = []
+    for (path, line, func), (_cc, nc, _tt, ct, _callers) in stats.stats.items():
+        if "taskflow" in path or "vsan_flows" in path or "sqlalchemy" in path:
+            rows.append((ct, f"{path.split('site-packages/')[-1]}:{line} {func}", nc))
+    rows.sort(reverse=True)
+    out["profile_top_cumulative"] = [[s, round(ct, 3), nc] for ct, s, nc in rows[:12]]
+    return out
+
+
+def child_resume(spec: dict, t_start: float) -> dict:
+    """The real thing: api.resume_unfinished(conf) in a fresh process, timed as a whole; the
+    engine runs are timed by wrapping runner._run (benchmark-side, not a code change)."""
+    from vsan_flows import api
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.runtime import runner
+
+    out: dict = {"imports_s": time.monotonic() - t_start}
+    conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"],
+                    import_retries=2)
+    run_s = [0.0]
+    real_run = runner._run
+
+    def timed_run(eng, listeners=()):
+        t = time.monotonic()
+        try:
+            return real_run(eng, listeners)
+        finally:
+            run_s[0] += time.monotonic() - t
+
+    runner._run = timed_run
+    t = time.monotonic()
+    outcomes = api.resume_unfinished(conf, images=LocalImageService(spec["images_dir"]))
+    out["resume_unfinished_s"] = time.monotonic() - t
+    out["engine_run_s"] = run_s[0]
+    out["outcomes"] = dict(collections.Counter(o[2].split(":")[0] for o in outcomes))
+    out["failures"] = [o[2] for o in outcomes if o[2] != "completed"][:5]
+    return out
+
+
+def child_worker(spec: dict) -> None:
+    """One process of the concurrency section: log in, say ready, wait for go, spawn."""
+    from vsan_flows import api
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.runtime import persistence
+    from vsan_flows.vsphere import instances
+    from vsan_flows.vsphere.session import connect
+
+    conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"])
+    vsphere = connect(conf)
+    instances.find(vsphere, "bench-warm-up")  # placement cache, as the serial run has it
+    images = LocalImageService(spec["images_dir"])
+    backend = persistence.open_backend(conf)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    res = []
+    cpu0 = time.process_time()
+    for name, image_id in spec["plan"]:
+        t = time.monotonic()
+        err = None
+        try:
+            api.spawn(conf, name, image_id, vsphere=vsphere, images=images, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - reported
+            err = f"{type(exc).__name__}: {exc}"
+        res.append({"start": t, "end": time.monotonic(), "error": err})
+    print(json.dumps({"spawns": res, "cpu_s": time.process_time() - cpu0}), flush=True)
+    with contextlib.suppress(Exception):
+        vsphere.session.logout()
+
+
+# --------------------------------------------------------------------------------- bench
+
+class FlowBench(sb.Bench):
+    def __init__(self, args, workdir: Path) -> None:
+        super().__init__(args, workdir)
+        self.results = {"overhead": {}, "resume": {}, "concurrency": {}}
+
+    def spec(self, **extra) -> dict:
+        return {"sim": self.sim_info, "wsdl": self.wsdl_url, "state_dir": str(self.state_dir),
+                "images_dir": str(self.images.directory), **extra}
+
+    def run_child(self, mode: str, spec: dict, timeout: float = 1800) -> tuple[int, dict, str]:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
+                               json.dumps({"mode": mode, **spec})],
+                              capture_output=True, text=True, timeout=timeout)
+        lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+        return proc.returncode, (json.loads(lines[-1]) if lines else {}), proc.stderr
+
+    def more_images(self, fx: dict, n: int) -> list[str]:
+        """``n`` image ids with the fixture's bytes (distinct ids = distinct cache entries)."""
+        ids = [fx["image_id"]]
+        for i in range(1, n):
+            ids.append(self.images.add_file(fx["path"], name=f"{fx['path'].name}-{i}"))
+        return ids
+
+    def sim_cpu(self) -> float:
+        import psutil
+
+        t = psutil.Process(self.sim.process.pid).cpu_times()
+        return t.user + t.system
+
+    def destroy_quiet(self, names) -> None:
+        from vsan_flows.vsphere import instances
+
+        for name in names:
+            try:
+                instances.destroy_by_name(self.vsphere, name)
+            except Exception as exc:  # noqa: BLE001 - report, keep cleaning
+                self.errors.append(f"destroy {name}: {exc}")
+
+    # ---------------------------------------------------------------- overhead
+
+    def section_overhead(self) -> None:
+        from vsan_flows import api
+        from vsan_flows.policy import Policy
+        from vsan_flows.runtime import persistence
+
+        fx = self.fixture(self.args.size)
+        db = self.workdir / "overhead" / "flows.sqlite"
+        conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir), str(db))
+        backend = persistence.open_backend(conf)
+        meter = StorageMeter(backend)
+        policy = Policy.from_conf(conf)
+        image_id = fx["image_id"]
+
+        def flow(name: str) -> dict:
+            durations: dict = {}
+            a = meter.snapshot()
+            t = time.monotonic()
+            res = api.spawn(conf, name, image_id, vsphere=self.vsphere, images=self.images,
+                            backend=backend, listeners=(sb._timing_listener(durations),))
+            secs = time.monotonic() - t
+            d = StorageMeter.delta(a, meter.snapshot())
+            tasks = sum(v for k, v in durations.items() if k != "spawn")
+            return {"seconds": secs, "shadow": res["shadow_vm"]["name"], **d,
+                    "tasks_s": tasks, "tasks": durations}
+
+        def flow_open(name: str) -> dict:
+            t = time.monotonic()
+            res = api.spawn(conf, name, image_id, vsphere=self.vsphere, images=self.images)
+            return {"seconds": time.monotonic() - t, "shadow": res["shadow_vm"]["name"]}
+
+        def proc(name: str) -> dict:
+            t = time.monotonic()
+            res = procedural_spawn(self.vsphere, self.images, policy, name, image_id)
+            return {"seconds": time.monotonic() - t, "shadow": res["shadow"]}
+
+        kinds = {"proc": proc, "flow": flow, "flow_open": flow_open}
+        out: dict = {"size": fx["label"], "file_bytes": fx["file_bytes"], "db": "sqlite file"}
+        for variant in ("cold", "warm"):
+            runs: dict[str, list[dict]] = {k: [] for k in kinds}
+            keep_shadow = None
+            if variant == "warm":
+                name = f"bench-ovh-prime-{uuid.uuid4().hex[:6]}"
+                keep_shadow = flow_open(name)["shadow"]
+                self.destroy_quiet([name])
+            order = list(kinds)
+            for i in range(self.args.runs):
+                for kind in order[i % len(order):] + order[: i % len(order)]:
+                    name = f"bench-ovh-{kind}-{uuid.uuid4().hex[:6]}"
+                    r = kinds[kind](name)
+                    runs[kind].append(r)
+                    self.destroy_quiet([name] + ([r["shadow"]] if variant == "cold" else []))
+                    log(f"  overhead {variant} run {i + 1} {kind:9s} {r['seconds']:6.3f}s")
+            if keep_shadow:
+                self.destroy_quiet([keep_shadow])
+            out[variant] = summarize_overhead(runs)
+        # What flow_open adds: open_backend (engine, pool, schema check under the file lock).
+        opens = []
+        for _ in range(self.args.runs):
+            t = time.monotonic()
+            b = persistence.open_backend(conf)
+            opens.append(time.monotonic() - t)
+            b.close()
+        out["open_backend_s"] = r3(med(opens))
+        self.results["overhead"] = out
+
+    # ---------------------------------------------------------------- resume
+
+    def section_resume(self) -> None:
+        from vsan_flows.runtime import persistence, runner
+
+        n = self.args.flows
+        fx = self.fixture(self.args.resume_size)
+        rounds = -(-n // len(CUES))
+        image_ids = self.more_images(fx, rounds)
+        tok = uuid.uuid4().hex[:4]
+        plan = [(f"bench-res-{tok}-{i:03d}", image_ids[i // len(CUES)], CUES[i % len(CUES)])
+                for i in range(n)]
+        rdir = self.workdir / "resume"
+        rdir.mkdir(exist_ok=True)
+        db = rdir / "flows.sqlite"
+        out: dict = {"flows": n, "size": fx["label"], "images": rounds,
+                     "cues": dict(collections.Counter(c for _, _, c in plan))}
+        log(f"  resume: creating {n} interrupted spawns in a child that SIGKILLs itself")
+        t = time.monotonic()
+        rc, made, err = self.run_child("create", self.spec(db=str(db), plan=plan))
+        out["create_s"] = round(time.monotonic() - t, 2)
+        if rc != -signal.SIGKILL or not made:
+            raise RuntimeError(f"create child ended with {rc}: {err[-2000:]}")
+        out["parked"], out["create_errors"] = made["parked"], made["errors"]
+        log(f"  resume: {made['parked']} flows parked and killed in {out['create_s']:.1f}s "
+            f"({len(made['errors'])} did not park)")
+        # find + load + decide on a byte copy (sqlite file + WAL), so the real run sees the
+        # store exactly as the kill left it.
+        pdir = rdir / "probe"
+        pdir.mkdir()
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(db) + suffix)
+            if src.exists():
+                shutil.copy2(src, pdir / src.name)
+        rc, probe, err = self.run_child("probe", self.spec(db=str(pdir / db.name)))
+        if rc != 0:
+            raise RuntimeError(f"probe child failed ({rc}): {err[-2000:]}")
+        out["probe"] = probe
+        log(f"  resume probe: found {probe['found']} in {probe['find_s']:.2f}s, "
+            f"load+decide {probe['load_decide_s']:.2f}s")
+        rc, full, err = self.run_child("resume", self.spec(db=str(db)))
+        if rc != 0:
+            raise RuntimeError(f"resume child failed ({rc}): {err[-2000:]}")
+        out["full"] = full
+        log(f"  resume: api.resume_unfinished {full['resume_unfinished_s']:.1f}s "
+            f"(engine runs {full['engine_run_s']:.1f}s): {full['outcomes']}")
+        backend = persistence.backend_from_url(f"sqlite:///{db}")
+        out["unfinished_after"] = len(runner.unfinished(backend))
+        backend.close()
+        self.cleanup_all()
+        self.results["resume"] = out
+
+    # ---------------------------------------------------------------- concurrency
+
+    def section_concurrency(self) -> None:  # noqa: C901 - one measurement per mode
+        from vsan_flows import api
+        from vsan_flows.runtime import persistence
+        from vsan_flows.vsphere import instances
+        from vsan_flows.vsphere.session import connect
+
+        n, k = self.args.concurrency, self.args.images
+        fx = self.fixture(self.args.size)
+        image_ids = self.more_images(fx, k)
+        cdir = self.workdir / "concurrency"
+        db = cdir / "flows.sqlite"
+        conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir), str(db))
+        # Warm every image's cache entry: each spawn below is a cache hit (same work each).
+        for i, img in enumerate(image_ids):
+            name = f"bench-cc-warm-{i}"
+            api.spawn(conf, name, img, vsphere=self.vsphere, images=self.images)
+            self.destroy_quiet([name])
+        backends = {"sqlite": persistence.open_backend(conf),
+                    "memory": persistence.backend_from_url("memory://")}
+        persistence.upgrade_schema(backends["memory"])
+        out: dict = {"spawns": n, "images": k, "size": fx["label"], "variant": "warm (cache hit)",
+                     "modes": {}}
+
+        def one(vsphere, name, img, sink, store="sqlite") -> None:
+            t = time.monotonic()
+            err = None
+            try:
+                api.spawn(conf, name, img, vsphere=vsphere, images=self.images,
+                          backend=backends[store])
+            except Exception as exc:  # noqa: BLE001 - reported
+                err = f"{type(exc).__name__}: {exc}"
+            sink.append({"seconds": time.monotonic() - t, "error": err})
+
+        def plan(mode):
+            tok = uuid.uuid4().hex[:4]
+            return [(f"bench-cc-{mode}-{tok}-{i:02d}", image_ids[i % k]) for i in range(n)]
+
+        def threaded(mode, sessions, store="sqlite") -> dict:
+            p = plan(mode)
+            sink: list = []
+            sampler = StackSampler()
+            barrier = threading.Barrier(n + 1)
+
+            def worker(i):
+                barrier.wait()
+                one(sessions[i], p[i][0], p[i][1], sink, store)
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+            for th in threads:
+                th.start()
+            sampler.idents = {th.ident for th in threads}
+            sampler.start()
+            cpu0, sim0 = time.process_time(), self.sim_cpu()
+            t = time.monotonic()
+            barrier.wait()
+            for th in threads:
+                th.join()
+            wall = time.monotonic() - t
+            cpu, sim = time.process_time() - cpu0, self.sim_cpu() - sim0
+            prof = sampler.stop()
+            self.destroy_quiet([name for name, _ in p])
+            return {"wall_s": wall, "cpu_s": cpu, "sim_cpu_s": sim, "runs": sink,
+                    "profile": prof}
+
+        modes: dict = {}
+        # serial
+        p = plan("serial")
+        sink: list = []
+        cpu0, sim0 = time.process_time(), self.sim_cpu()
+        t = time.monotonic()
+        for name, img in p:
+            one(self.vsphere, name, img, sink)
+        modes["serial"] = {"wall_s": time.monotonic() - t, "cpu_s": time.process_time() - cpu0,
+                           "sim_cpu_s": self.sim_cpu() - sim0, "runs": sink}
+        self.destroy_quiet([name for name, _ in p])
+        log(f"  concurrency serial: {modes['serial']['wall_s']:.2f}s")
+        # threads, one shared session
+        modes["threads_shared_session"] = threaded("tshared", [self.vsphere] * n)
+        log(f"  concurrency threads (shared session): "
+            f"{modes['threads_shared_session']['wall_s']:.2f}s")
+        # threads, a session each (logins untimed)
+        sessions = [connect(conf) for _ in range(n)]
+        for s in sessions:
+            instances.find(s, "bench-warm-up")  # placement cache, as the shared one has it
+        try:
+            modes["threads_own_session"] = threaded("town", sessions)
+        finally:
+            for s in sessions:
+                with contextlib.suppress(Exception):
+                    s.session.logout()
+        log(f"  concurrency threads (session each): "
+            f"{modes['threads_own_session']['wall_s']:.2f}s")
+        # processes, one spawn each (start-up and login untimed)
+        modes["processes"] = self.processes(plan("proc"), str(db))
+        log(f"  concurrency processes: {modes['processes']['wall_s']:.2f}s")
+        # Controls: the same with TaskFlow's in-memory backend instead of the sqlite file, to
+        # show what the persistence backend costs in concurrency (not a deployable setup).
+        p = plan("mserial")
+        sink = []
+        cpu0, sim0 = time.process_time(), self.sim_cpu()
+        t = time.monotonic()
+        for name, img in p:
+            one(self.vsphere, name, img, sink, "memory")
+        modes["serial_memory_backend"] = {
+            "wall_s": time.monotonic() - t, "cpu_s": time.process_time() - cpu0,
+            "sim_cpu_s": self.sim_cpu() - sim0, "runs": sink}
+        self.destroy_quiet([name for name, _ in p])
+        modes["threads_shared_memory_backend"] = threaded("tmem", [self.vsphere] * n, "memory")
+        modes["processes_memory_backend"] = self.processes(plan("pmem"), "memory://")
+        log(f"  concurrency memory backend: serial "
+            f"{modes['serial_memory_backend']['wall_s']:.2f}s, threads "
+            f"{modes['threads_shared_memory_backend']['wall_s']:.2f}s, processes "
+            f"{modes['processes_memory_backend']['wall_s']:.2f}s")
+        for name, m in modes.items():
+            runs = m["runs"]
+            ok = [r for r in runs if not r["error"]]
+            m["ok"] = len(ok)
+            m["errors"] = sorted({r["error"] for r in runs if r["error"]})[:5]
+            m["throughput_per_s"] = round(len(ok) / m["wall_s"], 3) if m["wall_s"] else None
+            m["latency_median_s"] = r3(med([r["seconds"] for r in ok]))
+            m["latency_max_s"] = r3(max((r["seconds"] for r in ok), default=None))
+            m["wall_s"], m["cpu_s"], m["sim_cpu_s"] = (r3(m["wall_s"]), r3(m["cpu_s"]),
+                                                       r3(m["sim_cpu_s"]))
+            del m["runs"]
+            out["modes"][name] = m
+        base = out["modes"]["serial"]["throughput_per_s"]
+        out["ratio_to_serial"] = {k_: (round(m["throughput_per_s"] / base, 2) if base and
+                                       m["throughput_per_s"] else None)
+                                  for k_, m in out["modes"].items()}
+        s = out["modes"]["serial"]
+        # CPU bound on this machine: our process can use at most one core for Python (GIL),
+        # the simulator the rest.
+        cpus = os.cpu_count() or 1
+        per_spawn_us, per_spawn_sim = s["cpu_s"] / n, s["sim_cpu_s"] / n
+        out["cpu_per_spawn_s"] = {"ours": r3(per_spawn_us), "simulator": r3(per_spawn_sim)}
+        out["cpu_bound_max_ratio"] = {
+            "one_process": r3(min(1 / per_spawn_us, cpus / (per_spawn_us + per_spawn_sim))
+                              * s["wall_s"] / n),
+            "processes": r3(cpus / (per_spawn_us + per_spawn_sim) * s["wall_s"] / n)}
+        out["goal"] = CONCURRENCY_GOAL
+        self.results["concurrency"] = out
+
+    def processes(self, p: list, db: str) -> dict:
+        procs = []
+        for name, img in p:
+            spec = {"mode": "worker", **self.spec(db=db, plan=[(name, img)])}
+            procs.append(subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True))
+        try:
+            for pr in procs:
+                line = pr.stdout.readline()
+                if line.strip() != "ready":
+                    raise RuntimeError(f"worker did not start: {line} {pr.stderr.read()[-1500:]}")
+            cpu0 = self.sim_cpu()
+            t = time.monotonic()
+            for pr in procs:
+                pr.stdin.write("go\n")
+                pr.stdin.flush()
+            results = []
+            for pr in procs:
+                stdout, stderr = pr.communicate(timeout=600)
+                lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+                if not lines:
+                    raise RuntimeError(f"worker failed: {stderr[-1500:]}")
+                results.append(json.loads(lines[-1]))
+            end = max(s["end"] for r in results for s in r["spawns"])
+            runs = [{"seconds": s["end"] - s["start"], "error": s["error"]}
+                    for r in results for s in r["spawns"]]
+            return {"wall_s": end - t, "cpu_s": sum(r["cpu_s"] for r in results),
+                    "sim_cpu_s": self.sim_cpu() - cpu0, "runs": runs}
+        finally:
+            for pr in procs:
+                if pr.poll() is None:
+                    pr.kill()
+                    pr.wait()
+            self.destroy_quiet([name for name, _ in p])
+
+
+# --------------------------------------------------------------------------------- report
+
+def summarize_overhead(runs: dict[str, list[dict]]) -> dict:
+    out: dict = {"seconds": {k: {"median": r3(med([r["seconds"] for r in rs])),
+                                 "runs": [r3(r["seconds"]) for r in rs]}
+                             for k, rs in runs.items()}}
+    proc = out["seconds"]["proc"]["median"]
+    out["ratio"] = {k: (round(v["median"] / proc, 3) if proc else None)
+                    for k, v in out["seconds"].items() if k != "proc"}
+    fl = runs["flow"]
+    storage = med([r["storage_s"] for r in fl])
+    flow = out["seconds"]["flow"]["median"]
+    out["flow_breakdown"] = {
+        "storage_s": r3(storage),
+        "storage_calls": med([r["storage_calls"] for r in fl]),
+        "sql_exec_s": r3(med([r["sql_exec_s"] for r in fl])),
+        "sql_statements": med([r["sql_statements"] for r in fl]),
+        "tasks_s (listener, incl. result saves)": r3(med([r["tasks_s"] for r in fl])),
+        "engine_other_s (flow - proc - storage)": r3(flow - proc - storage)
+        if None not in (flow, proc, storage) else None,
+        "per_method_s": {m: r3(med([r["per_method_s"].get(m, 0.0) for r in fl]))
+                         for m in fl[-1]["per_method_s"]},
+        "per_method_calls": {m: med([r["per_method_calls"].get(m, 0) for r in fl])
+                             for m in fl[-1]["per_method_calls"]},
+    }
+    return out
+
+
+def print_report(res: dict) -> None:
+    ov = res.get("overhead") or {}
+    if ov:
+        print(f"\n== Flow overhead: api.spawn (sqlite file) vs the same vSphere calls in a plain "
+              f"function; {ov['size']} image, seconds, median ==")
+        print(f"{'variant':>8} {'proc':>8} {'flow':>8} {'flow_open':>10} {'flow/proc':>10} "
+              f"{'open/proc':>10} {'storage':>8} {'calls':>6} {'sql exec':>9} {'stmts':>6}")
+        for v in ("cold", "warm"):
+            s = ov[v]
+            b = s["flow_breakdown"]
+            print(f"{v:>8} {sb._fmt(s['seconds']['proc']['median'], '.3f'):>8} "
+                  f"{sb._fmt(s['seconds']['flow']['median'], '.3f'):>8} "
+                  f"{sb._fmt(s['seconds']['flow_open']['median'], '.3f'):>10} "
+                  f"{sb._fmt(s['ratio']['flow'], '.3f'):>10} "
+                  f"{sb._fmt(s['ratio']['flow_open'], '.3f'):>10} "
+                  f"{sb._fmt(b['storage_s'], '.3f'):>8} {sb._fmt(b['storage_calls'], '.0f'):>6} "
+                  f"{sb._fmt(b['sql_exec_s'], '.3f'):>9} {sb._fmt(b['sql_statements'], '.0f'):>6}")
+        print(f"  goal: flow/proc <= {OVERHEAD_GOAL:.2f}.  flow = api.spawn with a backend "
+              "opened once; flow_open = api.spawn opening the backend\n  from conf itself "
+              f"(open_backend alone: {sb._fmt(ov['open_backend_s'], '.3f')}s median). storage ="
+              " time in the backend's connection calls\n  during one flow spawn (sql exec = "
+              "statement execution inside it; the rest is commit/fsync, SQLAlchemy, models).")
+        for v in ("cold", "warm"):
+            b = ov[v]["flow_breakdown"]
+            print(f"  {v}: per run proc "
+                  f"{', '.join(sb._fmt(x, '.3f') for x in ov[v]['seconds']['proc']['runs'])}; "
+                  f"flow {', '.join(sb._fmt(x, '.3f') for x in ov[v]['seconds']['flow']['runs'])}")
+            print(f"  {v}: engine other than storage "
+                  f"{sb._fmt(b['engine_other_s (flow - proc - storage)'], '.3f')}s; storage by "
+                  "method: " + ", ".join(f"{m} {b['per_method_calls'][m]:.0f}x "
+                                         f"{b['per_method_s'][m]:.3f}s"
+                                         for m in b["per_method_s"]))
+    rs = res.get("resume") or {}
+    if rs:
+        p, f = rs["probe"], rs["full"]
+        print(f"\n== Resume of {rs['flows']} SIGKILLed spawn flows (sqlite file), fresh "
+              "processes, seconds ==")
+        print(f"  made: {rs['parked']} flows parked at {len(rs['cues'])} cues "
+              f"({', '.join(f'{c} x{n}' for c, n in rs['cues'].items())}),\n  over "
+              f"{rs['images']} images of {rs['size']}, by one child that then SIGKILLed itself:"
+              f" {rs['create_s']:.1f}s")
+        print(f"  find + load + decide (copy of the store): interpreter+imports "
+              f"{p['imports_s']:.2f}, open_backend {p['open_backend_s']:.3f}, find "
+              f"{p['find_s']:.3f} ({p['found']} found), login {p['login_s']:.2f}, "
+              f"load+compile+prepare+decide {p['load_decide_s']:.2f} "
+              f"-> {p['find_s'] + p['load_decide_s']:.2f}s without login")
+        print(f"  full completion: api.resume_unfinished {f['resume_unfinished_s']:.2f}s "
+              f"(engine runs {f['engine_run_s']:.2f}s, the rest = find + load + decide + "
+              f"login {f['resume_unfinished_s'] - f['engine_run_s']:.2f}s); outcomes "
+              f"{f['outcomes']}; unfinished after: {rs['unfinished_after']}")
+        print(f"  goal: < {RESUME_GOAL_S:.0f} s.  atom states found: {p['atom_states']}; "
+              f"transfers restarted: {p['transfers_restarted']}")
+        print("  load+decide profile (cumulative s, calls): "
+              + "; ".join(f"{s} {ct:.2f}s x{nc}" for s, ct, nc in p["profile_top_cumulative"][:6]))
+    cc = res.get("concurrency") or {}
+    if cc:
+        print(f"\n== {cc['spawns']} spawns ({cc['variant']}, {cc['images']} images of "
+              f"{cc['size']}): serial vs concurrent ==")
+        print(f"{'mode':>24} {'ok':>4} {'wall s':>8} {'spawns/s':>9} {'x serial':>9} "
+              f"{'lat med':>8} {'lat max':>8} {'our cpu':>8} {'sim cpu':>8}")
+        for name, m in cc["modes"].items():
+            print(f"{name:>24} {m['ok']:>4} {sb._fmt(m['wall_s'], '.2f'):>8} "
+                  f"{sb._fmt(m['throughput_per_s'], '.2f'):>9} "
+                  f"{sb._fmt(cc['ratio_to_serial'][name], '.2f'):>9} "
+                  f"{sb._fmt(m['latency_median_s'], '.2f'):>8} "
+                  f"{sb._fmt(m['latency_max_s'], '.2f'):>8} {sb._fmt(m['cpu_s'], '.2f'):>8} "
+                  f"{sb._fmt(m['sim_cpu_s'], '.2f'):>8}")
+            for e in m["errors"]:
+                print(f"      error: {e}")
+        print(f"  goal: >= {CONCURRENCY_GOAL:.0f}x serial.  CPU per serial spawn: ours "
+              f"{cc['cpu_per_spawn_s']['ours']}s, simulator {cc['cpu_per_spawn_s']['simulator']}"
+              f"s; with {os.cpu_count()} CPUs that caps the ratio at "
+              f"{cc['cpu_bound_max_ratio']['one_process']}x in one process (GIL: one core for "
+              f"us) and {cc['cpu_bound_max_ratio']['processes']}x with processes.")
+        for name in ("threads_shared_session", "threads_own_session",
+                     "threads_shared_memory_backend"):
+            prof = cc["modes"][name].get("profile")
+            if not prof:
+                continue
+            print(f"  {name} profile ({prof['samples']} samples; share of worker-thread time):")
+            print("    leaf: " + "; ".join(f"{s} {v:.0%}" for s, v in prof["leaf"][:6]))
+            print("    ours: " + "; ".join(f"{s} {v:.0%}" for s, v in prof["ours"][:6]))
+            print("    library: " + ", ".join(f"{s} {v:.0%}" for s, v in prof["library_share"]))
+
+
+# --------------------------------------------------------------------------------- main
+
+SECTIONS = ("overhead", "resume", "concurrency")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true",
+                   help="small: 3 runs, 20 flows to resume, 8 concurrent spawns")
+    p.add_argument("--runs", type=int, help="runs per overhead figure (median), default 5")
+    p.add_argument("--size", default="64M", help="image size for overhead/concurrency (64M)")
+    p.add_argument("--resume-size", default="16M", help="image size of the resume flows (16M)")
+    p.add_argument("--flows", type=int, help="interrupted flows to resume (default 100)")
+    p.add_argument("--concurrency", type=int, help="spawns, serial and concurrent (20)")
+    p.add_argument("--images", type=int, default=4, help="distinct images (concurrency, 4)")
+    p.add_argument("--data-fraction", type=float, default=0.25)
+    p.add_argument("--workdir", help="parent of the temporary work directory")
+    p.add_argument("--fixture-dir", help="keep and reuse the generated VMDKs here")
+    p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.runs = args.runs or (3 if args.quick else 5)
+    args.flows = args.flows or (20 if args.quick else 100)
+    args.concurrency = args.concurrency or (8 if args.quick else 20)
+    args.size = sb.parse_size(args.size)
+    args.resume_size = sb.parse_size(args.resume_size)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if set(args.sections) - set(SECTIONS):
+        p.error(f"unknown section(s): {set(args.sections) - set(SECTIONS)}")
+    return args
+
+
+def child_main(spec: dict, t_start: float) -> None:
+    sb._quiet()
+    mode = spec["mode"]
+    if mode == "create":
+        child_create(spec)
+    elif mode == "worker":
+        child_worker(spec)
+    else:
+        out = child_probe(spec, t_start) if mode == "probe" else child_resume(spec, t_start)
+        print(json.dumps(out), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.monotonic()
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sb._quiet()
+    if args.child:
+        child_main(json.loads(args.child), t_start)
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="vsan-flows-ovh-", dir=args.workdir))
+    for sub in ("overhead", "concurrency"):
+        (workdir / sub).mkdir()
+    bench = FlowBench(args, workdir)
+    t0 = time.monotonic()
+    leaks: list[str] = []
+    failed = False
+    try:
+        bench.start()
+        for section in SECTIONS:
+            if section in args.sections:
+                log(f"{section} section")
+                try:
+                    getattr(bench, f"section_{section}")()
+                except Exception:  # noqa: BLE001 - report, go on with the next section
+                    failed = True
+                    bench.errors.append(f"{section}: {traceback.format_exc()}")
+                    bench.cleanup_all()
+    except Exception:  # noqa: BLE001
+        failed = True
+        bench.errors.append(traceback.format_exc())
+    finally:
+        try:
+            leaks = bench.stop()
+        except Exception:  # noqa: BLE001
+            failed = True
+            bench.errors.append(traceback.format_exc())
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results = {**bench.results, "leaks": leaks, "errors": bench.errors,
+               "elapsed_seconds": round(time.monotonic() - t0, 1),
+               "args": {"runs": args.runs, "size": sb.size_label(args.size),
+                        "resume_size": sb.size_label(args.resume_size), "flows": args.flows,
+                        "concurrency": args.concurrency, "images": args.images,
+                        "sections": args.sections},
+               "env": sb.environment(Path(args.workdir or tempfile.gettempdir()))}
+    print_report(results)
+    print(f"\nleak check: {'; '.join(leaks) if leaks else 'nothing left behind'}; "
+          f"{results['elapsed_seconds']:.0f}s in all")
+    for err in bench.errors:
+        print(f"ERROR: {err}", file=sys.stderr)
+    print(json.dumps(results, sort_keys=True, default=str))
+    return 1 if failed or bench.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
