@@ -2,8 +2,8 @@
 
 Used by test_crash_resume.py as a real child process (``python -m
 tests.functional.crash_child JSON``). The cue is an atom name and state ("before" = the atom
-just started RUNNING, "after" = it finished), or "transfer" = once the simulator shows bytes
-arriving for the import or leaving for the export.
+just started RUNNING, "after" = it finished), or "transfer" = at the first progress report
+of the import's or the export's stream task (bytes have moved, not all of them).
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 from types import SimpleNamespace
 
 from taskflow import states
@@ -21,7 +19,6 @@ from taskflow import states
 from tests.functional.conftest import make_conf
 from vsan_flows import api
 from vsan_flows.images import LocalImageService
-from vsan_flows.simulator.control import SimulatorControl
 
 
 def _die() -> None:
@@ -48,16 +45,24 @@ def _kill_on_atom(atom: str, when: str):
     return make
 
 
-def _kill_mid_transfer(control: SimulatorControl) -> None:
-    def watch():
-        while True:
-            for lease in control.status().get("leases") or []:
-                moved = sum((lease.get("transferred") or {}).values())
-                if moved > 0:
-                    _die()
-            time.sleep(0.02)
+def _kill_mid_transfer(engine):
+    """Die at the first progress report of a transfer task: bytes have moved, not all."""
+    from taskflow import task as tf_task
 
-    threading.Thread(target=watch, daemon=True).start()
+    def on_progress(event_type, details):
+        if 0.0 < float(details.get("progress") or 0.0) < 1.0:
+            _die()
+
+    class _Reg:
+        def __enter__(self):
+            for atom in engine.compilation.execution_graph.nodes:
+                if atom.name.endswith(("StreamDiskToLease", "StreamDiskToImage")):
+                    atom.notifier.register(tf_task.EVENT_UPDATE_PROGRESS, on_progress)
+
+        def __exit__(self, *exc):
+            return False
+
+    return _Reg()
 
 
 def main() -> None:
@@ -67,9 +72,8 @@ def main() -> None:
                      vsan_flows__persistence_connection=args["db_url"],
                      vsan_flows__import_retries=2)
     images = LocalImageService(args["images_dir"])
-    listeners = ()
     if args["cue"] == "transfer":
-        _kill_mid_transfer(SimulatorControl(sim.control_url))
+        listeners = (_kill_mid_transfer,)
     else:
         atom, when = args["cue"].split(":")
         listeners = (_kill_on_atom(atom, when),)

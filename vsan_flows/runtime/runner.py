@@ -88,9 +88,15 @@ def unfinished(backend, host: str | None = None) -> list[tuple[models.LogBook,
 
 
 def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
-         engine: str = "serial"):
-    """An engine for a saved flow, rebuilt from its factory, with fresh live handles."""
-    book = _book_of(backend, flow_detail.uuid)
+         engine: str = "serial", book: models.LogBook | None = None):
+    """An engine for a saved flow, rebuilt from its factory, with fresh live handles.
+
+    Pass ``book`` when the caller has it: finding it means scanning logbooks.
+    """
+    if book is None:
+        from vsan_flows.runtime import persistence
+
+        book, _ = persistence.find_flow_detail(backend, flow_detail.uuid)
     eng = taskflow.engines.load_from_detail(flow_detail, backend=backend, book=book,
                                             engine=engine)
     eng.storage.inject(dict(transients), transient=True)
@@ -98,9 +104,10 @@ def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any],
 
 
 def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
-           engine: str = "serial", listeners: tuple = ()) -> dict:
+           engine: str = "serial", listeners: tuple = (),
+           book: models.LogBook | None = None) -> dict:
     """Finish an interrupted flow: forward where that is safe, via its Retry where not."""
-    eng = load(backend, flow_detail, transients, engine=engine)
+    eng = load(backend, flow_detail, transients, engine=engine, book=book)
     eng.compile()
     eng.prepare()
     _fail_interrupted_transfers(eng)
@@ -108,7 +115,8 @@ def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 
 def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
-           engine: str = "serial", listeners: tuple = ()) -> None:
+           engine: str = "serial", listeners: tuple = (),
+           book: models.LogBook | None = None) -> None:
     """Roll a flow back completely (an admin's choice), retrying undo steps that failed.
 
     TaskFlow has no "revert this saved flow" call: every task/retry atom that did anything
@@ -117,7 +125,7 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
     runs again. Success is judged by the final flow state: a complete revert still re-raises
     the failures on record.
     """
-    eng = load(backend, flow_detail, transients, engine=engine)
+    eng = load(backend, flow_detail, transients, engine=engine, book=book)
     eng.compile()
     eng.prepare()
     reason = tf_failure.Failure.from_exception(
@@ -163,10 +171,10 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     for book, fd in todo:
         try:
             if (book.meta or {}).get("on_restart") == "revert":
-                revert(backend, fd, transients, engine=engine)
+                revert(backend, fd, transients, engine=engine, book=book)
                 outcomes.append((fd.uuid, fd.name, "reverted (its flow asks for that)"))
                 continue
-            resume(backend, fd, transients, engine=engine)
+            resume(backend, fd, transients, engine=engine, book=book)
             outcomes.append((fd.uuid, fd.name, "completed"))
         except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
             LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
@@ -186,16 +194,8 @@ def _fail_interrupted_transfers(eng) -> None:
             eng.storage.save(atom.name, reason, states.FAILURE)
 
 
-def _book_of(backend, flow_uuid: str):
-    with contextlib.closing(backend.get_connection()) as conn:
-        for book in conn.get_logbooks():
-            if book.find(flow_uuid) is not None:
-                return book
-    raise exceptions.FlowError(flow_uuid, "is not in the persistence backend",
-                               "List flows with 'vsan-flows flows list'.")
-
-
 def _run(eng, listeners: tuple = ()) -> dict:
+    eng.compile()  # listeners may need the compiled atoms (progress notifiers); cached
     with contextlib.ExitStack() as stack:
         for make in listeners:
             stack.enter_context(make(eng))
