@@ -119,6 +119,23 @@ def run(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
         sim.stop()
     inspect_conf = work / "inspect.conf"
     _write_inspect_conf(conf, inspect_conf)
-    _say(f"done in {time.monotonic() - t_all:.1f}s. The flows stay in the store; inspect them:")
-    _say(f"  vsan-flows --config-file {inspect_conf} flows list")
+    _say(f"done in {time.monotonic() - t_all:.1f}s. The flows stay in the store:")
+    _inspect(backend, inspect_conf, work, snap_id)
     return 0
+
+
+def _inspect(backend, inspect_conf: Path, work: Path, snap_image: str) -> None:
+    """What an admin would do next, done once here: list the flows, draw the snapshot's."""
+    from vsan_flows.cmd import cli
+    from vsan_flows.runtime import inspect
+
+    base = ["--config-file", str(inspect_conf), "flows"]
+    _say(f"$ vsan-flows {' '.join(base)} list")
+    cli.main([*base, "list"])
+    snap = [f for f in inspect.list_flows(backend, operation="snapshot")
+            if f.get("image") == snap_image]
+    if snap:
+        picture = work / "snapshot-flow.png"
+        _say(f"$ vsan-flows {' '.join(base)} graph {snap[0]['id']} --output {picture}")
+        cli.main([*base, "graph", snap[0]["id"], "--output", str(picture)])
+        _say(f"  (and `flows show {snap[0]['id']}` for every step, its result and any failure)")
