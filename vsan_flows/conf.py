@@ -136,6 +136,38 @@ flows_opts = [
         help="Directory of the local image service (images as <id>.data + <id>.json). Unset "
         "means <state_dir>/images.",
     ),
+    cfg.ListOpt(
+        "jobboard_hosts",
+        help="ZooKeeper servers (host:port, comma-separated) of the jobboard on which flows are "
+        "posted as jobs and run by `vsan-flows conductor` processes on any host. Unset means no "
+        "jobboard: flows run in the calling process.",
+    ),
+    cfg.StrOpt(
+        "jobboard_path",
+        default="/vsan-flows/jobs",
+        help="ZooKeeper path of the jobboard; every poster and conductor of one deployment "
+        "must use the same path (and the same persistence_connection).",
+    ),
+    cfg.StrOpt(
+        "conductor_name",
+        help="Name this host's conductor claims jobs under (shown as the owner in `vsan-flows "
+        "jobs list`). Unset means the host name.",
+    ),
+    cfg.FloatOpt(
+        "conductor_wait_timeout",
+        default=1.0,
+        min=0.05,
+        help="Seconds an idle conductor waits before looking at the jobboard again; also the "
+        "longest a free job (new, or released by a dead conductor) waits to be claimed.",
+    ),
+    cfg.FloatOpt(
+        "jobboard_session_timeout",
+        default=10.0,
+        min=1.0,
+        help="ZooKeeper session timeout in seconds. A conductor that dies (kill -9, power loss, "
+        "partition) keeps its claim this long before another conductor can take the job over. "
+        "The server bounds it to 2-20 times its tickTime.",
+    ),
 ]
 
 

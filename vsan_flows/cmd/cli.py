@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vsan_flows.cmd import demo
 
     demo.register(sub)
+    __import__("vsan_flows.cmd.conductor", fromlist=["register"]).register(sub)
     try:
         from vsan_flows.cmd import flows
     except ImportError:  # pragma: no cover - flows inspection not installed
