@@ -269,3 +269,52 @@ def test_unreachable_zookeeper_is_one_clear_error(tmp_path):
         assert lines[0].startswith("vsan-flows: error: cannot reach the ZooKeeper jobboard at "
                                    f"127.0.0.1:{port}"), lines[0]
         assert "jobboard_hosts" in lines[0] and "Traceback" not in err
+
+
+def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images, vmdk,
+                                                                    control, vsphere,
+                                                                    destroy_after):
+    """run_conductor as a library call: a failed flow's error reaches wait(); a stop in the
+    middle of a transfer lets it finish, suspends the flow and releases the job, and the next
+    conductor completes it without transferring again."""
+    import threading
+
+    from vsan_flows import api
+
+    conf, _ = rig
+    live = api.live_handles(conf, vsphere=vsphere, images=images)
+    missing = jobboard.post(conf, "spawn", f"nothing-{uuid.uuid4().hex[:6]}", "no-such-image")
+    counts = jobboard.run_conductor(conf, max_jobs=1, transients=live)
+    assert counts == {"consumed": 1, "released": 0, "trashed": 0}
+    with pytest.raises(jobboard.JobFailed) as failed:
+        jobboard.wait(conf, missing, 10)
+    assert failed.value.error_type.endswith("ImageNotFound"), failed.value.error_type
+    assert "no-such-image" in str(failed.value)
+
+    image_id = images.add_file(vmdk, name="stop")
+    instance = f"stopped-{uuid.uuid4().hex[:6]}"
+    before = control.calls("ImportVApp")
+    control.throttle_nfc(4 * MiB, direction="upload")  # ~4 s on the wire
+    job_id = jobboard.post(conf, "spawn", instance, image_id)
+    stop = threading.Event()
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        jobboard.run_conductor(conf, stop_event=stop, transients=live)))
+    try:
+        worker.start()
+        _wait_for(lambda: any(sum((lease.get("transferred") or {}).values()) > 0
+                              for lease in control.status().get("leases") or []),
+                  30, "bytes moving")
+        stop.set()
+        worker.join(60)
+        assert not worker.is_alive()
+        assert outcome == {"consumed": 0, "released": 1, "trashed": 0}
+        with jobboard.connect(conf) as board:
+            (job,) = [j for j in board.iterjobs(ensure_fresh=True) if j.uuid == job_id]
+            assert job.state == "UNCLAIMED"
+        assert jobboard.run_conductor(conf, max_jobs=1, transients=live)["consumed"] == 1
+        result = jobboard.wait(conf, job_id, 10)
+    finally:
+        _forget_after(destroy_after, instance, image_id, control)
+    assert result["instance_name"] == instance
+    assert control.calls("ImportVApp") - before == 1, "the finished transfer ran again"

@@ -412,9 +412,24 @@ class _VsanFlowsConductorMixin:
             if not (fd.meta or {}).get("outcome"):
                 engine = super()._engine_from_job(job)
                 engine.storage.update_flow_metadata({"outcome": outcome_of(engine, fd.state)})
+            self._vsan_count_dispatch()
             return True
         LOG.info("Conductor %s runs job %s (%s)", self._name, job.uuid, job.name)
-        return super()._dispatch_job(job)
+        try:
+            return super()._dispatch_job(job)
+        finally:
+            self._vsan_count_dispatch()
+
+    _vsan_max_jobs: int | None = None
+    _vsan_dispatched = 0
+
+    def _vsan_count_dispatch(self) -> None:
+        # TaskFlow's run(max_dispatches=N) dispatches N + 1 jobs (it counts after submitting,
+        # and only stops when the counter overflows on the next job) and then idles on an
+        # empty board; count here and stop once the job is done (it is still consumed).
+        self._vsan_dispatched += 1
+        if self._vsan_max_jobs is not None and self._vsan_dispatched >= self._vsan_max_jobs:
+            self.stop()
 
 
 def conductor_class(kind: str = "blocking") -> type:
@@ -456,6 +471,7 @@ def run_conductor(conf: cfg.ConfigOpts, *, stop_event: threading.Event | None = 
         conductor = cls(name, board, persistence=backend, engine=conf.vsan_flows.engine,
                         wait_timeout=conf.vsan_flows.conductor_wait_timeout)
         conductor._vsan_transients = live
+        conductor._vsan_max_jobs = max_jobs
         for event, key in (("job_consumed", "consumed"), ("job_abandoned", "released"),
                            ("job_trashed", "trashed")):
             conductor.notifier.register(event, functools.partial(_count, counts, key))
@@ -471,7 +487,7 @@ def run_conductor(conf: cfg.ConfigOpts, *, stop_event: threading.Event | None = 
             threading.Thread(target=watch, name="conductor-stop", daemon=True).start()
         LOG.info("Conductor %s serving %s at %s", name, board_path(conf), _hosts(conf))
         try:
-            conductor.run(max_dispatches=max_jobs)
+            conductor.run()
         finally:
             done.set()
             conductor.wait(5)
