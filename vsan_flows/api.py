@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 
 from oslo_config import cfg
 
 from vsan_flows import conf as vconf
+from vsan_flows import exceptions
 from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
@@ -22,6 +24,50 @@ def image_service(conf: cfg.ConfigOpts) -> ImageService:
     return LocalImageService(vconf.image_store_dir(conf))
 
 
+# operation -> (flow factory, the names a flow gives things in vCenter, from its token).
+# Every such name carries the token, fixed before the flow runs, so a revert after a crash
+# finds things by these persisted names.
+OPERATIONS = {
+    "spawn": (SPAWN_FACTORY,
+              lambda token: {"import_vm_name": f"vsanflows-import-{token}"}),
+    "snapshot": (SNAPSHOT_FACTORY,
+                 lambda token: {"snapshot_name": f"vsanflows-snapshot-{token}",
+                                "clone_vm_name": f"vsanflows-export-{token}"}),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything that defines one flow run, all JSON-able facts: what is persisted."""
+
+    operation: str
+    factory: str
+    factory_kwargs: dict
+    store: dict
+    book_meta: dict
+
+    @property
+    def book_name(self) -> str:
+        return f"{self.operation} {self.store['instance_name']}"
+
+
+def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str,
+         **factory_kwargs) -> Plan:
+    """The flow for ``operation`` on this instance and image, run here or by a conductor."""
+    if operation not in OPERATIONS:
+        raise exceptions.FlowError(operation, "is not an operation",
+                                   f"Use one of: {', '.join(sorted(OPERATIONS))}.")
+    factory, names = OPERATIONS[operation]
+    token = uuid.uuid4().hex[:12]
+    return Plan(
+        operation=operation, factory=factory,
+        factory_kwargs={"retries": conf.vsan_flows.import_retries, **factory_kwargs},
+        store={"instance_name": instance_name, "image_id": image_id, "flow_token": token,
+               **names(token)},
+        book_meta={"operation": operation, "instance": instance_name, "image": image_id,
+                   "on_restart": "resume"})
+
+
 def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
           vsphere: VSphere | None = None, images: ImageService | None = None,
           backend=None, listeners: tuple = (), power_on: bool = False) -> dict:
@@ -30,9 +76,8 @@ def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
     been rolled back.
     """
-    return _run("spawn", SPAWN_FACTORY, {"power_on": power_on},
-                lambda token: {"import_vm_name": f"vsanflows-import-{token}"},
-                conf, instance_name, image_id, vsphere, images, backend, listeners)
+    return _run(conf, plan(conf, "spawn", instance_name, image_id, power_on=power_on),
+                vsphere, images, backend, listeners)
 
 
 def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
@@ -43,27 +88,15 @@ def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
     On failure everything temporary is removed and the image is marked killed (or deleted),
     so it can never be mistaken for a usable snapshot.
     """
-    return _run("snapshot", SNAPSHOT_FACTORY, {},
-                lambda token: {"snapshot_name": f"vsanflows-snapshot-{token}",
-                               "clone_vm_name": f"vsanflows-export-{token}"},
-                conf, instance_name, image_id, vsphere, images, backend, listeners)
+    return _run(conf, plan(conf, "snapshot", instance_name, image_id), vsphere, images,
+                backend, listeners)
 
 
-def _run(operation, factory, factory_kwargs, names, conf, instance_name, image_id, vsphere,
-         images, backend, listeners) -> dict:
-    """Every name a flow gives things in vCenter carries its token, fixed before it runs, so
-    a revert after a crash can find them by name."""
-    token = uuid.uuid4().hex[:12]
-    store = {"instance_name": instance_name, "image_id": image_id, "flow_token": token,
-             **names(token)}
+def _run(conf, p: Plan, vsphere, images, backend, listeners) -> dict:
     return runner.run(
-        factory, {"retries": conf.vsan_flows.import_retries, **factory_kwargs}, store,
-        live_handles(conf, vsphere=vsphere, images=images),
-        backend=backend or persistence.open_backend(conf),
-        book_name=f"{operation} {instance_name}",
-        book_meta={"operation": operation, "instance": instance_name, "image": image_id,
-                   "on_restart": "resume"},
-        engine=conf.vsan_flows.engine, listeners=listeners)
+        p.factory, p.factory_kwargs, p.store, live_handles(conf, vsphere=vsphere, images=images),
+        backend=backend or persistence.open_backend(conf), book_name=p.book_name,
+        book_meta=p.book_meta, engine=conf.vsan_flows.engine, listeners=listeners)
 
 
 def live_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,

@@ -36,7 +36,6 @@ import logging
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -99,24 +98,6 @@ class JobTimeout(JobboardError):
 
 
 # --------------------------------------------------------------------------- operations
-
-def _spawn_names(token: str) -> dict[str, str]:
-    return {"import_vm_name": f"vsanflows-import-{token}"}
-
-
-def _snapshot_names(token: str) -> dict[str, str]:
-    return {"snapshot_name": f"vsanflows-snapshot-{token}",
-            "clone_vm_name": f"vsanflows-export-{token}"}
-
-
-# operation -> (flow factory, names every flow gives things in vCenter, from its token).
-# Keep the names in step with api.spawn / api.snapshot: a revert after a crash finds things
-# by these (persisted) names.
-OPERATIONS = {
-    "spawn": (api.SPAWN_FACTORY, _spawn_names),
-    "snapshot": (api.SNAPSHOT_FACTORY, _snapshot_names),
-}
-
 
 # --------------------------------------------------------------------------- the board
 
@@ -183,33 +164,28 @@ def post(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str
     conductor can run it; ``factory_kwargs`` are the factory's JSON arguments (spawn:
     ``power_on``).
     """
-    if operation not in OPERATIONS:
-        raise JobboardError(f"unknown operation {operation!r}; use one of "
-                            f"{', '.join(sorted(OPERATIONS))}")
-    factory, names = OPERATIONS[operation]
-    kwargs = {"retries": conf.vsan_flows.import_retries, **factory_kwargs}
-    json.dumps(kwargs)  # a job's arguments must survive ZooKeeper and the database
-    token = uuid.uuid4().hex[:12]
-    store = {"instance_name": instance_name, "image_id": image_id, "flow_token": token,
-             **names(token)}
+    try:
+        p = api.plan(conf, operation, instance_name, image_id, **factory_kwargs)
+    except exceptions.FlowError as exc:
+        raise JobboardError(str(exc)) from None
+    json.dumps(p.factory_kwargs)  # a job's arguments must survive ZooKeeper and the database
     with contextlib.ExitStack() as stack:
         if backend is None:
             backend = persistence.open_backend(conf)
             stack.callback(backend.close)
         if board is None:
             board = stack.enter_context(connect(conf, backend))
-        meta = {"operation": operation, "instance": instance_name, "image": image_id,
-                "on_restart": "resume", "host": f"jobboard:{board_path(conf)}"}
-        book = runner.new_book(backend, f"{operation} {instance_name}", meta)
+        meta = {**p.book_meta, "host": f"jobboard:{board_path(conf)}"}
+        book = runner.new_book(backend, p.book_name, meta)
         # Builds the flow (composition only, no vCenter) to save its factory details and
         # inject the store; nothing runs here.
         eng = taskflow.engines.load_from_factory(
-            factory, factory_kwargs=kwargs, store=store, book=book, backend=backend,
-            engine=conf.vsan_flows.engine)
+            p.factory, factory_kwargs=p.factory_kwargs, store=p.store, book=book,
+            backend=backend, engine=conf.vsan_flows.engine)
         flow_uuid = eng.storage.flow_uuid
-        details = {"flow_uuid": flow_uuid, "factory": factory, "factory_kwargs": kwargs,
-                   "store": store, "operation": operation, "instance": instance_name,
-                   "image": image_id}
+        details = {"flow_uuid": flow_uuid, "factory": p.factory,
+                   "factory_kwargs": p.factory_kwargs, "store": p.store,
+                   "operation": operation, "instance": instance_name, "image": image_id}
         job = board.post(f"{operation} {instance_name}", book=book, details=details)
         _update_book_meta(backend, book.uuid, {"job": job.uuid})
         LOG.info("Posted %s of %s (image %s) as job %s, flow %s", operation, instance_name,
@@ -396,7 +372,7 @@ class _VsanFlowsConductorMixin:
         engine.compile()
         engine.prepare()
         # Same resume semantics as runner.resume: a transfer caught RUNNING was cut off.
-        runner._fail_interrupted_transfers(engine)
+        runner.fail_interrupted_transfers(engine)
         return engine
 
     def _listeners_from_job(self, job, engine):

@@ -110,7 +110,7 @@ def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
     eng = load(backend, flow_detail, transients, engine=engine, book=book)
     eng.compile()
     eng.prepare()
-    _fail_interrupted_transfers(eng)
+    fail_interrupted_transfers(eng)
     return _run(eng, listeners)
 
 
@@ -182,7 +182,7 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     return outcomes
 
 
-def _fail_interrupted_transfers(eng) -> None:
+def fail_interrupted_transfers(eng) -> None:
     reason = tf_failure.Failure.from_exception(exceptions.TransferError(
         "the transfer was interrupted by a restart; its lease and partial disk are discarded "
         "and the transfer starts again"))
