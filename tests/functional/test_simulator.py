@@ -113,6 +113,24 @@ def placement_for(session):
 
 # Fault knobs -----------------------------------------------------------------------------
 
+@pytest.fixture
+def open_import(vim_session):
+    """Start an import (lease + half-imported VM) by name; abort and destroy it afterwards."""
+    made = []
+
+    def start(prefix):
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        made.append((name, _import_lease(vim_session, placement_for(vim_session), name)))
+        return made[-1]
+
+    yield start
+    for name, lease in made:
+        transfer.abort(vim_session, lease)
+        leftover = vm.find_by_name(vim_session, name)
+        if leftover is not None:
+            vm.destroy(vim_session, leftover)
+
+
 def test_method_fault_knob(vim_session, control):
     control.fail_method("ImportVApp", "InvalidState", message="injected by test")
     with pytest.raises(vexc.VimFaultException) as err:
@@ -121,69 +139,43 @@ def test_method_fault_knob(vim_session, control):
     assert control.status()["leases"] == []
 
 
-def test_lease_error_knob(vim_session, control):
-    name = "lease-err-" + uuid.uuid4().hex[:6]
+def test_lease_error_knob(vim_session, control, open_import):
     control.lease_fault("error", "next")
-    lease = _import_lease(vim_session, placement_for(vim_session), name)
-    try:
-        with pytest.raises(exceptions.LeaseError):
-            transfer.wait_ready(vim_session, lease)
-    finally:
-        transfer.abort(vim_session, lease)
-        ref = vm.find_by_name(vim_session, name)
-        if ref is not None:
-            vm.destroy(vim_session, ref)
-
-
-def test_lease_expire_knob(vim_session, control, simulator, image_64m):
-    name = "lease-exp-" + uuid.uuid4().hex[:6]
-    lease = _import_lease(vim_session, placement_for(vim_session), name)
-    try:
+    _name, lease = open_import("lease-err")
+    with pytest.raises(exceptions.LeaseError):
         transfer.wait_ready(vim_session, lease)
-        control.lease_fault("expire", "open")
-        with pytest.raises(exceptions.VsanFlowsError):
-            _upload(vim_session, lease, image_64m, simulator.host, simulator.port)
-        with pytest.raises(exceptions.LeaseError):
-            transfer.complete(vim_session, lease)
-    finally:
-        transfer.abort(vim_session, lease)
-        ref = vm.find_by_name(vim_session, name)
-        if ref is not None:
-            vm.destroy(vim_session, ref)
 
 
-def test_nfc_cut_knob_fails_the_upload(vim_session, control, simulator, image_64m):
-    name = "cut-" + uuid.uuid4().hex[:6]
-    lease = _import_lease(vim_session, placement_for(vim_session), name)
-    try:
-        transfer.wait_ready(vim_session, lease)
-        control.cut_nfc(1 * MiB, direction="upload")
-        with pytest.raises(exceptions.TransferError):
-            _upload(vim_session, lease, image_64m, simulator.host, simulator.port)
-        sizes = _file_sizes(control, name)
-        assert image_64m.stat().st_size not in sizes.values()
-    finally:
-        transfer.abort(vim_session, lease)
-        ref = vm.find_by_name(vim_session, name)
-        if ref is not None:
-            vm.destroy(vim_session, ref)
+def test_lease_expire_knob(vim_session, control, simulator, image_64m, open_import):
+    _name, lease = open_import("lease-exp")
+    transfer.wait_ready(vim_session, lease)
+    control.lease_fault("expire", "open")
+    with pytest.raises(exceptions.VsanFlowsError):
+        _upload(vim_session, lease, image_64m, simulator.host, simulator.port)
+    with pytest.raises(exceptions.LeaseError):
+        transfer.complete(vim_session, lease)
 
 
-def test_nfc_throttle_knob_hits_the_timeout(vim_session, control, simulator, image_64m):
-    name = "slow-" + uuid.uuid4().hex[:6]
-    lease = _import_lease(vim_session, placement_for(vim_session), name)
-    try:
-        transfer.wait_ready(vim_session, lease)
-        control.throttle_nfc(512 * 1024, direction="upload")
-        t0 = time.monotonic()
-        with pytest.raises(exceptions.TransferTimeout):
-            _upload(vim_session, lease, image_64m, simulator.host, simulator.port, timeout=1)
-        assert time.monotonic() - t0 < 30
-    finally:
-        transfer.abort(vim_session, lease)
-        ref = vm.find_by_name(vim_session, name)
-        if ref is not None:
-            vm.destroy(vim_session, ref)
+def test_nfc_cut_knob_fails_the_upload(vim_session, control, simulator, image_64m,
+                                       open_import):
+    name, lease = open_import("cut")
+    transfer.wait_ready(vim_session, lease)
+    control.cut_nfc(1 * MiB, direction="upload")
+    with pytest.raises(exceptions.TransferError):
+        _upload(vim_session, lease, image_64m, simulator.host, simulator.port)
+    sizes = _file_sizes(control, name)
+    assert image_64m.stat().st_size not in sizes.values()
+
+
+def test_nfc_throttle_knob_hits_the_timeout(vim_session, control, simulator, image_64m,
+                                            open_import):
+    _name, lease = open_import("slow")
+    transfer.wait_ready(vim_session, lease)
+    control.throttle_nfc(512 * 1024, direction="upload")
+    t0 = time.monotonic()
+    with pytest.raises(exceptions.TransferTimeout):
+        _upload(vim_session, lease, image_64m, simulator.host, simulator.port, timeout=1)
+    assert time.monotonic() - t0 < 30
 
 
 def test_terminated_session_is_reestablished(vim_session, control):
