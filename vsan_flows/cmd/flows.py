@@ -487,17 +487,25 @@ def cmd_resume(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
             fd.meta = meta
             with contextlib.closing(backend.get_connection()) as conn:
                 conn.update_flow_details(fd)
-        try:
-            _with_live_handles(conf, lambda t: runner.resume(
-                backend, fd, t, engine=conf.vsan_flows.engine))
-        except exceptions.VsanFlowsError as exc:
-            _b, after = persistence.find_flow_detail(backend, fd.uuid)
-            raise _refuse(fd.uuid, f"resumed, then failed and ended {after.state}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                          f"See `vsan-flows flows show {fd.uuid}`.") from None
-        _b, after = persistence.find_flow_detail(backend, fd.uuid)
+        after = _drive(conf, backend, fd, runner.resume, "resumed, then failed and ended",
+                       f"See `vsan-flows flows show {fd.uuid}`.")
     _out(f"flow {fd.uuid} resumed: {after.state}")
     return 0 if after.state == "SUCCESS" else 1
+
+
+def _drive(conf: cfg.ConfigOpts, backend: Any, fd: Any, action: Any, failed: str,
+           hint: str) -> Any:
+    """Run runner.resume/revert on a flow with live handles; its flow detail afterwards."""
+    from vsan_flows.runtime import persistence
+
+    try:
+        _with_live_handles(conf, lambda t: action(backend, fd, t,
+                                                  engine=conf.vsan_flows.engine))
+    except exceptions.VsanFlowsError as exc:
+        _b, after = persistence.find_flow_detail(backend, fd.uuid)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _refuse(fd.uuid, f"{failed} {after.state}: {first}", hint) from None
+    return persistence.find_flow_detail(backend, fd.uuid)[1]
 
 
 def cmd_revert(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
@@ -519,16 +527,9 @@ def cmd_revert(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
                         "is destroyed."):
             return 1
         _take_over(backend, book, args)
-        try:
-            _with_live_handles(conf, lambda t: runner.revert(backend, fd, t,
-                                                             engine=conf.vsan_flows.engine))
-        except exceptions.VsanFlowsError as exc:
-            _b, after = persistence.find_flow_detail(backend, fd.uuid)
-            raise _refuse(fd.uuid, f"revert failed, flow is {after.state}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                          f"See `vsan-flows flows show {fd.uuid}`; fix the cause and run "
-                          "revert again.") from None
-        _b, after = persistence.find_flow_detail(backend, fd.uuid)
+        after = _drive(conf, backend, fd, runner.revert, "revert failed, flow is",
+                       f"See `vsan-flows flows show {fd.uuid}`; fix the cause and run "
+                       "revert again.")
     _out(f"flow {fd.uuid} reverted: {after.state}")
     return 0 if after.state == "REVERTED" else 1
 

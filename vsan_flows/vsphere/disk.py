@@ -52,17 +52,3 @@ def file_size(session, datastore_ref, ds_path: str) -> int | None:
         if f.path == name:
             return int(f.fileSize)
     return None
-
-
-def delete_file(session, datacenter_ref, ds_path: str) -> bool:
-    """Delete a datastore file or folder; False when it was already gone."""
-    fm = session.vim.service_content.fileManager
-    try:
-        task = session.invoke_api(session.vim, "DeleteDatastoreFile_Task", fm, name=ds_path,
-                                  datacenter=datacenter_ref)
-        session.wait_for_task(task)
-    except vexc.VimException as exc:
-        if faults.is_gone(exc):
-            return False
-        raise
-    return True

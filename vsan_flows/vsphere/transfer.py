@@ -108,10 +108,6 @@ def complete(session, lease) -> None:
     session.invoke_api(session.vim, "HttpNfcLeaseComplete", lease)
 
 
-def progress(session, lease, percent: int) -> None:
-    session.invoke_api(session.vim, "HttpNfcLeaseProgress", lease, percent=int(percent))
-
-
 class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
     """PUT a disk stream to an existing import lease and insist on the server's answer."""
 
