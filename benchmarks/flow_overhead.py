@@ -395,7 +395,8 @@ def child_probe(spec: dict, t_start: float) -> dict:
     out["find_s"] = time.monotonic() - t
     out["found"] = len(todo)
     t = time.monotonic()
-    transients = api.live_handles(conf, images=LocalImageService(spec["images_dir"]))
+    transients = api.open_handles(
+        conf, images=LocalImageService(spec["images_dir"])).transients()
     out["login_s"] = time.monotonic() - t
     states_seen: collections.Counter = collections.Counter()
     failed_transfers = 0
@@ -409,10 +410,12 @@ def child_probe(spec: dict, t_start: float) -> dict:
         before = {a.name: eng.storage.get_atom_state(a.name)
                   for a in eng.compilation.execution_graph.nodes
                   if isinstance(a, tf_atom.Atom)}
-        runner._fail_interrupted_transfers(eng)
+        runner.fail_interrupted_transfers(eng)
+        restartable = {a.name for a in eng.compilation.execution_graph.nodes
+                       if getattr(a, "restart_after_crash", False)}
         for name, st in before.items():
             states_seen[st] += 1
-            if st == states.RUNNING and name in runner.RESTART_FROM_SCRATCH:
+            if st == states.RUNNING and name in restartable:
                 failed_transfers += 1
     prof.disable()
     out["load_decide_s"] = time.monotonic() - t
@@ -485,7 +488,7 @@ def child_worker(spec: dict) -> None:
         res.append({"start": t, "end": time.monotonic(), "error": err})
     print(json.dumps({"spawns": res, "cpu_s": time.process_time() - cpu0}), flush=True)
     with contextlib.suppress(Exception):
-        vsphere.session.logout()
+        vsphere.close()
 
 
 # --------------------------------------------------------------------------------- bench
@@ -738,7 +741,7 @@ class FlowBench(sb.Bench):
         finally:
             for s in sessions:
                 with contextlib.suppress(Exception):
-                    s.session.logout()
+                    s.close()
         log(f"  concurrency threads (session each): "
             f"{modes['threads_own_session']['wall_s']:.2f}s")
         # processes, one spawn each (start-up and login untimed)

@@ -252,7 +252,7 @@ def child_main(spec: dict) -> None:
     out["bytes_sent"] = result.get("bytes_sent")
     out["stream_s"] = durations.get("StreamDiskToLease")
     with contextlib.suppress(Exception):
-        vsphere.session.logout()
+        vsphere.close()
     out["seconds"] = time.monotonic() - t0
     print(json.dumps(out), flush=True)
 
@@ -274,7 +274,7 @@ def _child_snapshot(spec: dict, conf, vsphere, images, t0: float) -> None:
     out["bytes_sent"] = (result.get("image_upload") or {}).get("size")
     out["stream_s"] = durations.get("StreamDiskToImage")
     with contextlib.suppress(Exception):
-        vsphere.session.logout()
+        vsphere.close()
     out["seconds"] = time.monotonic() - t0
     print(json.dumps(out), flush=True)
 
@@ -332,7 +332,7 @@ class Bench:
                 self.cleanup_all()
                 leaks = self.checker.leaks(self.before)
                 with contextlib.suppress(Exception):
-                    self.vsphere.session.logout()
+                    self.vsphere.close()
         finally:
             self.sim.stop()
         return leaks

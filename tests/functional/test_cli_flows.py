@@ -31,7 +31,7 @@ from tests.functional.conftest import make_conf
 from tests.unit.test_inspect import _png_pixels, _rgb
 from vsan_flows import api, exceptions
 from vsan_flows.images import LocalImageService
-from vsan_flows.runtime import inspect, persistence, runner
+from vsan_flows.runtime import graph, inspect, persistence, runner
 from vsan_flows.simulator import disks
 from vsan_flows.tasks.shadow_vm import cache_vm_name
 from vsan_flows.vsphere import instances
@@ -137,8 +137,8 @@ def _cleanup(conf, vsphere, images, ctl, vms_before) -> None:
         for _book, fd in persistence.list_flow_details(backend):
             if fd.state not in ("SUCCESS", "REVERTED"):
                 with contextlib.suppress(Exception):
-                    runner.revert(backend, fd, api.live_handles(
-                        conf, vsphere=vsphere, images=images))
+                    runner.revert(backend, fd, api.open_handles(
+                        conf, vsphere=vsphere, images=images).transients())
     made = [vm["name"] for vm in ctl.status()["vms"] if vm["name"] not in vms_before]
     # instances first: image cache VMs refuse to go while linked clones use them
     for name in sorted(made, key=lambda n: n.startswith("vsanflows-")):
@@ -366,12 +366,12 @@ def test_graph_png_svg_dot(world, tmp_path):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     colours = _png_pixels(data)
-    assert _rgb(inspect.STATE_COLOURS["REVERT_FAILURE"]) in colours  # the failed undo
-    assert _rgb(inspect.FAILED_OUTLINE) in colours  # the atom that raised
-    assert _rgb(inspect.STATE_COLOURS["SUCCESS"]) in colours  # steps not yet undone
-    assert _rgb(inspect.STATE_COLOURS["RUNNING"]) in _png_pixels(half.read_bytes())
+    assert _rgb(graph.STATE_COLOURS["REVERT_FAILURE"]) in colours  # the failed undo
+    assert _rgb(graph.FAILED_OUTLINE) in colours  # the atom that raised
+    assert _rgb(graph.STATE_COLOURS["SUCCESS"]) in colours  # steps not yet undone
+    assert _rgb(graph.STATE_COLOURS["RUNNING"]) in _png_pixels(half.read_bytes())
     text = svg.read_text()
-    assert text.lstrip().startswith("<?xml") and inspect.STATE_COLOURS["SUCCESS"] in text
+    assert text.lstrip().startswith("<?xml") and graph.STATE_COLOURS["SUCCESS"] in text
     assert "TransferRetry" in text and "CloneLinkedDisk" in text
     assert "export-retry" in dot.read_text()
     assert "use a .png" in one_error_line(runs[4])
