@@ -98,11 +98,10 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
     reverts: what a hand-written spawn would do. Returns what the flow returns that the
     benchmark needs (instance and shadow VM names, bytes sent).
     """
-    from vsan_flows import exceptions
+    from vsan_flows import exceptions, imagecache
     from vsan_flows.streamcheck import StreamTap
     from vsan_flows.tasks.image import ValidateStreamOptimizedImage
-    from vsan_flows.tasks.shadow_vm import NOTE_PREFIX, cache_vm_name
-    from vsan_flows.vsphere import imports, instances, placement
+    from vsan_flows.vsphere import imports, instances, leases, placement
 
     token = uuid.uuid4().hex[:12]
     import_vm_name = f"vsanflows-import-{token}"
@@ -112,8 +111,8 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
     candidates = imports.list_datastores(vsphere)
     rules = {"allowed_types": policy.datastore_types, "name_regex": policy.datastore_regex,
              "required_bytes": image["virtual_size"]}
-    cached = set(instances.names_with_prefix(vsphere, cache_vm_name(image["id"], "")))
-    warm = [d for d in candidates if cache_vm_name(image["id"], d.moref) in cached]
+    cached = set(instances.names_with_prefix(vsphere, imagecache.vm_name(image["id"], "")))
+    warm = [d for d in candidates if imagecache.vm_name(image["id"], d.moref) in cached]
     chosen = None
     if warm:
         with contextlib.suppress(exceptions.NoSuitableDatastore):
@@ -121,12 +120,12 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
     if chosen is None:
         chosen, _ = placement.choose_datastore(candidates, **rules)
     # LookupImageCache
-    cache_name = cache_vm_name(image["id"], chosen.moref)
+    cache_name = imagecache.vm_name(image["id"], chosen.moref)
     shadow = None
     vm_id = instances.find(vsphere, cache_name)
     if vm_id is not None:
         note = instances.annotation(vsphere, vm_id)
-        if note.startswith(NOTE_PREFIX) and f"image={image['id']} " in note:
+        if imagecache.is_entry_for(note, image["id"]):
             disk = instances.first_disk(vsphere, vm_id)
             shadow = {"vm": vm_id, "name": cache_name, "disk": disk["path"]}
     sent = 0
@@ -149,15 +148,13 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
             if stored is not None and stored < sent:
                 raise RuntimeError(f"stored {stored} < sent {sent}")
         # CompleteLease
-        imports.complete_lease(vsphere, lease["lease"])
+        leases.complete(vsphere, lease["lease"])
         # RegisterShadowVM
         existing = instances.find(vsphere, cache_name)
         if existing is not None:
             raise RuntimeError(f"{cache_name} appeared meanwhile")
         imported = instances.find(vsphere, import_vm_name)
-        instances.rename(vsphere, imported, cache_name,
-                         f"{NOTE_PREFIX}: image={image['id']} size={image['size']} "
-                         f"flow={token}")
+        instances.rename(vsphere, imported, cache_name, imagecache.note(image, token))
         disk = instances.first_disk(vsphere, imported)
         shadow = {"vm": imported, "name": cache_name, "disk": disk["path"]}
     # CloneLinkedDisk

@@ -339,13 +339,13 @@ class Bench:
 
     def cleanup_all(self) -> None:
         """Abort every open lease and destroy every VM that was not there at the start."""
-        from vsan_flows.vsphere import imports, instances
+        from vsan_flows.vsphere import instances, leases
 
         status = self.sim.control.status()
         for lease in status.get("leases") or []:
             if lease.get("state") not in ("done",):
                 with contextlib.suppress(Exception):
-                    imports.abort_lease(self.vsphere, lease["moref"])
+                    leases.abort(self.vsphere, lease["moref"])
         names = [vm["name"] for vm in status.get("vms") or []
                  if vm["name"] not in self.before.vms]
         # Linked clones (instances) before the shadow VMs they hang from.
@@ -415,10 +415,10 @@ class Bench:
         return name, lease
 
     def drop_import(self, name: str, lease: dict) -> None:
-        from vsan_flows.vsphere import imports
+        from vsan_flows.vsphere import leases
 
         try:
-            imports.abort_lease(self.vsphere, lease["lease"])
+            leases.abort(self.vsphere, lease["lease"])
         finally:
             self.destroy(name)
 

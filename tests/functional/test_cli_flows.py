@@ -29,11 +29,10 @@ from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
 from tests.functional.conftest import make_conf
 from tests.unit.test_inspect import _png_pixels, _rgb
-from vsan_flows import api, exceptions
+from vsan_flows import api, exceptions, imagecache
 from vsan_flows.images import LocalImageService
 from vsan_flows.runtime import graph, inspect, persistence, runner
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 from vsan_flows.vsphere import instances
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -431,12 +430,12 @@ def test_resume_the_half_done_spawn(world, control, destroy_after):
     name = world.names["half"]
     with contextlib.closing(_backend(world)) as backend:
         image = persistence.find_flow_detail(backend, world.ids["half"])[0].meta["image"]
-    destroy_after.extend([name, cache_vm_name(image, "")])
+    destroy_after.extend([name, imagecache.vm_name(image, "")])
     out = ok(cli(world, "resume", world.ids["half"], "--force", debug=True))
     assert "resumed: SUCCESS" in out
     vms = {vm["name"] for vm in control.status()["vms"]}
     assert name in vms
-    (cached,) = [n for n in vms if n.startswith(cache_vm_name(image, ""))]
+    (cached,) = [n for n in vms if n.startswith(imagecache.vm_name(image, ""))]
     destroy_after[-1] = cached
     report = json.loads(ok(cli(world, "show", world.ids["half"], "-f", "json")))
     assert report["state"] == "SUCCESS"

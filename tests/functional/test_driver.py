@@ -9,9 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from vsan_flows import driver
+from vsan_flows import driver, imagecache
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 
 MiB = 1024 * 1024
 
@@ -38,7 +37,7 @@ def _spawn(nova, images, vmdk, destroy_after, control, power_on=True):
     nova.spawn(None, instance, SimpleNamespace(id=image_id), [], "admin-pw", {},
                power_on=power_on)
     cached = [vm["name"] for vm in control.status()["vms"]
-              if vm["name"].startswith(cache_vm_name(image_id, ""))]
+              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
     destroy_after.extend(cached)
     return instance
 

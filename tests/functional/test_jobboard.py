@@ -23,10 +23,9 @@ import pytest
 
 from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
-from vsan_flows import api
+from vsan_flows import api, imagecache
 from vsan_flows.runtime import conductor, jobs
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -135,7 +134,7 @@ def _forget_after(destroy_after, instance: str, image_id: str, control) -> None:
     """Instance first (it links to the cache VM), then this image's cache entry."""
     destroy_after.append(instance)
     destroy_after.extend(vm["name"] for vm in control.status()["vms"]
-                         if vm["name"].startswith(cache_vm_name(image_id, "")))
+                         if vm["name"].startswith(imagecache.vm_name(image_id, "")))
 
 
 def _vms_named(control, name: str) -> list[dict]:
@@ -232,7 +231,7 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
     vms = _vms_named(control, instance)
     assert len(vms) == 1
     cached = [vm for vm in control.status()["vms"]
-              if vm["name"].startswith(cache_vm_name(image_id, ""))]
+              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
     assert len(cached) == 1
     assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
     # The cut transfer and its restart through the Retry; nothing else imported.

@@ -106,8 +106,7 @@ class VsanFlowsConductor(BlockingConductor):
         fd = super()._flow_detail_from_job(job)
         with contextlib.closing(self._persistence.get_connection()) as conn:
             fd = conn.get_flow_details(fd.uuid, lazy=False)
-        legacy.rename_legacy_atoms(self._persistence, fd)
-        return fd
+        return legacy.upgraded(self._persistence, fd)
 
     def _engine_from_job(self, job):
         jobs.update_book_meta(self._persistence, job.book_uuid,

@@ -8,6 +8,7 @@ scratch, as if it had never run. Renaming the stored details keeps their states 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from taskflow.persistence import models
@@ -18,18 +19,17 @@ from vsan_flows.runtime import persistence
 LOG = logging.getLogger(__name__)
 
 
-def rename_legacy_atoms(backend, flow_detail: models.FlowDetail) -> int:
-    """Rename old-style atom details of ``flow_detail`` in the store and in memory.
+def upgraded(backend, flow_detail: models.FlowDetail) -> models.FlowDetail:
+    """``flow_detail`` with today's atom names: renamed in the store and read back.
 
-    Returns how many were renamed (0 for a flow stored with today's names: nothing written).
+    A flow stored with today's names is returned as it is (nothing written).
     """
     renames = {ad.name: names.LEGACY_ATOM_NAMES[ad.name] for ad in flow_detail
                if ad.name in names.LEGACY_ATOM_NAMES}
     if not renames:
-        return 0
+        return flow_detail
     persistence.rename_atoms(backend, flow_detail.uuid, renames)
-    for ad in flow_detail:
-        ad.name = renames.get(ad.name, ad.name)
     LOG.info("flow %s was stored with old atom names; renamed %d atom(s) so it resumes where "
              "it stopped", flow_detail.uuid, len(renames))
-    return len(renames)
+    with contextlib.closing(backend.get_connection()) as conn:
+        return conn.get_flow_details(flow_detail.uuid, lazy=False)

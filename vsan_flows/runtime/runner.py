@@ -111,7 +111,7 @@ def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any],
     """
     if book is None:
         book, _ = persistence.find_flow_detail(backend, flow_detail.uuid)
-    legacy.rename_legacy_atoms(backend, flow_detail)
+    flow_detail = legacy.upgraded(backend, flow_detail)
     eng = taskflow.engines.load_from_detail(flow_detail, backend=backend, book=book,
                                             **engine_options(engine, max_workers))
     eng.storage.inject(dict(transients), transient=True)
