@@ -125,7 +125,7 @@ def failure_info(failure: tf_failure.Failure | Mapping | None) -> dict | None:
     """Type, message and traceback of a TaskFlow Failure (or its dict form), scrubbed.
 
     A failure restored from the store carries no exception object, only its type names and
-    text (DESIGN: "a restored failure may carry no exception"); that is all we need here.
+    text (a restored failure may carry no exception object); that is all we need here.
     """
     if failure is None:
         return None
