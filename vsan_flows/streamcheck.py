@@ -39,6 +39,11 @@ class StreamTap:
         # Without a header yet, keep enough to parse one; then keep what its overhead says.
         self._head_limit = header.overhead_bytes if header is not None else _PROBE
         self._head = bytearray()
+        # For files with their grain tables up front: where the last grain sits (known once
+        # the head is in) and its bytes as they pass, so any padding may follow it.
+        self._grain_pos: int | None = None
+        self._grain_known = False
+        self._grain = bytearray()
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.bytes_read = 0
@@ -55,6 +60,7 @@ class StreamTap:
         start = self.bytes_read
         self.bytes_read += len(data)
         self._keep_head(data, start)
+        self._keep_last_grain(data, start)
         if self._on_progress is not None:
             self._on_progress(self.bytes_read)
         # Keep references to the last chunks, not copies: the hot loop must not copy bytes.
@@ -75,6 +81,22 @@ class StreamTap:
                 self._head += data[self._head_limit - start : wanted - start]
                 self._head_limit = wanted
 
+    def _keep_last_grain(self, data: bytes, start: int) -> None:
+        if not self._grain_known:
+            if self.header is None or len(self._head) < self._head_limit:
+                return
+            self._grain_known = True
+            if not self.header.gd_at_end:
+                last = vmdk.last_grain_sector(bytes(self._head), self.header)
+                self._grain_pos = None if last is None else last * vmdk.SECTOR
+        pos = self._grain_pos
+        if pos is None:
+            return
+        want = vmdk.last_grain_span(self.header) - len(self._grain)
+        at = pos + len(self._grain)
+        if want > 0 and start <= at < start + len(data):
+            self._grain += data[at - start: at - start + want]
+
     def close(self) -> None:
         self._src.close()
 
@@ -89,5 +111,7 @@ class StreamTap:
         header = self.header or vmdk.read_header(bytes(self._head), image_id=self.image_id)
         tail = b"".join(self._tail)[-vmdk.TAIL_BYTES:]
         vmdk.check_stream_end(tail, header=header, total_bytes=self.bytes_read,
-                              head=bytes(self._head), image_id=self.image_id)
+                              head=bytes(self._head), image_id=self.image_id,
+                              last_grain=bytes(self._grain) if self._grain_pos is not None
+                              else None)
         return header
