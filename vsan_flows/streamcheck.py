@@ -8,6 +8,7 @@ the disk size.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,16 +25,22 @@ class StreamTap:
     def __init__(self, source: BinaryIO, header: vmdk.VmdkHeader | None = None,
                  image_id: str | None = None, *, verify_at_eof: bool = False,
                  expected_bytes: int | None = None, timeout_secs: float | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None,
+                 expected_hash: tuple[str, str] | None = None) -> None:
         """``verify_at_eof`` makes the final read raise instead of returning b'' when the
         stream is not whole, so a consumer that pulls until EOF (an image upload) fails
-        before it commits anything. ``timeout_secs`` bounds the whole read."""
+        before it commits anything. ``timeout_secs`` bounds the whole read.
+        ``expected_hash`` (algorithm, hex digest), as the image service recorded it at upload,
+        is checked by :meth:`check_complete`: a disk corrupted at rest is as whole as a good
+        one by structure, and only its hash tells them apart."""
         self._src = source
         self._verify_at_eof = verify_at_eof
         self._expected = expected_bytes
         self._timeout = timeout_secs
         self._deadline = time.monotonic() + timeout_secs if timeout_secs else None
         self._on_progress = on_progress
+        self._expected_hash = expected_hash
+        self._digest = hashlib.new(expected_hash[0]) if expected_hash else None
         self.header = header
         self.image_id = image_id
         # Without a header yet, keep enough to parse one; then keep what its overhead says.
@@ -59,6 +66,8 @@ class StreamTap:
             return data
         start = self.bytes_read
         self.bytes_read += len(data)
+        if self._digest is not None:
+            self._digest.update(data)
         self._keep_head(data, start)
         self._keep_last_grain(data, start)
         if self._on_progress is not None:
@@ -114,4 +123,13 @@ class StreamTap:
                               head=bytes(self._head), image_id=self.image_id,
                               last_grain=bytes(self._grain) if self._grain_pos is not None
                               else None)
+        if self._digest is not None and self._expected_hash is not None:
+            algo, want = self._expected_hash
+            got = self._digest.hexdigest()
+            if got.lower() != str(want).lower():
+                raise exceptions.InvalidImage(
+                    "the image's data does not match the hash the image service recorded "
+                    "when it was uploaded: it is corrupt where it is stored",
+                    image_id=self.image_id, found=f"{algo} {got}, recorded {want}",
+                    fix="Upload the image again from a good copy.")
         return header
