@@ -28,7 +28,9 @@ concurrency  ``--concurrency`` warm spawns (distinct names, ``--images`` cached 
              worker threads spend their time) of the threaded runs.
 
 Every VM made is destroyed, the simulator is stopped, the work directory removed (unless
---keep), and a leak check is printed.
+--keep), and a leak check is printed (the harness that does this is benchmarks/common.py).
+``--smoke`` runs every section at tiny sizes once, to prove the benchmark still runs;
+tests/functional/test_benchmarks_smoke.py does.
 """
 
 from __future__ import annotations

@@ -18,13 +18,18 @@ memory  Peak RSS (ru_maxrss) of a fresh child interpreter per measurement, again
         spawn that hits the image cache, so everything but the stream) and ``spawn`` (a cold
         spawn that streams the image). Reported per --mem-sizes size, with the growth of
         ``spawn`` from the smallest to the largest size.
-export  For each image size, a shadow VM is imported (untimed), then N runs of an ExportVm
-        lease read through ``transfer.LeaseDownloadHandle`` in oslo's copy loop (``handle``)
-        against a bare ``http.client`` GET of the same lease URL. New export paths (the
-        snapshot flow) go in EXPORT_PATHS.
+export  For each image size, an instance is spawned (untimed), then N runs of the whole
+        ``api.snapshot`` (its StreamDiskToImage step timed by a listener) against readers of
+        an ExportVm lease of a snapshot clone of the instance (what the flow exports): a bare
+        ``http.client`` GET, the same GET piped into the image store, and
+        ``transfer.LeaseDownloadHandle`` in oslo's copy loop (``handle``). More lease
+        readers go in EXPORT_PATHS.
+export-memory  Peak RSS of a fresh child running ``api.snapshot``, per --mem-sizes size.
 
 Every VM the benchmark creates is destroyed, the simulator is stopped, and the work directory
-removed (unless --keep); a leak check over VMs, datastore files and leases is printed.
+removed (unless --keep); a leak check over VMs, datastore files and leases is printed (the
+harness that does this is benchmarks/common.py). ``--smoke`` runs every section at tiny sizes
+once, to prove the benchmark still runs; tests/functional/test_benchmarks_smoke.py does.
 """
 
 from __future__ import annotations
