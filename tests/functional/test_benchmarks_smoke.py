@@ -76,8 +76,16 @@ class Run:
         return self._result
 
     def kill(self) -> None:
+        """Kill what the script left: its process group (children of a hung section) and the
+        simulator (a session of its own) if the script died without stopping it."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for state in self.out.parent.glob("*/vcsim/state.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pid = int(json.loads(state.read_text())["pid"])
+                # Only the simulator that this state file belongs to (not a reused pid).
+                if str(state).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
