@@ -31,7 +31,8 @@ from vsan_flows import names
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("stream", "flow_overhead")
-# ~1 min each on an idle 2-core machine, 3-4 min when it is shared with other test runs.
+# Measured on a 2-core machine shared with other test runs (load 5-9): stream 55-76 s,
+# flow_overhead 90-175 s, about 80-95 s of CPU for both.
 WATCHDOG_S = 540   # the script dumps its stacks and exits after this long
 DEADLINE_S = 600   # then this test kills its process group
 SPAWN_TASKS = [names.VALIDATE_IMAGE, names.PICK_DATASTORE, names.LOOKUP_IMAGE_CACHE,
