@@ -19,9 +19,10 @@ class StreamDiskToLease(task.Task):
     """Stream the image to the import lease and prove every byte landed.
 
     Proof is threefold: vCenter answers the PUT with success, the stream we sent is a complete
-    streamOptimized disk (end structure checked on the bytes that went by), and the datastore
-    holds at least as many bytes as we sent. Any miss raises, and the import subflow's revert
-    aborts the lease and destroys the half-imported VM.
+    streamOptimized disk (end structure checked on the bytes that went by), and what vSAN
+    offers after the upload agrees (the lease still ready, the VM's disk on the datastore with
+    the image's capacity; vSAN has no data file whose size could be read). Any miss raises,
+    and the import subflow's revert aborts the lease and destroys the half-imported VM.
     """
 
     default_provides = "bytes_sent"
@@ -44,11 +45,8 @@ class StreamDiskToLease(task.Task):
             sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress)
         tap.check_complete()
         if policy.verify_stored_size and import_lease.get("vm"):
-            path, stored = imports.stored_disk(vsphere, import_lease["vm"], datastore["moref"])
-            if stored is not None and stored < sent:
-                raise exceptions.IncompleteTransfer(
-                    f"The import to {path}", bytes_sent=sent, bytes_expected=size,
-                    bytes_stored=stored)
+            imports.check_imported_disk(vsphere, import_lease["lease"], import_lease["vm"],
+                                        datastore["name"], image["virtual_size"])
         return sent
 
 

@@ -220,9 +220,14 @@ func vsanCallHook(ctx *Context, method *Method, next func() soap.HasFault) soap.
 	if mf := takeMethodFault(method.Name); mf != nil {
 		res = failCall(ctx, method, mf)
 		injected = " (injected)"
+	} else if refused := vsanRefuse(ctx, method); refused != nil {
+		res = refused
+		injected = " (vSAN rule)"
 	} else {
+		after := diskPreCall(method)
 		res = next()
 		runAfterCall(ctx)
+		diskPostCall(method, res, after)
 	}
 
 	status := "ok"
