@@ -126,47 +126,52 @@ func makeBase(p string, size int64, src, srcFormat string) error {
 	return writeDescriptor(p, flatName(p), "", size)
 }
 
-// makeChild creates descriptor p as an empty child of parent's data.
-func makeChild(p, parent string) error {
+// makeChild creates descriptor p as an empty child of parent's data, of
+// size bytes.  The parent's own chain is not opened (qemu-img create -u):
+// a chain with a missing file can still grow a child, as on vSphere; it is
+// reading the chain (guest I/O, export) that fails.
+func makeChild(p, parent string, size int64) error {
 	pdata := dataFile(parent)
 	if pdata == "" {
-		return fmt.Errorf("parent disk %s has no data file", parent)
+		return fmt.Errorf("parent disk %s has no data file", path.Base(parent))
 	}
-	if _, err := runTool("qemu-img", "create", "-q", "-f", "qcow2", "-b", pdata, "-F", "qcow2",
-		deltaName(p)); err != nil {
+	if _, err := runTool("qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", pdata, "-F", "qcow2",
+		deltaName(p), fmt.Sprint(size)); err != nil {
 		return err
 	}
 	if fi, err := os.Stat(flatName(p)); err == nil && fi.Size() == 0 {
 		_ = os.Remove(flatName(p)) // the empty file vcsim made
 	}
-	size, err := virtualSize(deltaName(p))
-	if err != nil {
-		return err
-	}
 	return writeDescriptor(p, deltaName(p), path.Base(parent), size)
 }
 
-// materialiseDisk gives every file of disk's chain its data, root first:
-// a blank base of the disk's capacity, children backed by their parents.
+func diskSize(disk *types.VirtualDisk) int64 {
+	if disk.CapacityInBytes != 0 {
+		return disk.CapacityInBytes
+	}
+	return disk.CapacityInKB * 1024
+}
+
+// materialiseDisk gives every new file of disk's chain (the empty
+// descriptor vcsim created) its data, root first: a blank base of the
+// disk's capacity, children backed by their parents.
 func (vm *VirtualMachine) materialiseDisk(disk *types.VirtualDisk) error {
 	chain := vm.diskChain(disk)
 	for i := len(chain) - 1; i >= 0; i-- {
 		p := chain[i]
-		if dataFile(p) != "" {
+		if fi, err := os.Stat(p); err != nil || fi.Size() != 0 {
+			// Made already (a descriptor has text), or gone: a missing
+			// file is never silently replaced by a blank one.
 			continue
 		}
 		var err error
 		if i == len(chain)-1 {
-			size := disk.CapacityInBytes
-			if size == 0 {
-				size = disk.CapacityInKB * 1024
-			}
 			if _, serr := os.Stat(path.Dir(p)); serr != nil {
 				return fmt.Errorf("disk %s: %s", p, serr)
 			}
-			err = makeBase(p, size, "", "")
+			err = makeBase(p, diskSize(disk), "", "")
 		} else {
-			err = makeChild(p, chain[i+1])
+			err = makeChild(p, chain[i+1], diskSize(disk))
 		}
 		if err != nil {
 			return err
@@ -229,7 +234,7 @@ func snapshotDisks(vm *VirtualMachine) {
 			}
 			parent := copyValue(reflect.ValueOf(b)).Interface().(*types.VirtualDiskFlatVer2BackingInfo)
 			name := vm.nextDeltaName(b.FileName)
-			if err := makeChild(vm.localPath(name), vm.localPath(b.FileName)); err != nil {
+			if err := makeChild(vm.localPath(name), vm.localPath(b.FileName), diskSize(disk)); err != nil {
 				log.Printf("snapshot of %s: disk %d: %s", vm.Name, disk.Key, err)
 				continue
 			}
