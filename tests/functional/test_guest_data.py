@@ -287,3 +287,40 @@ def test_guest_io_on_a_vm_without_disks_and_a_destroyed_vm(vsphere, control):
     with pytest.raises(ControlError) as err:
         control.guest_read(config.name)
     assert "HTTP 404" in _one_line(err) and "destroyed" in str(err.value)
+
+
+# Foreign images: made by writers this project does not use itself ----------------------------
+
+FOREIGN = {
+    "vmdkstream": disks.make_vmdkstream,
+    "qemu-compat6-lsilogic": disks.make_qemu_compat6,
+}
+
+
+@pytest.mark.parametrize("writer", sorted(FOREIGN))
+def test_foreign_image_round_trip(writer, sim_conf, vsphere, images, control, destroy_after,
+                                  tmp_path):
+    """Spawn a foreign image, write as the guest, snapshot, spawn the snapshot: A is there."""
+    path = FOREIGN[writer](tmp_path / f"{writer}.vmdk", 32 * MiB, pattern=5, data_mib=4)
+    raw = tmp_path / "foreign.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(path), str(raw)],
+                   check=True)
+    base = raw.read_bytes()
+    image_id = images.add_file(path, name=writer)
+
+    def spawn(image):
+        name = _name(writer[:8])
+        destroy_after.insert(0, name)
+        result = api.spawn(sim_conf, name, image, vsphere=vsphere, images=images)
+        destroy_after.append(result["shadow_vm"]["name"])
+        return name
+
+    instance = spawn(image_id)
+    _assert_same(control.guest_read(instance), base, "the instance of the foreign image")
+    writes = [(offset % (32 * MiB - len(data)), data) for offset, data in WRITES_A]
+    for offset, data in writes:
+        control.guest_write(instance, offset, data)
+    snap = _snapshot(sim_conf, vsphere, images, instance)
+    with_a = _apply(base, writes)
+    _assert_same(_image_raw(images, snap, tmp_path), with_a, "the snapshot image")
+    _assert_same(control.guest_read(spawn(snap)), with_a, "the instance spawned from it")

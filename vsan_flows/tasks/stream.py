@@ -68,12 +68,16 @@ class StreamDiskToImage(task.Task):
         last = [0.0]
         reader = exports.open_export(vsphere, export_lease["lease"])
         total = reader.content_length
+        # vCenter announces no export length (the stream is generated as it goes): progress
+        # is then an estimate against the disk's capacity, held below 1.0 until the end.
+        estimate = total or instance.get("capacity_bytes")
+        ceiling = 1.0 if total else 0.99
 
         def on_progress(done: int) -> None:
             now = time.monotonic()
-            if total and now - last[0] >= PROGRESS_INTERVAL:
+            if estimate and now - last[0] >= PROGRESS_INTERVAL:
                 last[0] = now
-                self.update_progress(min(done / total, 1.0))
+                self.update_progress(min(done / estimate, ceiling))
 
         tap = StreamTap(reader, image_id=image_id, verify_at_eof=True, expected_bytes=total,
                         timeout_secs=vsphere.transfer_timeout, on_progress=on_progress)
