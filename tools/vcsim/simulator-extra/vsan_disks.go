@@ -13,7 +13,9 @@ package simulator
 // the base (converted from the streamOptimized stream), a linked clone and
 // a VM snapshot get real children, RemoveSnapshot commits the delta into
 // its parent, and ExportVm converts the whole chain into a streamOptimized
-// VMDK.  One mutex serialises every qemu operation: tests use small disks.
+// VMDK.  One mutex (diskMu) serialises every qemu operation: tests use small
+// disks.  Lock order: a VM's registry lock, then diskMu, never the reverse
+// (SOAP dispatch holds the VM's lock when ExportVm or CloneVM reach disks).
 
 import (
 	"encoding/json"
@@ -183,11 +185,11 @@ func (vm *VirtualMachine) materialiseDisk(disk *types.VirtualDisk) error {
 // materialiseAll makes every disk of every VM real; run after each call
 // that may have created disks.
 func materialiseAll() {
-	diskMu.Lock()
-	defer diskMu.Unlock()
 	for _, e := range Map.All("VirtualMachine") {
 		vm := e.(*VirtualMachine)
 		Map.WithLock(vm, func() {
+			diskMu.Lock()
+			defer diskMu.Unlock()
 			if vm.Config == nil {
 				return
 			}
@@ -223,9 +225,9 @@ func (vm *VirtualMachine) nextDeltaName(name string) string {
 // snapshotDisks runs after CreateSnapshot: the snapshot keeps the disk
 // files as they were; the VM goes on writing into a new child of each.
 func snapshotDisks(vm *VirtualMachine) {
-	diskMu.Lock()
-	defer diskMu.Unlock()
 	Map.WithLock(vm, func() {
+		diskMu.Lock()
+		defer diskMu.Unlock()
 		for _, d := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil)) {
 			disk := d.(*types.VirtualDisk)
 			b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
@@ -262,9 +264,9 @@ func snapshotDiskFiles(snap *VirtualMachineSnapshot) map[int32]string {
 // was taken is committed into the snapshot's disk (writes made since then
 // survive) and leaves the chain, unless another chain still uses that disk.
 func consolidate(vm *VirtualMachine, snapFiles map[int32]string) {
-	diskMu.Lock()
-	defer diskMu.Unlock()
 	Map.WithLock(vm, func() {
+		diskMu.Lock()
+		defer diskMu.Unlock()
 		others := filesInUse(vm.Self)
 		for _, obj := range allObjects("VirtualMachineSnapshot") {
 			if snap := obj.(*VirtualMachineSnapshot); snap.Vm == vm.Self {
