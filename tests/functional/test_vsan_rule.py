@@ -115,3 +115,36 @@ def test_virtual_disk_copy_and_move_from_a_data_file_fail_on_vsan(method, vim_se
         vim_session.wait_for_task(task)
     assert isinstance(err.value, vexc.FileNotFoundException), repr(err.value)
     assert _browse(vim_session, ds, name) == [f"{name}.vmdk"]  # nothing copied or moved
+
+
+def test_import_check_uses_only_what_vsan_offers(vsphere, control, tmp_path):
+    """[vsan_flows] verify_stored_size: the lease still ready and the VM's own disk view;
+    never a datastore browser search (vSAN lists no data file to measure)."""
+    from vsan_flows import exceptions
+    from vsan_flows.vsphere import imports, instances
+
+    image = tmp_path / "check.vmdk"
+    disks.make_stream_optimized(image, 8 * MiB, data_mib=2)
+    name = f"check-{uuid.uuid4().hex[:6]}"
+    searches = control.calls("SearchDatastore_Task")
+    lease = imports.begin_import(vsphere, vm_name=name, datastore_name="vsanDatastore",
+                                 capacity_bytes=8 * MiB, adapter_type=None, guest_id=None)
+    try:
+        with open(image, "rb") as f:
+            imports.upload(vsphere, lease["lease"], f, image.stat().st_size)
+        imports.check_imported_disk(vsphere, lease["lease"], lease["vm"], "vsanDatastore",
+                                    8 * MiB)
+        with pytest.raises(exceptions.VSphereError, match="capacity"):
+            imports.check_imported_disk(vsphere, lease["lease"], lease["vm"],
+                                        "vsanDatastore", 9 * MiB)
+        with pytest.raises(exceptions.VSphereError, match="not on the chosen datastore"):
+            imports.check_imported_disk(vsphere, lease["lease"], lease["vm"],
+                                        "vsanDatastore-2", 8 * MiB)
+        control.lease_fault("error", "open")  # the host failed the lease after the upload
+        with pytest.raises(exceptions.LeaseError, match="state error"):
+            imports.check_imported_disk(vsphere, lease["lease"], lease["vm"],
+                                        "vsanDatastore", 8 * MiB)
+    finally:
+        imports.abort_lease(vsphere, lease["lease"])
+        instances.destroy_by_name(vsphere, name)
+    assert control.calls("SearchDatastore_Task") == searches
