@@ -89,11 +89,11 @@ func diskPreCall(method *Method) func() {
 				snapshotDisks(vm)
 			}
 		}
-	case "CreateVM_Task", "ReconfigVM_Task", "CloneVM_Task", "ImportVApp", "RevertToSnapshot_Task",
-		"CreateVirtualDisk_Task":
+	case "CreateVM_Task", "ReconfigVM_Task", "CloneVM_Task", "ImportVApp":
 		return materialiseAll
-	case "SearchDatastore_Task", "SearchDatastoreSubFolders_Task":
-		return nil // filtered from the result below
+	case "CreateVirtualDisk_Task":
+		req := method.Body.(*types.CreateVirtualDisk_Task)
+		return func() { createStandaloneDisk(req) }
 	}
 	return nil
 }
@@ -191,4 +191,19 @@ func vsanFolderGuard(w http.ResponseWriter, r *http.Request, ds *Datastore, p st
 		http.Error(w, "403 Forbidden: vSAN disk data files cannot be written through /folder", http.StatusForbidden)
 	}
 	return false
+}
+
+// createStandaloneDisk gives a disk made by CreateVirtualDisk (no VM) its
+// blank base.
+func createStandaloneDisk(req *types.CreateVirtualDisk_Task) {
+	spec, ok := req.Spec.(*types.FileBackedVirtualDiskSpec)
+	p := (&VirtualMachine{}).localPath(req.Name)
+	if !ok || p == "" {
+		return
+	}
+	diskMu.Lock()
+	defer diskMu.Unlock()
+	if err := makeBase(p, spec.CapacityKb*1024, "", ""); err != nil {
+		log.Printf("CreateVirtualDisk %s: %s", req.Name, err)
+	}
 }
