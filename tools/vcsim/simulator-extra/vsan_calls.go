@@ -132,18 +132,7 @@ func failCall(ctx *Context, method *Method, mf *methodFault) soap.HasFault {
 	if !mf.inTask {
 		return &serverFaultBody{Reason: Fault(msg, fault)}
 	}
-	obj := ctx.Map.Get(method.This)
-	if obj == nil {
-		return &serverFaultBody{Reason: Fault("managed object not found", &types.ManagedObjectNotFound{Obj: method.This})}
-	}
-	name := strings.TrimSuffix(method.Name, vTaskSuffix)
-	name = strings.ToLower(name[:1]) + name[1:] + sTaskSuffix
-	task := CreateTask(obj, name, func(*Task) (types.AnyType, types.BaseMethodFault) {
-		return nil, fault
-	})
-	ref := task.Run()
-	task.Info.Error.LocalizedMessage = msg
-	return &genericBody{Res: &taskResponse{name: method.Name + "Response", Returnval: ref}}
+	return failTask(ctx, method, fault, msg)
 }
 
 // taskResponse encodes as <{Method}Response><returnval type="Task">...;

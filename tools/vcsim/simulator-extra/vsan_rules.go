@@ -57,6 +57,9 @@ func vsanRefuse(ctx *Context, method *Method) soap.HasFault {
 // failTask answers a *_Task call with a task that ended in fault.
 func failTask(ctx *Context, method *Method, fault types.BaseMethodFault, msg string) soap.HasFault {
 	obj := ctx.Map.Get(method.This)
+	if obj == nil {
+		return &serverFaultBody{Reason: Fault("managed object not found", &types.ManagedObjectNotFound{Obj: method.This})}
+	}
 	name := strings.TrimSuffix(method.Name, vTaskSuffix)
 	name = strings.ToLower(name[:1]) + name[1:] + sTaskSuffix
 	task := CreateTask(obj, name, func(*Task) (types.AnyType, types.BaseMethodFault) {
