@@ -324,3 +324,27 @@ def test_foreign_image_round_trip(writer, sim_conf, vsphere, images, control, de
     with_a = _apply(base, writes)
     _assert_same(_image_raw(images, snap, tmp_path), with_a, "the snapshot image")
     _assert_same(control.guest_read(spawn(snap)), with_a, "the instance spawned from it")
+
+
+def test_removing_a_snapshot_a_clone_still_uses_keeps_both_disks_whole(vsphere, control,
+                                                                      spawned, base_raw,
+                                                                      destroy_after):
+    """RemoveSnapshot must not commit into a disk another chain reads (the clone's parent)."""
+    from vsan_flows.vsphere import exports
+
+    instance, _cache = spawned()
+    vm_id = next(v["moref"] for v in control.status()["vms"] if v["name"] == instance)
+    for offset, data in WRITES_A:
+        control.guest_write(instance, offset, data)
+    snap = exports.create_snapshot(vsphere, vm_id, "keep")
+    for offset, data in WRITES_B:
+        control.guest_write(instance, offset, data)
+    clone = _name("clone")
+    destroy_after.insert(0, clone)
+    exports.clone_at_snapshot(vsphere, vm_id, snap, clone, "test clone")
+    assert exports.remove_snapshot(vsphere, vm_id, "keep")
+
+    with_a = _apply(base_raw, WRITES_A)
+    _assert_same(control.guest_read(clone), with_a, "the clone (A, as at the snapshot)")
+    _assert_same(control.guest_read(instance), _apply(with_a, WRITES_B),
+                 "the instance (A and B)")

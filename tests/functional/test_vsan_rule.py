@@ -98,6 +98,8 @@ def test_folder_http_cannot_reach_disk_data_on_vsan(simulator, vim_session, impo
     name, ds = imported["vmfs"]
     resp = _folder(simulator, vim_session, "GET", ds, f"{name}/{name}-flat.vmdk")
     assert resp.status_code == 200 and len(resp.content) > 0  # VMFS: as before
+    resp = _folder(simulator, vim_session, "GET", ds, f"{name}/no-such-flat.vmdk")
+    assert resp.status_code == 404  # never 200 with an empty body
 
 
 @pytest.mark.parametrize("method", ["CopyVirtualDisk_Task", "MoveVirtualDisk_Task"])
