@@ -67,8 +67,17 @@ def wait_ready(session, lease) -> None:
     try:
         session.wait_for_lease_ready(lease)
     except vexc.VimException as exc:
+        # oslo.vmware's message for a lease in error embeds the whole lease object over
+        # several lines; the lease's own localized error says why in one.
+        reason = exc.msg
+        try:
+            if lease_state(session, lease) == "error":
+                reason = lease_error(session, lease)
+        except vexc.VimException:
+            pass
+        reason = " ".join(str(reason).split())
         raise exceptions.LeaseError(
-            f"lease {vim_util.get_moref_value(lease)} did not become ready: {exc.msg}"
+            f"lease {vim_util.get_moref_value(lease)} did not become ready: {reason}"
         ) from None
 
 
