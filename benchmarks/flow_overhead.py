@@ -139,9 +139,8 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
             sent = imports.upload(vsphere, lease["lease"], tap, image["size"])
         tap.check_complete()
         if policy.verify_stored_size and lease.get("vm"):
-            _path, stored = imports.stored_disk(vsphere, lease["vm"], chosen.moref)
-            if stored is not None and stored < sent:
-                raise RuntimeError(f"stored {stored} < sent {sent}")
+            imports.check_imported_disk(vsphere, lease["lease"], lease["vm"], chosen.name,
+                                        image["virtual_size"])
         # CompleteLease
         leases.complete(vsphere, lease["lease"])
         # RegisterShadowVM
