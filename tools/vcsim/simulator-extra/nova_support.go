@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	"github.com/vmware/govmomi/vim25/methods"
@@ -27,7 +28,9 @@ import (
 // Call it after the model is created and before NewServer.
 func InstallNovaSupport(s *Service, wsdlDir string) error {
 	ref := Map.content().ExtensionManager
-	if ref != nil && Map.Get(*ref) == nil {
+	if ref != nil {
+		// vcsim names the manager in ServiceContent but registers no object for it.
+		Map.Remove(*ref)
 		Map.Put(&ExtensionManager{ExtensionManager: mo.ExtensionManager{Self: *ref}})
 	}
 	if wsdlDir == "" {
@@ -178,4 +181,12 @@ func (m *VirtualDiskManager) ExtendVirtualDiskTask(_ *Context, req *types.Extend
 			Returnval: task.Run(),
 		},
 	}
+}
+
+// An element whose whole text is a date-time without a zone (xsd:dateTime allows that; nova's
+// RegisterExtension sends lastHeartbeatTime so). Such values are read as UTC, as vCenter does.
+var naiveDateTime = regexp.MustCompile(`>(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)</`)
+
+func naiveDateTimesAsUTC(body []byte) []byte {
+	return naiveDateTime.ReplaceAll(body, []byte(">${1}Z</"))
 }
