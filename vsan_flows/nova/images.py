@@ -101,11 +101,28 @@ class NovaImageService:
             else:
                 body["properties"][key] = value
         try:
-            self.api.update(self.context, image_id, body, data=_IterReader(data),
-                            purge_props=False)
+            # Metadata first (glance wants disk_format before data), then the bytes from this
+            # thread: nova's update(data=...) hands the upload to a native thread under
+            # eventlet (utils.tpool_wrap), where reading our export stream, a green socket,
+            # raises "greenlet.error: Cannot switch to a different thread".
+            self.api.update(self.context, image_id, body, purge_props=False)
+            self._client().call(self.context, 2, "upload",
+                                args=(image_id, _IterReader(data)))
         except nova_exc.ImageNotFound:
             raise exceptions.ImageNotFound(image_id) from None
+        except Exception as exc:
+            # glanceclient's HTTP errors carry no nova type; 415 is glance's format check.
+            if getattr(exc, "code", None) == 415 or "415" in type(exc).__name__:
+                raise exceptions.InvalidImage("glance refused the data", image_id=image_id,
+                                              found=str(exc)) from None
+            raise
         return self.show(image_id)
+
+    @staticmethod
+    def _client():
+        from nova.image import glance
+
+        return glance.GlanceClientWrapper()
 
     def delete(self, image_id: str) -> None:
         try:

@@ -8,10 +8,15 @@ package simulator
 //   - SearchIndex.FindAllByUuid (how nova finds an instance's VM by config.instanceUuid);
 //   - VirtualDiskManager.ExtendVirtualDisk_Task (nova grows a root disk to the flavor's size).
 //
+//   - keyed property paths such as config.extraConfig["nvp.vm-uuid"] (how nova lists its VMs
+//     and finds VNC ports), via a one-line hook in fieldValue (patch 0101).
+//
 // Kept in a file of its own so it merges beside the other simulator work untouched.
 
 import (
+	"fmt"
 	"net/http"
+	"reflect"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -189,4 +194,54 @@ var naiveDateTime = regexp.MustCompile(`>(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+
 
 func naiveDateTimesAsUTC(body []byte) []byte {
 	return naiveDateTime.ReplaceAll(body, []byte(">${1}Z</"))
+}
+
+// A property path ending in a key: base["text"] or base[123].
+var keyedPath = regexp.MustCompile(`^(.+)\[(?:"([^"]*)"|(-?\d+))\]$`)
+
+// keyedFieldValue answers a keyed property path the way vCenter does: the element of the
+// array at base whose key field equals the key; a key nobody has is an unset property (no
+// value, no fault: nova reads nvp.vm-uuid of every VM, most of which have none). ok is false
+// when p is not a keyed path.
+func keyedFieldValue(rval reflect.Value, p string) (value interface{}, err error, ok bool) {
+	m := keyedPath.FindStringSubmatch(p)
+	if m == nil {
+		return nil, nil, false
+	}
+	key := m[2]
+	if m[3] != "" {
+		key = m[3]
+	}
+	base, err := fieldValue(rval, m[1])
+	if err != nil {
+		return nil, err, true
+	}
+	list := reflect.ValueOf(base)
+	for list.Kind() == reflect.Ptr || list.Kind() == reflect.Interface {
+		list = list.Elem()
+	}
+	if list.Kind() == reflect.Struct && list.NumField() == 1 { // *types.ArrayOfX wrapper
+		list = list.Field(0)
+	}
+	if list.Kind() != reflect.Slice {
+		return nil, errMissingField, true
+	}
+	for i := 0; i < list.Len(); i++ {
+		item := list.Index(i)
+		elem := item
+		for elem.Kind() == reflect.Interface || elem.Kind() == reflect.Ptr {
+			if elem.IsNil() {
+				break
+			}
+			elem = elem.Elem()
+		}
+		if elem.Kind() != reflect.Struct {
+			continue
+		}
+		k := elem.FieldByName("Key")
+		if k.IsValid() && fmt.Sprint(k.Interface()) == key {
+			return item.Interface(), nil, true
+		}
+	}
+	return nil, errEmptyField, true
 }

@@ -1,0 +1,143 @@
+"""Our compute driver inside nova: nova's driver API with real nova objects, on the simulator.
+
+nova 34.0.0 is imported for real: its CONF (our options registered beside [vmware]), its
+objects (Instance, Flavor, ImageMeta), its driver loader ([DEFAULT] compute_driver by dotted
+path), its VMware driver code building the VM and its own lookups (get_info, list_instances,
+destroy, power_off) finding the VMs our flows made. Under native threads in this process and
+under eventlet monkey-patching in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.functional import nova_scenario
+from vsan_flows.simulator import disks
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+HOST = "compute-vsan-1"
+CACHE_VMS = "vsanflows-image-*"
+
+
+@pytest.fixture(scope="module")
+def glance_api(tmp_path_factory):
+    from tests.functional.glance_server import GlanceServer
+
+    server = GlanceServer(tmp_path_factory.mktemp("glance"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def nova_setup(simulator, glance_api, tmp_path_factory):
+    work = tmp_path_factory.mktemp("nova")
+    sim = {"host": simulator.host, "port": simulator.port, "username": simulator.username,
+           "password": simulator.password}
+    conf_file = work / "nova.conf"
+    conf_file.write_text(nova_scenario.nova_conf_text(sim, str(work / "state"), HOST,
+                                                       glance_api.url))
+    good = disks.make_stream_optimized(work / "good.vmdk", 64 * MiB, data_mib=4)
+    bad = disks.make_monolithic_sparse(work / "sparse.vmdk", 8 * MiB)
+    return {"work": work, "sim": sim, "conf_file": str(conf_file), "good": str(good),
+            "bad": str(bad)}
+
+
+@pytest.fixture(scope="module")
+def nova_driver(nova_setup):
+    conf = nova_scenario.init_nova(nova_setup["conf_file"])
+    driver = nova_scenario.load_driver(conf)
+    driver.init_host(conf.host)
+    yield conf, driver
+    driver.cleanup_host(conf.host)
+
+
+@pytest.fixture
+def drop_cache(vsphere, control):
+    """The image cache stays by design; remove its entries after the test (before the leak
+    check), and fail if an instance still links to one."""
+    yield
+    from vsan_flows.vsphere import instances
+
+    for vm in control.status()["vms"]:
+        if vm["name"].startswith("vsanflows-image-"):
+            instances.destroy_by_name(vsphere, vm["name"])
+
+
+def _cache_disks(control) -> set[str]:
+    """The base disks of the image-cache entries (shadow VMs) on the simulator."""
+    return {d["file"] for vm in control.status()["vms"]
+            if vm["name"].startswith("vsanflows-image-") for d in vm["disks"]}
+
+
+def _check(facts: dict, cache_disks: set[str]) -> None:
+    first, second = facts["first"], facts["second"]
+    # nova's identity on a VM our flow gave its disk; nova's own lookups find it.
+    assert first["instance_uuid"] == facts["first_uuid"]
+    assert first["nvp_vm_uuid"] == facts["first_uuid"]
+    assert first["name"] == f"first ({facts['first_uuid']})"
+    assert facts["first_state_running"] and facts["listed"]
+    assert facts["after_power_off_shutdown"]
+    # the flavor, not the image: 256 MB, 2 vCPUs, a 1 GB root disk linked to the cache
+    assert (first["memory_mb"], first["vcpus"]) == (256, 2)
+    assert first["root_kb"] == GiB // 1024
+    assert first["root_parent"] in cache_disks
+    # the snapshot is a real streamOptimized image, and a second server boots from it
+    snap = facts["snapshot"]
+    assert snap["status"] == "active" and snap["disktype"] == "streamOptimized"
+    assert snap["size"] > 64 * 1024
+    assert snap["task_states"] == ["image_pending_upload", "image_uploading"]
+    assert second["root_kb"] == 2 * GiB // 1024
+    assert second["root_parent"] in cache_disks
+    assert second["root_parent"] != first["root_parent"]  # the snapshot has its own entry
+    # nova's destroy removes them
+    assert facts["listed_after_destroy"] == []
+    assert facts["get_info_after_destroy"] == "InstanceNotFound"
+    # a monolithicSparse disk labelled streamOptimized: nova's abort-the-build exception
+    assert facts["bad"] == "nova.exception.ImageUnacceptable"
+    assert "streamOptimized" in facts["bad_message"] or "sparse" in facts["bad_message"].lower()
+
+
+def test_driver_is_novas_vmware_driver_loaded_by_dotted_path(nova_driver):
+    from nova.virt.vmwareapi.driver import VMwareVCDriver
+
+    conf, driver = nova_driver
+    assert conf.compute_driver == nova_scenario.DRIVER
+    assert isinstance(driver, VMwareVCDriver)
+    assert type(driver).__module__ == "vsan_flows.nova.driver"
+    # our options live in our group on nova's CONF; [vmware] stays nova's
+    assert conf.vsan_flows.datastore_types == ["vsan"]
+    assert conf.vmware.host_ip == "127.0.0.1"
+
+
+def test_spawn_snapshot_respawn_destroy_native_threads(nova_driver, nova_setup, control,
+                                                       drop_cache):
+    conf, driver = nova_driver
+    facts = nova_scenario.run(driver, Path(nova_setup["good"]), Path(nova_setup["bad"]))
+    _check(facts, _cache_disks(control))
+    # nothing but the image cache is left: no import VM, no clone, no instance, no lease
+    names = sorted(vm["name"] for vm in control.status()["vms"])
+    left = [n for n in names if not n.startswith("vsanflows-image-")
+            and (n.startswith("vsanflows-") or "(" in n)]
+    assert left == []
+
+
+def test_same_scenario_under_eventlet(nova_setup, control, drop_cache, tmp_path):
+    setup = dict(nova_setup, eventlet=True)
+    setup.pop("work")
+    setup_file = tmp_path / "setup.json"
+    setup_file.write_text(json.dumps(setup))
+    child = Path(nova_scenario.__file__)
+    proc = subprocess.run([sys.executable, str(child), str(setup_file)],
+                          capture_output=True, text=True, timeout=600,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    facts = json.loads(lines[-1][len("RESULT "):])
+    assert facts["eventlet_patched"]
+    _check(facts, _cache_disks(control))
