@@ -190,6 +190,20 @@ def run(driver, vmdk_good: Path, vmdk_bad: Path) -> dict:
     return out
 
 
+def spawn_until_killed(driver, vmdk: Path) -> None:
+    """For the crash test: say which instance, then spawn (the parent kills us meanwhile)."""
+    from nova import context as nova_context
+
+    ctx = nova_context.RequestContext(user_id="vsanuser", project_id="vsanproject",
+                                      auth_token="test-token", is_admin=True)
+    image_id = add_image(ctx, vmdk, "nova-crash")
+    inst = make_instance(ctx, image_id, name="crashed", node=driver.get_available_nodes()[0],
+                         host=driver._runs.host)
+    print("INSTANCE " + json.dumps({"uuid": inst.uuid, "image": image_id}), flush=True)
+    driver.spawn(ctx, inst, image_meta(ctx, image_id), [], None, {}, network_info=[])
+    print("SPAWNED", flush=True)
+
+
 def main(setup_file: str) -> None:
     """Child-process entry: eventlet first (as an eventlet-patched service does), then run."""
     setup = json.loads(Path(setup_file).read_text())
@@ -200,6 +214,9 @@ def main(setup_file: str) -> None:
     conf = init_nova(setup["conf_file"])
     driver = load_driver(conf)
     driver.init_host(conf.host)
+    if setup.get("mode") == "spawn-until-killed":
+        spawn_until_killed(driver, Path(setup["good"]))
+        return
     facts = run(driver, Path(setup["good"]), Path(setup["bad"]))
     if setup.get("eventlet"):
         import eventlet.patcher

@@ -141,3 +141,66 @@ def test_same_scenario_under_eventlet(nova_setup, control, drop_cache, tmp_path)
     facts = json.loads(lines[-1][len("RESULT "):])
     assert facts["eventlet_patched"]
     _check(facts, _cache_disks(control))
+
+
+def test_sigkill_mid_spawn_then_init_host_reverts_our_flow(nova_driver, nova_setup, control,
+                                                           drop_cache, tmp_path):
+    """nova-compute killed while the image streams in; the restarted service's init_host
+    rolls our flow back (nova marks the instance ERROR and reschedules it), nothing leaks."""
+    import os
+    import signal
+    import time
+
+    from nova import context as nova_context
+    from nova import exception as nova_exc
+
+    conf, driver = nova_driver
+    setup = dict(nova_setup, mode="spawn-until-killed")
+    setup.pop("work")
+    setup_file = tmp_path / "setup.json"
+    setup_file.write_text(json.dumps(setup))
+    control.throttle_nfc(256 * 1024, direction="upload")  # 4 MiB of data: ~16 s of transfer
+    log = open(tmp_path / "child.log", "w+")  # noqa: SIM115 - read back below
+    child = subprocess.Popen([sys.executable, str(Path(nova_scenario.__file__)),
+                              str(setup_file)], stdout=subprocess.PIPE, stderr=log, text=True,
+                             cwd=str(Path(__file__).resolve().parents[2]))
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("INSTANCE "), (line, log.seek(0) or log.read()[-3000:])
+        info = json.loads(line[len("INSTANCE "):])
+        deadline = time.monotonic() + 120
+        while True:  # kill once bytes are flowing into a lease: the worst moment
+            leases = [le for le in control.status().get("leases") or []
+                      if le.get("state") not in ("done", "error")
+                      and sum((le.get("transferred") or {}).values()) > 0]
+            if leases:
+                break
+            assert child.poll() is None, log.seek(0) or log.read()[-3000:]
+            assert time.monotonic() < deadline, "the import never started"
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    control.reset()
+    names = [vm["name"] for vm in control.status()["vms"]]
+    assert any(n.startswith("vsanflows-import-") for n in names), names  # the half-import
+
+    # the restart: this host's driver (same [DEFAULT] host, same flow store)
+    driver.init_host(conf.host)
+
+    status = control.status()
+    names = [vm["name"] for vm in status["vms"]]
+    assert not [n for n in names if n.startswith(("vsanflows-import-", "vsanflows-image-"))]
+    assert not [le for le in status.get("leases") or [] if le.get("state") not in ("done",
+                                                                                     "error")]
+    # nova's own VM for the instance is nova's to delete (it does, when it reschedules)
+    ctx = nova_context.get_admin_context()
+    inst = nova_scenario.make_instance(ctx, info["image"], name="crashed",
+                                       node=driver.get_available_nodes()[0], host=conf.host)
+    inst.uuid = info["uuid"]
+    driver.destroy(ctx, inst, [], None, destroy_disks=True)
+    with pytest.raises(nova_exc.InstanceNotFound):
+        driver.get_info(inst)
