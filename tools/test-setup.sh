@@ -41,10 +41,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 2b. nova (the compute driver's host, vsan_flows/nova/) and what its in-tree test helpers
-# import. They install beside our requirements without changing any version (pip check).
-if ! .venv/bin/python -c 'import nova, glanceclient' 2>/dev/null; then
-  log "installing nova 34.0.0 into .venv"
+# 2b. nova (the compute driver's host, vsan_flows/nova/) and the glance-api its tests run.
+# They install beside our requirements without changing any version (pip check).
+if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn' 2>/dev/null; then
+  log "installing nova 34.0.0 and glance into .venv"
   .venv/bin/pip install -q -r nova-requirements.txt
 fi
 # nova 34 loads compute_driver only as 'nova.virt.<name>': this one-line .pth installs the
