@@ -204,3 +204,42 @@ def test_sigkill_mid_spawn_then_init_host_reverts_our_flow(nova_driver, nova_set
     driver.destroy(ctx, inst, [], None, destroy_disks=True)
     with pytest.raises(nova_exc.InstanceNotFound):
         driver.get_info(inst)
+
+
+def test_snapshot_stops_before_anything_when_update_task_state_raises(nova_driver, nova_setup,
+                                                                      control, drop_cache):
+    """nova raises from update_task_state when the instance is being deleted meanwhile: the
+    snapshot must stop, not run on behind nova's back."""
+    from nova import context as nova_context
+    from nova import exception as nova_exc
+    from nova.image import glance
+
+    conf, driver = nova_driver
+    ctx = nova_context.RequestContext(user_id="vsanuser", project_id="vsanproject",
+                                      auth_token="test-token", is_admin=True)
+    image_id = nova_scenario.add_image(ctx, Path(nova_setup["good"]), "nova-deleting")
+    inst = nova_scenario.make_instance(ctx, image_id, name="deleting",
+                                       node=driver.get_available_nodes()[0], host=conf.host)
+    driver.spawn(ctx, inst, nova_scenario.image_meta(ctx, image_id), [], None, {},
+                 network_info=[])
+    snap_id = glance.API().create(ctx, {"name": "never"})["id"]
+    calls = []
+
+    def update_task_state(**kwargs):
+        calls.append(kwargs["task_state"])
+        if kwargs["task_state"] == "image_uploading":
+            raise nova_exc.UnexpectedDeletingTaskStateError(
+                instance_uuid=inst.uuid, expected="image_pending_upload", actual="deleting")
+
+    try:
+        with pytest.raises(nova_exc.UnexpectedDeletingTaskStateError):
+            driver.snapshot(ctx, inst, snap_id, update_task_state)
+        assert calls == ["image_pending_upload", "image_uploading"]
+        vms = control.status()["vms"]
+        mine = [vm for vm in vms if vm["name"] == f"deleting ({inst.uuid})"]
+        assert mine and mine[0]["snapshots"] == 0
+        assert not [vm for vm in vms if vm["name"].startswith("vsanflows-export-")]
+        assert glance.API().get(ctx, snap_id)["status"] == "queued"  # untouched, nova's to drop
+    finally:
+        driver.destroy(ctx, inst, [], None, destroy_disks=True)
+        glance.API().delete(ctx, snap_id)
