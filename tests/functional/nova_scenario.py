@@ -121,6 +121,8 @@ def vm_facts(driver, instance) -> dict:
             "nvp_vm_uuid": extra.get("nvp.vm-uuid"), "memory_mb": props["config.hardware.memoryMB"],
             "vcpus": props["config.hardware.numCPU"],
             "root_kb": int(disks[0].capacityInKB) if disks else None,
+            # nova's own reading of the size (its snapshot divides by it)
+            "root_bytes": vm_util.get_vmdk_info(session, vm_ref).capacity_in_bytes,
             "root_parent": getattr(parent, "fileName", None)}
 
 

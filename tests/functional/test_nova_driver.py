@@ -85,14 +85,14 @@ def _check(facts: dict, cache_disks: set[str]) -> None:
     assert facts["after_power_off_shutdown"]
     # the flavor, not the image: 256 MB, 2 vCPUs, a 1 GB root disk linked to the cache
     assert (first["memory_mb"], first["vcpus"]) == (256, 2)
-    assert first["root_kb"] == GiB // 1024
+    assert first["root_kb"] == GiB // 1024 and first["root_bytes"] == GiB
     assert first["root_parent"] in cache_disks
     # the snapshot is a real streamOptimized image, and a second server boots from it
     snap = facts["snapshot"]
     assert snap["status"] == "active" and snap["disktype"] == "streamOptimized"
     assert snap["size"] > 64 * 1024
     assert snap["task_states"] == ["image_pending_upload", "image_uploading"]
-    assert second["root_kb"] == 2 * GiB // 1024
+    assert second["root_kb"] == 2 * GiB // 1024 and second["root_bytes"] == 2 * GiB
     assert second["root_parent"] in cache_disks
     assert second["root_parent"] != first["root_parent"]  # the snapshot has its own entry
     # nova's destroy removes them

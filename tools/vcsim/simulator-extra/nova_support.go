@@ -8,6 +8,9 @@ package simulator
 //   - SearchIndex.FindAllByUuid (how nova finds an instance's VM by config.instanceUuid);
 //   - VirtualDiskManager.ExtendVirtualDisk_Task (nova grows a root disk to the flavor's size).
 //
+//   - a disk's size in both capacityInKB and capacityInBytes, as vCenter reports it (vcsim
+//     kept only what the client sent: a disk added with capacityInKB read as 0 bytes, and
+//     oslo.vmware's transfer progress divides by that);
 //   - keyed property paths such as config.extraConfig["nvp.vm-uuid"] (how nova lists its VMs
 //     and finds VNC ports), via a one-line hook in fieldValue (patch 0101).
 //
@@ -32,6 +35,19 @@ import (
 // .wsdl/.xsd file in it under /sdk/ (the WSDL includes its schema files by relative name).
 // Call it after the model is created and before NewServer.
 func InstallNovaSupport(s *Service, wsdlDir string) error {
+	prev := CallHook
+	CallHook = func(ctx *Context, method *Method, next func() soap.HasFault) soap.HasFault {
+		var res soap.HasFault
+		if prev != nil {
+			res = prev(ctx, method, next)
+		} else {
+			res = next()
+		}
+		if deviceChangingCalls[method.Name] {
+			fillDiskCapacities()
+		}
+		return res
+	}
 	ref := Map.content().ExtensionManager
 	if ref != nil {
 		// vcsim names the manager in ServiceContent but registers no object for it.
@@ -244,4 +260,37 @@ func keyedFieldValue(rval reflect.Value, p string) (value interface{}, err error
 		}
 	}
 	return nil, errEmptyField, true
+}
+
+// Calls after which a VM may have a disk whose size was given in one unit only.
+var deviceChangingCalls = map[string]bool{
+	"CreateVM_Task": true, "ReconfigVM_Task": true, "CloneVM_Task": true, "ImportVApp": true,
+	"ExtendVirtualDisk_Task": true, "RelocateVM_Task": true, "HttpNfcLeaseComplete": true,
+}
+
+// fillDiskCapacities sets whichever of capacityInKB / capacityInBytes a disk lacks from the
+// other (tasks run synchronously in vcsim, so their device changes are in place by now).
+func fillDiskCapacities() {
+	for _, obj := range Map.All("VirtualMachine") {
+		vm, ok := Map.Get(obj.Reference()).(*VirtualMachine)
+		if !ok {
+			continue
+		}
+		Map.WithLock(vm, func() {
+			if vm.Config == nil {
+				return
+			}
+			for _, d := range vm.Config.Hardware.Device {
+				disk, ok := d.(*types.VirtualDisk)
+				if !ok {
+					continue
+				}
+				if disk.CapacityInBytes == 0 && disk.CapacityInKB > 0 {
+					disk.CapacityInBytes = disk.CapacityInKB * 1024
+				} else if disk.CapacityInKB == 0 && disk.CapacityInBytes > 0 {
+					disk.CapacityInKB = (disk.CapacityInBytes + 1023) / 1024
+				}
+			}
+		})
+	}
 }
