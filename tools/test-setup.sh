@@ -41,6 +41,17 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# 2b. nova (the compute driver's host, vsan_flows/nova/) and the glance-api its tests run.
+# They install beside our requirements without changing any version (pip check).
+if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn' 2>/dev/null; then
+  log "installing nova 34.0.0 and glance into .venv"
+  .venv/bin/pip install -q -r nova-requirements.txt
+fi
+# nova 34 loads compute_driver only as 'nova.virt.<name>': this one-line .pth installs the
+# alias that makes 'vsan_flows.nova.driver.VsanVCDriver' loadable (vsan_flows/nova/alias.py).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo 'import vsan_flows.nova.alias' > "$site/vsan_flows_nova.pth"
+
 # 3. The vCenter simulator (skips the Go build when its sources did not change).
 bash tools/vcsim/build.sh
 log "ready"

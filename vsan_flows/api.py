@@ -28,6 +28,7 @@ __all__ = ["Handles", "Plan", "open_handles", "plan", "resume_unfinished", "snap
 
 SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
 SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
+ROOT_DISK_FACTORY = "vsan_flows.flows.root_disk.make_root_disk_flow"
 
 
 def image_service(conf: cfg.ConfigOpts) -> ImageService:
@@ -43,6 +44,9 @@ OPERATIONS: dict[str, tuple[str, Callable[[str], dict]]] = {
     "snapshot": (SNAPSHOT_FACTORY,
                  lambda token: {names.SNAPSHOT_NAME: f"vsanflows-snapshot-{token}",
                                 names.CLONE_VM_NAME: f"vsanflows-export-{token}"}),
+    # nova's spawn on vSAN (vsan_flows.nova): nova builds the VM, we cache and link its disk.
+    "nova-root-disk": (ROOT_DISK_FACTORY,
+                       lambda token: {names.IMPORT_VM_NAME: f"vsanflows-import-{token}"}),
 }
 
 
@@ -65,9 +69,13 @@ def _check_name(what: str, value: object, limit: int) -> None:
                                       "or tab pasted with it?)")
 
 
-def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str,
-         **factory_kwargs) -> Plan:
-    """The flow for ``operation`` on this instance and image, run here or by a conductor."""
+def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str, *,
+         on_restart: str = "resume", **factory_kwargs) -> Plan:
+    """The flow for ``operation`` on this instance and image, run here or by a conductor.
+
+    ``on_restart`` says what a restarted host does with it if it was interrupted: "resume"
+    (finish it) or "revert" (roll it back: nova, for one, gives up on what it was building).
+    """
     if operation not in OPERATIONS:
         raise exceptions.FlowError(operation, "is not an operation",
                                    f"Use one of: {', '.join(sorted(OPERATIONS))}.")
@@ -81,7 +89,7 @@ def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str
         store={names.INSTANCE_NAME: instance_name, names.IMAGE_ID: image_id,
                names.FLOW_TOKEN: token, **token_names(token)},
         book_meta={"operation": operation, "instance": instance_name, "image": image_id,
-                   "on_restart": "resume"})
+                   "on_restart": on_restart})
 
 
 # --------------------------------------------------------------------------- live handles

@@ -173,6 +173,50 @@ flows_opts = [
 ]
 
 
+# Under nova (vsan_flows.nova), nova owns [vmware] and its values are the source of truth; the
+# few settings nova has no equivalent for live in our own group instead.
+nova_opts = [
+    cfg.ListOpt(
+        "datastore_types",
+        default=["vsan"],
+        help="Datastore summary.type values on which nova's streamOptimized spawns and their "
+        "snapshots run through vsan_flows' flows (compared case-insensitively); every other "
+        "datastore keeps nova's own path.",
+    ),
+    cfg.IntOpt(
+        "image_transfer_timeout_secs",
+        default=7200,
+        min=1,
+        help="Seconds one image transfer (import into or export from vCenter) may run before "
+        "it is aborted and its lease released.",
+    ),
+    cfg.StrOpt(
+        "nova_image_service",
+        default="glance",
+        choices=[
+            ("glance", "nova's image API (Glance) with the request's credentials"),
+            ("local", "the local image store under image_store_dir (test rigs)"),
+        ],
+        help="Where the flows read images and write snapshots when running inside nova.",
+    ),
+]
+
+
+def register_nova_opts(conf: cfg.ConfigOpts) -> None:
+    """Register our options on nova's ConfigOpts: [vsan_flows] only, never [vmware].
+
+    Registering twice is harmless (oslo.config ignores an identical option), so the driver can
+    call this on every start.
+    """
+    conf.register_opts(flows_opts, group=FLOWS_GROUP)
+    conf.register_opts(nova_opts, group=FLOWS_GROUP)
+
+
+def list_nova_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """oslo-config-generator namespace ``vsan_flows.nova``: what nova.conf gains."""
+    return [(FLOWS_GROUP, [*flows_opts, *nova_opts])]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register our groups on a ConfigOpts the caller owns (see the module docstring)."""
     conf.register_opts(vmware_opts, group=VMWARE_GROUP)

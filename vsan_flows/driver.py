@@ -1,5 +1,10 @@
 """A nova-shaped façade: nova's spawn/snapshot signatures in, flows run, nova-like errors out.
 
+Inside nova, use the real compute driver instead: :mod:`vsan_flows.nova.driver` (nova builds the
+VM, our flows cache the image and link its root disk, nova's exception classes). This façade
+stays for callers without nova (scripts, the standalone library tests); it creates the whole VM
+itself, without nova's identity, so nova could not manage what it makes.
+
 It works with any objects carrying nova's attribute names (``instance.uuid``,
 ``image_meta.id``...) and imports nothing from nova, so the vmwareapi driver can delegate to
 it and tests can call it with plain objects. Like nova's vmwareapi driver, the VM of an
