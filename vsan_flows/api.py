@@ -20,7 +20,17 @@ SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
 SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
 
 
-def image_service(conf: cfg.ConfigOpts) -> ImageService:
+def image_service(conf: cfg.ConfigOpts, context=None) -> ImageService:
+    """The configured image service ([vsan_flows] image_service); the one place that chooses.
+
+    ``context`` (a user's request context or token) is used by Glance for the calls of this
+    run; without one, Glance is used as the [glance] service user, which is what a resumed flow
+    or a conductor has. The local store has no users and ignores it.
+    """
+    if conf.vsan_flows.image_service == "glance":
+        from vsan_flows.glance import GlanceImageService  # glanceclient only when configured
+
+        return GlanceImageService.from_conf(conf, context)
     return LocalImageService(vconf.image_store_dir(conf))
 
 
@@ -70,26 +80,32 @@ def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str
 
 def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
           vsphere: VSphere | None = None, images: ImageService | None = None,
-          backend=None, listeners: tuple = (), power_on: bool = False) -> dict:
+          backend=None, listeners: tuple = (), power_on: bool = False, context=None) -> dict:
     """Deploy ``image_id`` as the VM ``instance_name``; returns the flow's facts.
 
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
     been rolled back.
     """
     return _run(conf, plan(conf, "spawn", instance_name, image_id, power_on=power_on),
-                vsphere, images, backend, listeners)
+                vsphere, images or _images_for(conf, context), backend, listeners)
 
 
 def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
              vsphere: VSphere | None = None, images: ImageService | None = None,
-             backend=None, listeners: tuple = ()) -> dict:
+             backend=None, listeners: tuple = (), context=None) -> dict:
     """Export ``instance_name``'s disk into the existing empty image ``image_id``.
 
     On failure everything temporary is removed and the image is marked killed (or deleted),
-    so it can never be mistaken for a usable snapshot.
+    so it can never be mistaken for a usable snapshot (Glance cannot mark it killed: it is
+    deleted there).
     """
-    return _run(conf, plan(conf, "snapshot", instance_name, image_id), vsphere, images,
-                backend, listeners)
+    return _run(conf, plan(conf, "snapshot", instance_name, image_id), vsphere,
+                images or _images_for(conf, context), backend, listeners)
+
+
+def _images_for(conf: cfg.ConfigOpts, context) -> ImageService | None:
+    """A user's context makes a per-run image service; without one the default is built."""
+    return image_service(conf, context) if context is not None else None
 
 
 def _run(conf, p: Plan, vsphere, images, backend, listeners) -> dict:

@@ -88,8 +88,12 @@ class ImageService(Protocol):
 
     def show(self, image_id: str) -> ImageMeta: ...
 
-    def open(self, image_id: str) -> BinaryIO:
-        """A binary file-like over an active image's data; the caller closes it."""
+    def open(self, image_id: str, length: int | None = None) -> BinaryIO:
+        """A binary file-like over an active image's data; the caller closes it.
+
+        ``length`` says only the first bytes are wanted (a header peek): a remote service
+        fetches just those (Glance: a ranged GET) instead of opening a whole download.
+        """
         ...
 
     def create(self, meta: Mapping[str, Any]) -> str:
@@ -204,7 +208,8 @@ class LocalImageService:
     def show(self, image_id: str) -> ImageMeta:
         return self._load(image_id)
 
-    def open(self, image_id: str) -> BinaryIO:
+    def open(self, image_id: str, length: int | None = None) -> BinaryIO:
+        # A local file costs nothing to leave unread: ``length`` needs no special handling.
         meta = self._load(image_id)
         if meta.status != STATUS_ACTIVE:
             raise ImageError(
