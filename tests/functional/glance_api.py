@@ -77,7 +77,7 @@ class GlanceAPI:
                 self.proc.wait(10)
 
 
-def _write_config(conf_dir: Path, workdir: Path) -> Path:
+def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
     conf_dir.mkdir(parents=True, exist_ok=True)
     paste = VENV / "etc" / "glance" / "glance-api-paste.ini"
     if not paste.exists():
@@ -89,6 +89,7 @@ def _write_config(conf_dir: Path, workdir: Path) -> Path:
     conf.write_text("\n".join([
         "[DEFAULT]",
         "enabled_backends = fs:file",
+        f"image_size_cap = {image_size_cap}",
         f"log_file = {workdir / 'glance-api.log'}",
         "[database]",
         f"connection = sqlite:///{workdir / 'glance.sqlite'}",
@@ -110,16 +111,22 @@ def _write_config(conf_dir: Path, workdir: Path) -> Path:
     return conf
 
 
+IMAGE_SIZE_CAP = 40 * 1024 * 1024
+
+
 def start(workdir: Path, *, workers: int = 1, worker_timeout: int = 600,
-          timeout: float = 90.0) -> GlanceAPI:
-    """db_sync, then gunicorn; returns once /healthcheck answers."""
+          image_size_cap: int = IMAGE_SIZE_CAP, timeout: float = 90.0) -> GlanceAPI:
+    """db_sync, then gunicorn; returns once /healthcheck answers.
+
+    ``image_size_cap`` is low by default so a test can meet Glance's 413 with a small disk.
+    """
     workdir = Path(workdir)
     gunicorn = VENV / "bin" / "gunicorn"
     manage = VENV / "bin" / "glance-manage"
     if not gunicorn.exists() or not manage.exists():
         raise GlanceError(f"glance is not installed in {VENV}: run tools/test-setup.sh")
     conf_dir = workdir / "etc"
-    conf = _write_config(conf_dir, workdir)
+    conf = _write_config(conf_dir, workdir, image_size_cap)
     sync = subprocess.run([str(manage), "--config-file", str(conf), "db_sync"],
                           capture_output=True, text=True, timeout=300)
     if sync.returncode:
