@@ -86,7 +86,8 @@ class VsanFlowsDriver:
         image_id = _image_id(image_meta)
         try:
             api.spawn(self.conf, instance.uuid, image_id, vsphere=self._vs(),
-                      images=self._images, backend=self._backend, power_on=power_on)
+                      images=self._images, backend=self._backend, power_on=power_on,
+                      context=context)  # Glance is called as the requesting user
         except exceptions.InvalidImage as exc:
             raise ImageUnacceptable(image_id=image_id, reason=str(exc)) from exc
         except exceptions.ImageNotFound as exc:
@@ -100,7 +101,7 @@ class VsanFlowsDriver:
         try:
             api.snapshot(self.conf, instance.uuid, image_id, vsphere=self._vs(),
                          images=self._images, backend=self._backend,
-                         listeners=(_on_upload_start(update_task_state),))
+                         listeners=(_on_upload_start(update_task_state),), context=context)
         except exceptions.InstanceNotFound as exc:
             raise InstanceNotFound(instance_id=instance.uuid) from exc
         except exceptions.ImageNotFound as exc:
