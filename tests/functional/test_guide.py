@@ -496,6 +496,8 @@ def test_relative_links_resolve():
 NOT_OPTIONS = {
     "disk_format", "container_format", "vmware_disktype", "vmware_adaptertype", "vmware_ostype",
     "adapter_type", "resume_unfinished", "init_host", "REVERT_FAILURE",
+    # Glance's own record fields and glance-api options
+    "os_hash_value", "hashing_algorithm", "image_size_cap",
 }
 
 
