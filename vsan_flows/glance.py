@@ -408,10 +408,13 @@ class GlanceImageService:
         if current.status == STATUS_ACTIVE or current.size:
             raise ImageAlreadyHasData(image_id, current.status)  # refused untouched
         if current.status != STATUS_QUEUED:
-            raise ImageError(
-                f"Image {image_id} is {current.status} in Glance and cannot take data; only "
-                "a queued (new, empty) image can. An image stuck in saving lost its upload to "
-                "a Glance restart: delete it and snapshot into a new image.")
+            # What Glance itself would answer (409); said before sending a byte, and final:
+            # an image left "saving" by a glance-api that died mid-upload stays so for good.
+            raise ImageServiceRefused(
+                image_id, "upload data to", 409, f"the image is {current.status}, not queued",
+                "Only a new, empty image takes data; one stuck in saving lost its upload to a "
+                "glance-api restart and never will. A failed snapshot deletes its image: "
+                "snapshot again into a new image.")
         fields = _fields(meta)
         fields.pop("id", None)
         if fields:

@@ -40,10 +40,12 @@ def free_port() -> int:
 
 
 class GlanceAPI:
-    def __init__(self, workdir: Path, port: int, proc: subprocess.Popen) -> None:
+    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict) -> None:
         self.workdir = workdir
         self.port = port
-        self.proc = proc
+        self._argv = argv
+        self._env = env
+        self.proc: subprocess.Popen | None = None
         self.log = workdir / "glance-api.log"
         self.access_log = workdir / "access.log"
 
@@ -67,14 +69,37 @@ class GlanceAPI:
         """Image files in the file store: a deleted or refused image leaves none behind."""
         return sorted(p for p in (self.workdir / "images").iterdir() if p.is_file())
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM lets gunicorn finish requests; SIGKILL is a crash (a request cut short)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+    def run(self, timeout: float = 90.0) -> None:
+        """Start gunicorn (again, on the same port and database); return once it answers."""
+        with open(self.workdir / "gunicorn.log", "ab") as out:
+            self.proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self._env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise GlanceError(f"glance-api exited with {self.proc.returncode}: "
+                                  f"{(self.workdir / 'gunicorn.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthcheck", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise GlanceError(f"glance-api did not answer on port {self.port} within "
+                          f"{timeout:g} s: {self.log_tail()}")
 
 
 def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
@@ -132,28 +157,9 @@ def start(workdir: Path, *, workers: int = 1, worker_timeout: int = 600,
     if sync.returncode:
         raise GlanceError(f"glance-manage db_sync failed: {sync.stderr[-2000:]}")
     port = free_port()
-    env = dict(os.environ, OS_GLANCE_CONFIG_DIR=str(conf_dir))
-    out = open(workdir / "gunicorn.log", "wb")  # noqa: SIM115 - closed by the process
-    proc = subprocess.Popen(
-        [str(gunicorn), "-b", f"127.0.0.1:{port}", "-w", str(workers),
-         "--timeout", str(worker_timeout), "--access-logfile", str(workdir / "access.log"),
-         "--access-logformat", ACCESS_FORMAT, "glance.wsgi.api:application"],
-        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-        start_new_session=True)
-    out.close()
-    api = GlanceAPI(workdir, port, proc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise GlanceError(f"glance-api exited with {proc.returncode}: "
-                              f"{(workdir / 'gunicorn.log').read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(api.url + "/healthcheck", timeout=2) as resp:
-                if resp.status == 200:
-                    return api
-        except OSError:
-            pass
-        time.sleep(0.2)
-    api.stop()
-    raise GlanceError(f"glance-api did not answer on port {port} within {timeout:g} s: "
-                      f"{api.log_tail()}")
+    argv = [str(gunicorn), "-b", f"127.0.0.1:{port}", "-w", str(workers),
+            "--timeout", str(worker_timeout), "--access-logfile", str(workdir / "access.log"),
+            "--access-logformat", ACCESS_FORMAT, "glance.wsgi.api:application"]
+    api = GlanceAPI(workdir, port, argv, dict(os.environ, OS_GLANCE_CONFIG_DIR=str(conf_dir)))
+    api.run(timeout)
+    return api

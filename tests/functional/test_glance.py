@@ -20,7 +20,8 @@ from vsan_flows.tasks.image import HEADER_PEEK, ValidateStreamOptimizedImage
 
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.parametrize("images", ["glance"], indirect=True)
+# The session's glance-api through the `images` fixture (emptied and leak-checked after each).
+GLANCE = pytest.mark.parametrize("images", ["glance"], indirect=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def _chunks(path, size=MiB):
             yield chunk
 
 
+@GLANCE
 def test_header_reads_are_ranged_and_nothing_stays_open(images, glance_api, big_vmdk):
     image_id = images.add_file(big_vmdk, name="big")
     mark = len(glance_api.access_lines())
@@ -78,6 +80,7 @@ def test_header_reads_are_ranged_and_nothing_stays_open(images, glance_api, big_
     assert quick.show(image_id).status == "active"
 
 
+@GLANCE
 def test_download_checks_the_hash_glance_recorded(images, glance_api, small_vmdk):
     image_id = images.add_file(small_vmdk, name="rotting")
     stored = next(p for p in glance_api.stored_files() if p.name == image_id)
@@ -90,6 +93,7 @@ def test_download_checks_the_hash_glance_recorded(images, glance_api, small_vmdk
     assert image_id in str(err.value) and "sha512" in str(err.value)
 
 
+@GLANCE
 def test_format_inspector_refusal_415(images, glance_api, tmp_path):
     raw = disks.make_raw_renamed(tmp_path / "raw.vmdk", 4 * MiB)
     image_id = images.create({"name": "raw", "disk_format": "vmdk",
@@ -105,6 +109,7 @@ def test_format_inspector_refusal_415(images, glance_api, tmp_path):
         images.open(image_id)
 
 
+@GLANCE
 def test_size_cap_refusal_413(images, glance_api, tmp_path):
     from tests.functional.glance_api import IMAGE_SIZE_CAP
 
@@ -119,6 +124,7 @@ def test_size_cap_refusal_413(images, glance_api, tmp_path):
     assert images.show(image_id).status == "queued"
 
 
+@GLANCE
 def test_conflict_404_and_403_name_the_image(images, small_vmdk):
     image_id = images.add_file(small_vmdk, name="taken")
     with pytest.raises(exceptions.ImageServiceRefused) as err:
@@ -141,6 +147,7 @@ def test_conflict_404_and_403_name_the_image(images, small_vmdk):
         images._client.images.update(image_id, protected=False)
 
 
+@GLANCE
 def test_an_image_with_data_is_refused_untouched(images, small_vmdk):
     image_id = images.add_file(small_vmdk, name="full")
     before = images.show(image_id)
@@ -150,6 +157,7 @@ def test_an_image_with_data_is_refused_untouched(images, small_vmdk):
     assert after == before
 
 
+@GLANCE
 def test_a_failing_source_never_goes_active_and_a_retry_can_upload(images, glance_api,
                                                                     small_vmdk):
     image_id = images.create({"name": "cut"})
@@ -171,6 +179,7 @@ def test_a_failing_source_never_goes_active_and_a_retry_can_upload(images, glanc
     assert done.status == "active" and done.size == small_vmdk.stat().st_size
 
 
+@GLANCE
 def test_stored_hash_is_checked_against_what_was_sent(images, glance_api, small_vmdk):
     wrong = GlanceImageService.from_conf(glance_conf(
         glance_api, vsan_flows__glance_hash_algorithm="sha256"))
@@ -183,6 +192,7 @@ def test_stored_hash_is_checked_against_what_was_sent(images, glance_api, small_
         images.show(image_id)  # never left active with data nobody verified
 
 
+@GLANCE
 def test_failed_snapshot_deletes_the_reserved_image_and_says_so(sim_conf, vsphere, images,
                                                                  caplog):
     image_id = images.create({"name": "snap-of-nothing"})
@@ -195,6 +205,7 @@ def test_failed_snapshot_deletes_the_reserved_image_and_says_so(sim_conf, vspher
                for r in caplog.records), caplog.text
 
 
+@GLANCE
 def test_a_callers_token_is_used_for_its_run_and_the_service_user_otherwise(
         simulator, wsdl_url, tmp_path, vsphere, images, glance_api, small_vmdk, control,
         destroy_after):
@@ -221,6 +232,7 @@ def test_a_callers_token_is_used_for_its_run_and_the_service_user_otherwise(
     assert lines and all(f"token={SERVICE_TOKEN}" in line for line in lines), lines
 
 
+@GLANCE
 def test_cli_resumes_a_spawn_killed_mid_stream_with_the_config_file_alone(
         simulator, wsdl_url, tmp_path, vsphere, images, glance_api, control, destroy_after):
     """`vsan-flows flows resume` after a crash: nothing but a config file naming Glance."""
@@ -266,3 +278,110 @@ def test_cli_resumes_a_spawn_killed_mid_stream_with_the_config_file_alone(
     assert resumed and all(line.endswith(f"token={service_token}") for line in resumed)
     assert service_token not in proc.stdout + proc.stderr  # --debug output included
     assert USER_TOKEN not in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- Glance restarts
+
+
+@pytest.fixture(scope="module")
+def restartable_glance(tmp_path_factory):
+    """A glance-api of this module's own: the tests below kill it."""
+    from tests.functional import glance_api as launcher_g
+
+    g = launcher_g.start(tmp_path_factory.mktemp("glance-restart"))
+    yield g
+    g.stop()
+
+
+def _crash_glance_mid_transfer(glance, task_suffix: str, crashed: list):
+    """An engine listener: SIGKILL glance-api at the task's second progress report (the
+    first comes with the first chunk, before Glance may have seen the request; the second a
+    second later, mid-body), and start it again before returning, so the cut is seen and
+    Glance is back for the retry."""
+    import signal
+    from contextlib import contextmanager
+
+    from taskflow import task as tf_task
+
+    @contextmanager
+    def listener(engine):
+        def on_progress(event_type, details):
+            if not 0.0 < float(details.get("progress") or 0.0) < 1.0:
+                return
+            crashed.append(False)
+            if len(crashed) == 2:
+                crashed.append(True)
+                glance.stop(signal.SIGKILL)
+                glance.run()
+
+        for atom in engine.compilation.execution_graph.nodes:
+            if atom.name.endswith(task_suffix):
+                atom.notifier.register(tf_task.EVENT_UPDATE_PROGRESS, on_progress)
+        yield
+
+    return listener
+
+
+def test_glance_crash_mid_download_is_retried(simulator, wsdl_url, tmp_path, vsphere,
+                                              restartable_glance, control, destroy_after):
+    from tests.functional.conftest import glance_overrides, make_conf
+
+    conf = make_conf(simulator, wsdl_url, tmp_path, vsan_flows__import_retries=2,
+                     **glance_overrides(restartable_glance))
+    images = GlanceImageService.from_conf(conf)
+    vmdk = disks.make_stream_optimized(tmp_path / "restart.vmdk", 64 * MiB, data_mib=16)
+    image_id = images.add_file(vmdk, name="restart")
+    name = "grestart-" + uuid.uuid4().hex[:8]
+    destroy_after.append(name)
+    before = control.calls("ImportVApp")
+    control.throttle_nfc(4 * MiB, direction="upload")
+    crashed: list = []
+    result = api.spawn(conf, name, image_id, vsphere=vsphere, listeners=(
+        _crash_glance_mid_transfer(restartable_glance, "StreamDiskToLease", crashed),))
+    destroy_after.append(result["shadow_vm"]["name"])
+    assert True in crashed and control.calls("ImportVApp") == before + 2  # cut, then retried
+    stored = {f["path"]: f["size"] for f in control.files()}
+    shadow = next(vm for vm in control.status()["vms"]
+                  if vm["name"] == result["shadow_vm"]["name"])
+    assert stored[shadow["disks"][0]["file"].split("] ", 1)[1]] == vmdk.stat().st_size
+    images.delete(image_id)
+
+
+def test_glance_crash_mid_upload_never_leaves_an_active_image(
+        simulator, wsdl_url, tmp_path, vsphere, restartable_glance, control, destroy_after,
+        sim_conf, caplog):
+    """Glance keeps an image whose upload died with it in 'saving' for good (no client can
+    reset it); the retried upload is refused with that said, and the flow's revert deletes
+    the image and logs it. Nothing of it is ever active."""
+    from tests.functional.conftest import glance_overrides, make_conf
+    from vsan_flows.images import LocalImageService
+
+    local = LocalImageService(tmp_path / "local")
+    base = disks.make_stream_optimized(tmp_path / "base.vmdk", 64 * MiB, data_mib=16)
+    instance = "gcrash-" + uuid.uuid4().hex[:8]
+    destroy_after.append(instance)
+    result = api.spawn(sim_conf, instance, local.add_file(base, name="base"), vsphere=vsphere,
+                       images=local)
+    destroy_after.append(result["shadow_vm"]["name"])
+
+    conf = make_conf(simulator, wsdl_url, tmp_path, vsan_flows__import_retries=3,
+                     **glance_overrides(restartable_glance))
+    images = GlanceImageService.from_conf(conf)
+    image_id = images.create({"name": "snap-cut-by-a-crash"})
+    control.throttle_nfc(4 * MiB, direction="download")
+    crashed: list = []
+    exports = control.calls("ExportVm")
+    with caplog.at_level(logging.WARNING, logger="vsan_flows.glance"), \
+            pytest.raises(exceptions.ImageError) as err:
+        api.snapshot(conf, instance, image_id, vsphere=vsphere, listeners=(
+            _crash_glance_mid_transfer(restartable_glance, "StreamDiskToImage", crashed),))
+    assert True in crashed
+    assert isinstance(err.value, exceptions.ImageServiceRefused)  # final: not retried again
+    assert image_id in str(err.value) and "saving" in str(err.value)
+    assert control.calls("ExportVm") == exports + 2  # the cut one, the retry that met it
+    with pytest.raises(exceptions.ImageNotFound):
+        images.show(image_id)
+    assert any("Deleted" in r.getMessage() and image_id in r.getMessage()
+               for r in caplog.records), caplog.text
+    # Not asserted: the bytes the killed glance-api was writing stay in its file store as a
+    # file no image record owns (Glance 33 never cleans that up; no client can).
