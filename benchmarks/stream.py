@@ -23,6 +23,14 @@ export  For each image size, a shadow VM is imported (untimed), then N runs of a
         against a bare ``http.client`` GET of the same lease URL. New export paths (the
         snapshot flow) go in EXPORT_PATHS.
 
+``--images glance`` runs every section with Glance as the image service: a glance-api of its
+own (gunicorn, one worker, sqlite, file store; tests/functional/glance_api.py, from the
+.glance-venv tools/test-setup.sh makes) is the source of spawns and the sink of snapshots,
+and the "bare" references become bare pairs: import ``bare`` = an http.client GET from
+glance-api piped into an http.client PUT to the lease (``bare_file`` keeps the file -> PUT);
+export ``bare`` = a GET from the lease piped into an http.client PUT to glance-api
+(``bare_drop`` keeps the GET into a buffer).
+
 Every VM the benchmark creates is destroyed, the simulator is stopped, and the work directory
 removed (unless --keep); a leak check over VMs, datastore files and leases is printed.
 """
@@ -97,15 +105,27 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def make_conf(sim: dict, wsdl_url: str, state_dir: str):
-    """A ConfigOpts for the simulator, as tests/functional/conftest.py's make_conf builds it."""
+GLANCE_TOKEN = "vsan-flows-bench"
+
+
+def make_conf(sim: dict, wsdl_url: str, state_dir: str, glance_url: str | None = None):
+    """A ConfigOpts for the simulator, as tests/functional/conftest.py's make_conf builds it;
+    with ``glance_url``, Glance is the image service (keystoneauth's admin_token plugin: the
+    benchmark's glance-api has no keystone)."""
+    from keystoneauth1 import loading as ks_loading
     from oslo_config import cfg
 
     from vsan_flows import conf as vconf
 
     c = cfg.ConfigOpts()
     vconf.register_opts(c)
+    c.register_opts(ks_loading.get_auth_plugin_conf_options("admin_token"), group="glance")
     c([], project="vsan-flows", default_config_files=[])
+    if glance_url:
+        for name, value in (("auth_type", "admin_token"), ("endpoint", glance_url),
+                            ("token", GLANCE_TOKEN), ("timeout", 120)):
+            c.set_override(name, value, "glance")
+        c.set_override("image_service", "glance", "vsan_flows")
     values = {
         ("vmware", "host_ip"): sim["host"],
         ("vmware", "host_port"): sim["port"],
@@ -161,6 +181,77 @@ def bare_put(url: str, cookie: str | None, path: Path, chunk: int) -> tuple[int,
         return sent, resp.status
     finally:
         conn.close()
+
+
+def _glance_conn(glance_url: str) -> http.client.HTTPConnection:
+    u = urllib.parse.urlsplit(glance_url)
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+
+
+def bare_glance_to_lease(glance_url: str, image_id: str, size: int, url: str,
+                         cookie: str | None, chunk: int) -> tuple[int, int]:
+    """GET the image from glance-api and send each chunk on to a PUT to the lease URL, both
+    with http.client and one reused buffer; (bytes sent, HTTP status of the PUT)."""
+    src = _glance_conn(glance_url)
+    dst, target = _https(url)
+    try:
+        src.putrequest("GET", f"/v2/images/{image_id}/file", skip_accept_encoding=True)
+        src.putheader("X-Auth-Token", GLANCE_TOKEN)
+        src.endheaders()
+        body = src.getresponse()
+        if body.status != 200:
+            raise RuntimeError(f"bare GET from glance-api answered HTTP {body.status}")
+        dst.putrequest("PUT", target, skip_accept_encoding=True)
+        dst.putheader("Content-Length", str(size))
+        dst.putheader("Content-Type", "binary/octet-stream")
+        dst.putheader("Overwrite", "t")
+        if cookie:
+            dst.putheader("Cookie", cookie)
+        dst.endheaders()
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        sent = 0
+        while n := body.readinto(buf):
+            dst.send(view[:n])
+            sent += n
+        resp = dst.getresponse()
+        resp.read()
+        return sent, resp.status
+    finally:
+        src.close()
+        dst.close()
+
+
+def bare_lease_to_glance(url: str, cookie: str | None, glance_url: str, image_id: str,
+                         chunk: int) -> tuple[int, int]:
+    """GET the lease URL and PUT its body to glance-api as the image's data (chunked, as the
+    export's length is not known up front); (bytes sent, HTTP status of the PUT)."""
+    src, target = _https(url)
+    dst = _glance_conn(glance_url)
+    try:
+        src.putrequest("GET", target, skip_accept_encoding=True)
+        if cookie:
+            src.putheader("Cookie", cookie)
+        src.endheaders()
+        body = src.getresponse()
+        if body.status != 200:
+            raise RuntimeError(f"bare GET of the lease answered HTTP {body.status}")
+        sent = [0]
+
+        def chunks():
+            while data := body.read(chunk):
+                sent[0] += len(data)
+                yield data
+
+        dst.request("PUT", f"/v2/images/{image_id}/file", body=chunks(), encode_chunked=True,
+                    headers={"Content-Type": "application/octet-stream",
+                             "X-Auth-Token": GLANCE_TOKEN, "Transfer-Encoding": "chunked"})
+        resp = dst.getresponse()
+        resp.read()
+        return sent[0], resp.status
+    finally:
+        src.close()
+        dst.close()
 
 
 def bare_get(url: str, cookie: str | None, chunk: int) -> tuple[int, int]:
@@ -231,8 +322,13 @@ def child_main(spec: dict) -> None:
     from vsan_flows.tasks.image import ValidateStreamOptimizedImage
     from vsan_flows.vsphere.session import connect
 
-    conf = make_conf(spec["sim"], spec["wsdl"], spec["state_dir"])
-    images = LocalImageService(spec["images_dir"])
+    conf = make_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec.get("glance_url"))
+    if spec.get("glance_url"):
+        from vsan_flows.glance import GlanceImageService
+
+        images = GlanceImageService.from_conf(conf)
+    else:
+        images = LocalImageService(spec["images_dir"])
     vsphere = connect(conf)
     if spec["mode"] == "snapshot":
         _child_snapshot(spec, conf, vsphere, images, t0)
@@ -293,6 +389,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.sim = None
+        self.glance = None
         self.vsphere = None
         self.images = None
         self.fixtures: dict[int, dict] = {}
@@ -315,9 +412,21 @@ class Bench:
                          "username": self.sim.username, "password": self.sim.password}
         self.state_dir = self.workdir / "state"
         self.state_dir.mkdir(exist_ok=True)
-        self.conf = make_conf(self.sim_info, self.wsdl_url, str(self.state_dir))
+        if self.args.images == "glance":
+            sys.path.insert(0, str(ROOT))
+            from tests.functional import glance_api
+
+            self.glance = glance_api.start(self.workdir / "glance", image_size_cap=64 * GiB)
+            log(f"glance-api at {self.glance.url} ready")
+        glance_url = self.glance.url if self.glance else None
+        self.conf = make_conf(self.sim_info, self.wsdl_url, str(self.state_dir), glance_url)
         self.vsphere = connect(self.conf)
-        self.images = LocalImageService(self.workdir / "images")
+        if self.glance:
+            from vsan_flows.glance import GlanceImageService
+
+            self.images = GlanceImageService.from_conf(self.conf)
+        else:
+            self.images = LocalImageService(self.workdir / "images")
         self.checker = LeakChecker(self.sim.control)
         self.before = self.checker.snapshot()
         log(f"simulator pid {self.sim.process.pid} at {self.sim.host}:{self.sim.port} ready "
@@ -335,6 +444,8 @@ class Bench:
                     self.vsphere.session.logout()
         finally:
             self.sim.stop()
+            if self.glance is not None:
+                self.glance.stop()
         return leaks
 
     def cleanup_all(self) -> None:
@@ -397,7 +508,10 @@ class Bench:
         return fx
 
     def store_path(self, fx: dict) -> Path:
-        """The image store's copy of the fixture (what spawn reads)."""
+        """The image store's copy of the fixture (what spawn reads); with Glance, the file
+        that was uploaded (Glance's copy is the same bytes)."""
+        if self.glance is not None:
+            return fx["path"]
         with self.images.open(fx["image_id"]) as f:
             return Path(f.name)
 
@@ -478,6 +592,28 @@ class Bench:
             raise RuntimeError(f"bare PUT: HTTP {status}, {sent} of {fx['file_bytes']} bytes")
         return {"seconds": secs, "mbps": mbps(sent, secs), "bytes": sent}
 
+    def run_bare_glance(self, fx: dict, chunk: int) -> dict:
+        """The bare pair: GET from glance-api piped into a PUT to the lease."""
+        from vsan_flows.vsphere import transfer
+        from vsan_flows.vsphere.session import ref
+
+        name, lease = self.new_import_lease(fx, "bench-bare-glance")
+        try:
+            t0 = time.monotonic()
+            device = transfer.disk_device(self.vsphere.session,
+                                          ref(lease["lease"], "HttpNfcLease"),
+                                          self.vsphere.host, self.vsphere.port)
+            sent, status = bare_glance_to_lease(self.glance.url, fx["image_id"],
+                                                fx["file_bytes"], device.url,
+                                                cookie_header(self.vsphere), chunk)
+            secs = time.monotonic() - t0
+        finally:
+            self.drop_import(name, lease)
+        if status != 200 or sent != fx["file_bytes"]:
+            raise RuntimeError(f"bare glance->lease: HTTP {status}, {sent} of "
+                               f"{fx['file_bytes']} bytes")
+        return {"seconds": secs, "mbps": mbps(sent, secs), "bytes": sent}
+
     def section_import(self, sizes: list[int]) -> None:
         chunk = self.args.bare_chunk
         kinds: dict[str, Callable[[dict], dict]] = {
@@ -485,6 +621,9 @@ class Bench:
             "upload": self.run_upload,
             "bare": lambda fx: self.run_bare(fx, chunk),
         }
+        if self.glance is not None:  # the reference is the bare Glance -> lease pair
+            kinds["bare_file"] = kinds["bare"]
+            kinds["bare"] = lambda fx: self.run_bare_glance(fx, chunk)
         if chunk != 64 * 1024:
             kinds["bare64k"] = lambda fx: self.run_bare(fx, 64 * 1024)
         for size in sizes:
@@ -506,7 +645,9 @@ class Bench:
 
     def child(self, mode: str, fx: dict, **extra) -> dict:
         spec = {"mode": mode, "sim": self.sim_info, "wsdl": self.wsdl_url,
-                "state_dir": str(self.state_dir), "images_dir": str(self.images.directory),
+                "state_dir": str(self.state_dir),
+                "images_dir": str(getattr(self.images, "directory", "")),
+                "glance_url": self.glance.url if self.glance else None,
                 "image_id": fx["image_id"], "instance": f"bench-mem-{uuid.uuid4().hex[:8]}",
                 **extra}
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
@@ -685,6 +826,20 @@ class Bench:
             conn.close()
             self.drop_image(image_id)
 
+    def read_bare_glance(self, lease, device) -> int:
+        """The bare pair: GET of the lease piped into a PUT to glance-api (the image record is
+        made untimed, as the flow gets it made by its caller)."""
+        image_id = self.new_image("bench-bare-glance")
+        try:
+            sent, status = bare_lease_to_glance(device.url, cookie_header(self.vsphere),
+                                                self.glance.url, image_id,
+                                                self.args.bare_chunk)
+            if status != 204:
+                raise RuntimeError(f"bare PUT to glance-api answered HTTP {status}")
+            return sent
+        finally:
+            self.drop_image(image_id)
+
     def section_export(self, sizes: list[int]) -> None:
         """Per size: an instance is spawned (untimed); per run, rotating: ``api.snapshot`` of it
         (whole flow + its StreamDiskToImage step), and lease readers on an ExportVm lease of a
@@ -710,6 +865,9 @@ class Bench:
                     "bare": lease_kind(self.read_bare),
                     "bare_store": lease_kind(self.read_bare_store),
                 }
+                if self.glance is not None:  # the reference is the bare lease -> Glance pair
+                    kinds["bare_drop"] = kinds["bare"]
+                    kinds["bare"] = lease_kind(self.read_bare_glance)
                 kinds.update({k: lease_kind(make(self)) for k, make in EXPORT_PATHS.items()})
                 runs: dict[str, list[dict]] = {k: [] for k in kinds}
                 order = list(kinds)
@@ -888,10 +1046,17 @@ def _fmt(v, spec=".1f") -> str:
 
 
 def print_report(results: dict) -> None:
+    if (results.get("args") or {}).get("images") == "glance":
+        print("\n(Glance is the image service: import bare = GET from glance-api piped into a "
+              "PUT to the lease, bare_file = file -> PUT;\n export bare = GET of the lease "
+              "piped into a PUT to glance-api, bare_drop = GET into a buffer, bare_store = GET "
+              "into\n our GlanceImageService.upload.)")
     imp = results.get("import") or {}
     if imp:
         print("\n== Import (spawn) direction: MB/s over the image file bytes, median of runs ==")
         cols = ["spawn", "stream", "upload", "bare", "bare64k"]
+        if any("bare_file" in s["mbps"] for s in imp.values()):
+            cols.append("bare_file")
         print(f"{'size':>6} {'file MB':>8} " + " ".join(f"{c:>8}" for c in cols)
               + f" {'stream/bare':>11} {'upload/bare':>11} {'spawn/bare':>10}")
         for label, s in imp.items():
@@ -1014,6 +1179,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bare-chunk", default="1M", help="chunk of the bare PUT/GET (default 1M)")
     p.add_argument("--workdir", help="parent of the temporary work directory (simulator "
                    "datastores, image store); default: the system temp dir")
+    p.add_argument("--images", choices=("local", "glance"), default="local",
+                   help="the image service: the local store (default) or a glance-api of the "
+                   "benchmark's own (bare references become bare Glance<->lease pairs)")
     p.add_argument("--fixture-dir", help="keep and reuse the generated VMDKs here")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -1084,7 +1252,8 @@ def main(argv: list[str] | None = None) -> int:
                         "mem_sizes": [size_label(s) for s in args.mem_sizes],
                         "runs": args.runs, "mem_runs": args.mem_runs,
                         "data_fraction": args.data_fraction,
-                        "bare_chunk": args.bare_chunk, "sections": args.sections},
+                        "bare_chunk": args.bare_chunk, "sections": args.sections,
+                        "images": args.images},
                "env": env}
     print_report(results)
     print(f"\nleak check: {'; '.join(leaks) if leaks else 'nothing left behind'}; "
