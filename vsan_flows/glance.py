@@ -21,9 +21,9 @@ Glance's own rules where they differ from the local store:
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
-import queue
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -150,23 +150,46 @@ class _BackgroundHash:
 
     hashlib releases the GIL while it hashes a large buffer, so the hash runs beside the
     network I/O instead of in its way: hashed inline, sha512 halved the Glance -> lease stream
-    on the benchmark machine. The queue is bounded (flat memory: at most 16 chunks wait).
+    on the benchmark machine. What waits to be hashed is bounded in bytes (PENDING_LIMIT),
+    not in chunks, so memory stays flat whatever chunk size the caller reads.
     """
+
+    PENDING_LIMIT = 4 * CHUNK
 
     def __init__(self, algo: str) -> None:
         self._hash = hashlib.new(algo)
         self.name = self._hash.name
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._chunks: collections.deque[bytes | None] = collections.deque()
+        self._pending = 0
+        self._cv = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"vsan-flows-{algo}",
                                         daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (data := self._queue.get()) is not None:
+        while True:
+            with self._cv:
+                while not self._chunks:
+                    self._cv.wait()
+                data = self._chunks.popleft()
+            if data is None:
+                return
             self._hash.update(data)
+            with self._cv:
+                self._pending -= len(data)
+                self._cv.notify_all()
+
+    def _put(self, data: bytes | None) -> None:
+        size = len(data) if data else 0
+        with self._cv:
+            while self._pending and self._pending + size > self.PENDING_LIMIT:
+                self._cv.wait()
+            self._pending += size
+            self._chunks.append(data)
+            self._cv.notify_all()
 
     def update(self, data: bytes) -> None:
-        self._queue.put(data)
+        self._put(data)
 
     def hexdigest(self) -> str:
         self.stop()
@@ -174,7 +197,7 @@ class _BackgroundHash:
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._put(None)
             self._thread.join()
 
 

@@ -93,3 +93,20 @@ def test_404_is_image_not_found_and_5xx_is_retryable():
     err = translate(glance_exc.HTTPServiceUnavailable(), "img-3", "show")
     assert isinstance(err, exceptions.ImageServiceUnavailable)
     assert not isinstance(err, exceptions.ImageServiceRefused)
+
+
+def test_background_hash_matches_hashlib_and_keeps_memory_bounded():
+    import hashlib
+    import os
+
+    from vsan_flows.glance import _BackgroundHash
+
+    chunk = os.urandom(3 << 20)
+    bg, ref, most = _BackgroundHash("sha512"), hashlib.sha512(), 0
+    for _ in range(12):
+        bg.update(chunk)
+        ref.update(chunk)
+        most = max(most, bg._pending)
+    assert bg.hexdigest() == ref.hexdigest()
+    assert most <= max(_BackgroundHash.PENDING_LIMIT, len(chunk))
+    assert not bg._thread.is_alive()  # the hasher thread ends with the digest
