@@ -83,6 +83,11 @@ def pytest_runtest_makereport(item, call):
     sim = getattr(pytest, "vsan_flows_simulator", None)
     if report.failed and sim is not None:
         report.sections.append(("vcsim log (tail)", sim.log_tail(40)))
+    glance = getattr(pytest, "vsan_flows_glance", None)
+    if report.failed and glance is not None and "glance_api" in item.fixturenames:
+        report.sections.append(("glance-api log (tail)", glance.log_tail(30)))
+        report.sections.append(("glance-api requests (tail)",
+                                "\n".join(glance.access_lines()[-20:])))
 
 
 def make_conf(simulator, wsdl_url, state_dir, **overrides):
@@ -159,6 +164,7 @@ def glance_api(tmp_path_factory):
         g = launcher_g.start(tmp_path_factory.mktemp("glance"))
     except launcher_g.GlanceError as exc:
         pytest.fail(f"glance-api did not start: {exc}", pytrace=False)
+    pytest.vsan_flows_glance = g  # for the report hook
     yield g
     g.stop()
 
