@@ -31,7 +31,17 @@ SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
 ROOT_DISK_FACTORY = "vsan_flows.flows.root_disk.make_root_disk_flow"
 
 
-def image_service(conf: cfg.ConfigOpts) -> ImageService:
+def image_service(conf: cfg.ConfigOpts, context=None) -> ImageService:
+    """The configured image service ([vsan_flows] image_service); the one place that chooses.
+
+    ``context`` (a user's request context or token) is used by Glance for the calls of this
+    run; without one, Glance is used as the [glance] service user, which is what a resumed flow
+    or a conductor has. The local store has no users and ignores it.
+    """
+    if conf.vsan_flows.image_service == "glance":
+        from vsan_flows.glance import GlanceImageService  # glanceclient only when configured
+
+        return GlanceImageService.from_conf(conf, context)
     return LocalImageService(vconf.image_store_dir(conf))
 
 
@@ -138,26 +148,28 @@ def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
 def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
           vsphere: VSphere | None = None, images: ImageService | None = None,
           handles: Handles | None = None, backend=None, listeners: tuple = (),
-          power_on: bool = False) -> dict:
+          power_on: bool = False, context=None) -> dict:
     """Deploy ``image_id`` as the VM ``instance_name``; returns the flow's facts.
 
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
     been rolled back.
     """
     return _run(conf, plan(conf, "spawn", instance_name, image_id, power_on=power_on),
-                handles, vsphere, images, backend, listeners)
+                handles, vsphere, images, backend, listeners, context)
 
 
 def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
              vsphere: VSphere | None = None, images: ImageService | None = None,
-             handles: Handles | None = None, backend=None, listeners: tuple = ()) -> dict:
+             handles: Handles | None = None, backend=None, listeners: tuple = (),
+             context=None) -> dict:
     """Export ``instance_name``'s disk into the existing empty image ``image_id``.
 
     On failure everything temporary is removed and the image is marked killed (or deleted),
-    so it can never be mistaken for a usable snapshot.
+    so it can never be mistaken for a usable snapshot (Glance cannot mark it killed: it is
+    deleted there).
     """
     return _run(conf, plan(conf, "snapshot", instance_name, image_id), handles, vsphere,
-                images, backend, listeners)
+                images, backend, listeners, context)
 
 
 @contextlib.contextmanager
@@ -173,10 +185,15 @@ def _backend(conf: cfg.ConfigOpts, backend):
         own.close()
 
 
-def _run(conf, p: Plan, handles, vsphere, images, backend, listeners) -> dict:
+def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=None) -> dict:
     with contextlib.ExitStack() as stack:
+        if images is None and context is not None:
+            # A user's context makes a per-run image service: Glance is called as that user.
+            images = image_service(conf, context)
         if handles is None:
             handles = stack.enter_context(open_handles(conf, vsphere=vsphere, images=images))
+        elif images is not None:
+            handles = Handles(handles.vsphere, images, handles.policy)  # owns nothing
         store = stack.enter_context(_backend(conf, backend))
         return runner.run(p, handles.transients(), backend=store,
                           engine=conf.vsan_flows.engine,

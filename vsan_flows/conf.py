@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import re
 
+from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 from vsan_flows.exceptions import ConfigError
 
 VMWARE_GROUP = "vmware"
 FLOWS_GROUP = "vsan_flows"
+GLANCE_GROUP = "glance"
+GLANCE_SERVICE_TYPE = "image"
 
 DEFAULT_STATE_DIR = "/var/lib/vsan-flows"
 
@@ -134,6 +137,23 @@ flows_opts = [
         "answer to the upload is always checked.",
     ),
     cfg.StrOpt(
+        "image_service",
+        default="local",
+        choices=[
+            ("local", "a directory of images (image_store_dir): the demo and offline setups"),
+            ("glance", "Glance, reached with the [glance] options (endpoint, service user, CA)"),
+        ],
+        help="Where spawn reads images and snapshots are stored.",
+    ),
+    cfg.StrOpt(
+        "glance_hash_algorithm",
+        default="sha512",
+        help="hashlib algorithm computed over every snapshot uploaded to Glance and compared "
+        "with the os_hash_value Glance reports. Must equal glance-api's [DEFAULT] "
+        "hashing_algorithm (sha512 unless changed there); a mismatch fails the upload with "
+        "an error naming both.",
+    ),
+    cfg.StrOpt(
         "image_store_dir",
         help="Directory of the local image service (images as <id>.data + <id>.json). Unset "
         "means <state_dir>/images.",
@@ -221,11 +241,36 @@ def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register our groups on a ConfigOpts the caller owns (see the module docstring)."""
     conf.register_opts(vmware_opts, group=VMWARE_GROUP)
     conf.register_opts(flows_opts, group=FLOWS_GROUP)
+    register_glance_opts(conf)
+
+
+def register_glance_opts(conf: cfg.ConfigOpts) -> None:
+    """``[glance]`` as nova and cinder have it: keystoneauth's own session, auth and adapter
+    options (endpoint_override or catalog lookup, service user, cafile), nothing of ours, so
+    the same section works in nova.conf and registering it on nova's CONF is harmless."""
+    ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
+    conf.set_default("service_type", GLANCE_SERVICE_TYPE, group=GLANCE_GROUP)
+
+
+def _glance_list_opts() -> list[cfg.Opt]:
+    opts = (ks_loading.get_session_conf_options() + ks_loading.get_auth_common_conf_options()
+            + ks_loading.get_auth_plugin_conf_options("password")
+            + ks_loading.get_adapter_conf_options(include_deprecated=False))
+    seen: dict[str, cfg.Opt] = {}
+    for opt in opts:
+        seen.setdefault(opt.dest, opt)
+    for opt in seen.values():
+        if opt.dest == "service_type":
+            opt.default = GLANCE_SERVICE_TYPE
+    return sorted(seen.values(), key=lambda o: o.dest)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Options for oslo-config-generator; copies so the generator cannot mutate ours."""
-    return [(VMWARE_GROUP, list(vmware_opts)), (FLOWS_GROUP, list(flows_opts))]
+    return [(VMWARE_GROUP, list(vmware_opts)), (FLOWS_GROUP, list(flows_opts)),
+            (GLANCE_GROUP, _glance_list_opts())]
 
 
 def datastore_pattern(conf: cfg.ConfigOpts) -> re.Pattern[str] | None:

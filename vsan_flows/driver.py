@@ -109,7 +109,8 @@ class VsanFlowsDriver:
         image_id = _image_id(image_meta)
         try:
             api.spawn(self.conf, instance.uuid, image_id, handles=self._live(),
-                      backend=self._store(), power_on=power_on)
+                      backend=self._store(), power_on=power_on,
+                      context=context)  # Glance is called as the requesting user
         except (exceptions.InvalidImage, exceptions.InvalidInput) as exc:
             raise ImageUnacceptable(image_id=image_id, reason=str(exc)) from exc
         except exceptions.ImageNotFound as exc:
@@ -123,7 +124,7 @@ class VsanFlowsDriver:
         try:
             api.snapshot(self.conf, instance.uuid, image_id, handles=self._live(),
                          backend=self._store(),
-                         listeners=(_on_upload_start(update_task_state),))
+                         listeners=(_on_upload_start(update_task_state),), context=context)
         except exceptions.InstanceNotFound as exc:
             raise InstanceNotFound(instance_id=instance.uuid) from exc
         except exceptions.ImageNotFound as exc:

@@ -501,6 +501,8 @@ NOT_OPTIONS = {
     # nova.md names nova's options, methods and task states
     "compute_driver", "get_info", "list_instances", "power_off", "manage_image_cache",
     "update_task_state", "image_pending_upload", "image_uploading", "ExtendVirtualDisk_Task",
+    # Glance's own record fields and glance-api options
+    "os_hash_value", "hashing_algorithm", "image_size_cap",
 }
 
 

@@ -55,7 +55,9 @@ def test_password_and_db_url_are_secret():
 
 
 def test_every_option_explains_itself():
-    for _, opts in conf.list_opts():
+    for group, opts in conf.list_opts():
+        if group == conf.GLANCE_GROUP:
+            continue  # keystoneauth's own options, with keystoneauth's own help
         for opt in opts:
             assert opt.help and len(opt.help) > 20, opt.name
 
