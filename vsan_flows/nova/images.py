@@ -82,12 +82,26 @@ class NovaImageService:
         return ImageMeta(id=str(meta["id"]), properties=dict(meta.get("properties") or {}),
                          **fields)
 
-    def open(self, image_id: str) -> BinaryIO:
+    def open(self, image_id: str, length: int | None = None) -> BinaryIO:
         try:
             chunks = self.api.download(self.context, image_id)
         except nova_exc.ImageNotFound:
             raise exceptions.ImageNotFound(image_id) from None
-        return io.BufferedReader(_ChunkReader(chunks or ()), buffer_size=1024 * 1024)
+        if length is None:
+            return io.BufferedReader(_ChunkReader(chunks or ()), buffer_size=1024 * 1024)
+        # A header peek: nova's image API has no ranged read, so read what is wanted and close
+        # the download at once (an unclosed response holds a glance-api worker).
+        head = bytearray()
+        try:
+            for chunk in chunks or ():
+                head += chunk
+                if len(head) >= length:
+                    break
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        return io.BytesIO(bytes(head[:length]))
 
     def create(self, meta: Mapping[str, Any]) -> str:
         return str(self.api.create(self.context, dict(meta))["id"])
