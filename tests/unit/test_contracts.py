@@ -137,7 +137,8 @@ FINAL = [exceptions.InvalidImage("bad", image_id="i"), exceptions.ImageNotFound(
          exceptions.ImageAlreadyHasData("i"), exceptions.NoSuitableDatastore([]),
          exceptions.ConfigError("[x] y", "bad"), exceptions.VCenterAuthError("h", "u"),
          exceptions.InstanceNotFound("i"),
-         exceptions.TransferTimeout("The upload", 1, bytes_done=0)]
+         exceptions.TransferTimeout("The upload", 1, bytes_done=0),
+         exceptions.ImageServiceRefused("i", "upload", 415, "format", "convert it")]
 
 
 def test_every_not_retryable_class_is_in_the_table():
