@@ -99,11 +99,10 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
     reverts: what a hand-written spawn would do. Returns what the flow returns that the
     benchmark needs (instance and shadow VM names, bytes sent).
     """
-    from vsan_flows import exceptions
+    from vsan_flows import exceptions, imagecache
     from vsan_flows.streamcheck import StreamTap
     from vsan_flows.tasks.image import ValidateStreamOptimizedImage
-    from vsan_flows.tasks.shadow_vm import NOTE_PREFIX, cache_vm_name
-    from vsan_flows.vsphere import imports, instances, placement
+    from vsan_flows.vsphere import imports, instances, leases, placement
 
     token = uuid.uuid4().hex[:12]
     import_vm_name = f"vsanflows-import-{token}"
@@ -113,8 +112,8 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
     candidates = imports.list_datastores(vsphere)
     rules = {"allowed_types": policy.datastore_types, "name_regex": policy.datastore_regex,
              "required_bytes": image["virtual_size"]}
-    cached = set(instances.names_with_prefix(vsphere, cache_vm_name(image["id"], "")))
-    warm = [d for d in candidates if cache_vm_name(image["id"], d.moref) in cached]
+    cached = set(instances.names_with_prefix(vsphere, imagecache.vm_name(image["id"], "")))
+    warm = [d for d in candidates if imagecache.vm_name(image["id"], d.moref) in cached]
     chosen = None
     if warm:
         with contextlib.suppress(exceptions.NoSuitableDatastore):
@@ -122,12 +121,12 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
     if chosen is None:
         chosen, _ = placement.choose_datastore(candidates, **rules)
     # LookupImageCache
-    cache_name = cache_vm_name(image["id"], chosen.moref)
+    cache_name = imagecache.vm_name(image["id"], chosen.moref)
     shadow = None
     vm_id = instances.find(vsphere, cache_name)
     if vm_id is not None:
         note = instances.annotation(vsphere, vm_id)
-        if note.startswith(NOTE_PREFIX) and f"image={image['id']} " in note:
+        if imagecache.is_entry_for(note, image["id"]):
             disk = instances.first_disk(vsphere, vm_id)
             shadow = {"vm": vm_id, "name": cache_name, "disk": disk["path"]}
     sent = 0
@@ -150,15 +149,13 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
             if stored is not None and stored < sent:
                 raise RuntimeError(f"stored {stored} < sent {sent}")
         # CompleteLease
-        imports.complete_lease(vsphere, lease["lease"])
+        leases.complete(vsphere, lease["lease"])
         # RegisterShadowVM
         existing = instances.find(vsphere, cache_name)
         if existing is not None:
             raise RuntimeError(f"{cache_name} appeared meanwhile")
         imported = instances.find(vsphere, import_vm_name)
-        instances.rename(vsphere, imported, cache_name,
-                         f"{NOTE_PREFIX}: image={image['id']} size={image['size']} "
-                         f"flow={token}")
+        instances.rename(vsphere, imported, cache_name, imagecache.note(image, token))
         disk = instances.first_disk(vsphere, imported)
         shadow = {"vm": imported, "name": cache_name, "disk": disk["path"]}
     # CloneLinkedDisk
@@ -414,7 +411,8 @@ def child_probe(spec: dict, t_start: float) -> dict:
     out["find_s"] = time.monotonic() - t
     out["found"] = len(todo)
     t = time.monotonic()
-    transients = api.live_handles(conf, images=LocalImageService(spec["images_dir"]))
+    transients = api.open_handles(
+        conf, images=LocalImageService(spec["images_dir"])).transients()
     out["login_s"] = time.monotonic() - t
     states_seen: collections.Counter = collections.Counter()
     failed_transfers = 0
@@ -428,10 +426,12 @@ def child_probe(spec: dict, t_start: float) -> dict:
         before = {a.name: eng.storage.get_atom_state(a.name)
                   for a in eng.compilation.execution_graph.nodes
                   if isinstance(a, tf_atom.Atom)}
-        runner._fail_interrupted_transfers(eng)
+        runner.fail_interrupted_transfers(eng)
+        restartable = {a.name for a in eng.compilation.execution_graph.nodes
+                       if getattr(a, "restart_after_crash", False)}
         for name, st in before.items():
             states_seen[st] += 1
-            if st == states.RUNNING and name in runner.RESTART_FROM_SCRATCH:
+            if st == states.RUNNING and name in restartable:
                 failed_transfers += 1
     prof.disable()
     out["load_decide_s"] = time.monotonic() - t
@@ -504,7 +504,7 @@ def child_worker(spec: dict) -> None:
         res.append({"start": t, "end": time.monotonic(), "error": err})
     print(json.dumps({"spawns": res, "cpu_s": time.process_time() - cpu0}), flush=True)
     with contextlib.suppress(Exception):
-        vsphere.session.logout()
+        vsphere.close()
 
 
 # --------------------------------------------------------------------------------- bench
@@ -757,7 +757,7 @@ class FlowBench(sb.Bench):
         finally:
             for s in sessions:
                 with contextlib.suppress(Exception):
-                    s.session.logout()
+                    s.close()
         log(f"  concurrency threads (session each): "
             f"{modes['threads_own_session']['wall_s']:.2f}s")
         # processes, one spawn each (start-up and login untimed)

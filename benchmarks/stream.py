@@ -252,7 +252,7 @@ def child_main(spec: dict) -> None:
     out["bytes_sent"] = result.get("bytes_sent")
     out["stream_s"] = durations.get("StreamDiskToLease")
     with contextlib.suppress(Exception):
-        vsphere.session.logout()
+        vsphere.close()
     out["seconds"] = time.monotonic() - t0
     print(json.dumps(out), flush=True)
 
@@ -274,7 +274,7 @@ def _child_snapshot(spec: dict, conf, vsphere, images, t0: float) -> None:
     out["bytes_sent"] = (result.get("image_upload") or {}).get("size")
     out["stream_s"] = durations.get("StreamDiskToImage")
     with contextlib.suppress(Exception):
-        vsphere.session.logout()
+        vsphere.close()
     out["seconds"] = time.monotonic() - t0
     print(json.dumps(out), flush=True)
 
@@ -332,20 +332,20 @@ class Bench:
                 self.cleanup_all()
                 leaks = self.checker.leaks(self.before)
                 with contextlib.suppress(Exception):
-                    self.vsphere.session.logout()
+                    self.vsphere.close()
         finally:
             self.sim.stop()
         return leaks
 
     def cleanup_all(self) -> None:
         """Abort every open lease and destroy every VM that was not there at the start."""
-        from vsan_flows.vsphere import imports, instances
+        from vsan_flows.vsphere import instances, leases
 
         status = self.sim.control.status()
         for lease in status.get("leases") or []:
             if lease.get("state") not in ("done",):
                 with contextlib.suppress(Exception):
-                    imports.abort_lease(self.vsphere, lease["moref"])
+                    leases.abort(self.vsphere, lease["moref"])
         names = [vm["name"] for vm in status.get("vms") or []
                  if vm["name"] not in self.before.vms]
         # Linked clones (instances) before the shadow VMs they hang from.
@@ -415,10 +415,10 @@ class Bench:
         return name, lease
 
     def drop_import(self, name: str, lease: dict) -> None:
-        from vsan_flows.vsphere import imports
+        from vsan_flows.vsphere import leases
 
         try:
-            imports.abort_lease(self.vsphere, lease["lease"])
+            leases.abort(self.vsphere, lease["lease"])
         finally:
             self.destroy(name)
 

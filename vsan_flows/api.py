@@ -1,20 +1,29 @@
-"""The library's front door: spawn and snapshot by name, as the nova façade calls them."""
+"""The library's front door and composition root: plans, live handles, spawn and snapshot.
+
+Everything that decides *what* runs is made here (a :class:`~vsan_flows.runtime.plan.Plan`:
+factory, JSON arguments, token-derived names); the runtime only runs plans. The live objects
+a flow needs (vSphere session, image service, policy) come as one closeable :class:`Handles`,
+so callers never touch a vSphere session themselves.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from oslo_config import cfg
 
 from vsan_flows import conf as vconf
-from vsan_flows import exceptions
+from vsan_flows import exceptions, names
 from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
+from vsan_flows.runtime.plan import Plan
 from vsan_flows.vsphere.session import VSphere, connect
 
-__all__ = ["connect", "live_handles", "resume_unfinished", "snapshot", "spawn"]
+__all__ = ["Handles", "Plan", "open_handles", "plan", "resume_unfinished", "snapshot",
+           "spawn"]
 
 SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
 SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
@@ -27,28 +36,13 @@ def image_service(conf: cfg.ConfigOpts) -> ImageService:
 # operation -> (flow factory, the names a flow gives things in vCenter, from its token).
 # Every such name carries the token, fixed before the flow runs, so a revert after a crash
 # finds things by these persisted names.
-OPERATIONS = {
+OPERATIONS: dict[str, tuple[str, Callable[[str], dict]]] = {
     "spawn": (SPAWN_FACTORY,
-              lambda token: {"import_vm_name": f"vsanflows-import-{token}"}),
+              lambda token: {names.IMPORT_VM_NAME: f"vsanflows-import-{token}"}),
     "snapshot": (SNAPSHOT_FACTORY,
-                 lambda token: {"snapshot_name": f"vsanflows-snapshot-{token}",
-                                "clone_vm_name": f"vsanflows-export-{token}"}),
+                 lambda token: {names.SNAPSHOT_NAME: f"vsanflows-snapshot-{token}",
+                                names.CLONE_VM_NAME: f"vsanflows-export-{token}"}),
 }
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything that defines one flow run, all JSON-able facts: what is persisted."""
-
-    operation: str
-    factory: str
-    factory_kwargs: dict
-    store: dict
-    book_meta: dict
-
-    @property
-    def book_name(self) -> str:
-        return f"{self.operation} {self.store['instance_name']}"
 
 
 def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str,
@@ -57,62 +51,122 @@ def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str
     if operation not in OPERATIONS:
         raise exceptions.FlowError(operation, "is not an operation",
                                    f"Use one of: {', '.join(sorted(OPERATIONS))}.")
-    factory, names = OPERATIONS[operation]
+    factory, token_names = OPERATIONS[operation]
     token = uuid.uuid4().hex[:12]
     return Plan(
         operation=operation, factory=factory,
         factory_kwargs={"retries": conf.vsan_flows.import_retries, **factory_kwargs},
-        store={"instance_name": instance_name, "image_id": image_id, "flow_token": token,
-               **names(token)},
+        store={names.INSTANCE_NAME: instance_name, names.IMAGE_ID: image_id,
+               names.FLOW_TOKEN: token, **token_names(token)},
         book_meta={"operation": operation, "instance": instance_name, "image": image_id,
                    "on_restart": "resume"})
 
 
+# --------------------------------------------------------------------------- live handles
+
+
+class Handles:
+    """The live objects every flow gets as transient values; rebuilt per host, never stored.
+
+    Closing logs out of vCenter, but only a session these handles opened themselves: a
+    session passed in belongs to its caller.
+    """
+
+    def __init__(self, vsphere: VSphere, images: ImageService, policy: Policy, *,
+                 owns_vsphere: bool = False) -> None:
+        self.vsphere = vsphere
+        self.images = images
+        self.policy = policy
+        self._owns_vsphere = owns_vsphere
+
+    def transients(self) -> dict:
+        return {names.VSPHERE: self.vsphere, names.IMAGES: self.images,
+                names.POLICY: self.policy}
+
+    def close(self) -> None:
+        if self._owns_vsphere:
+            self._owns_vsphere = False
+            self.vsphere.close()
+
+    def __enter__(self) -> Handles:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
+                 images: ImageService | None = None) -> Handles:
+    """Live handles from config; pieces passed in are used as they are (and not closed)."""
+    return Handles(vsphere or connect(conf), images or image_service(conf),
+                   Policy.from_conf(conf), owns_vsphere=vsphere is None)
+
+
+# --------------------------------------------------------------------------- operations
+
+
 def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
           vsphere: VSphere | None = None, images: ImageService | None = None,
-          backend=None, listeners: tuple = (), power_on: bool = False) -> dict:
+          handles: Handles | None = None, backend=None, listeners: tuple = (),
+          power_on: bool = False) -> dict:
     """Deploy ``image_id`` as the VM ``instance_name``; returns the flow's facts.
 
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
     been rolled back.
     """
     return _run(conf, plan(conf, "spawn", instance_name, image_id, power_on=power_on),
-                vsphere, images, backend, listeners)
+                handles, vsphere, images, backend, listeners)
 
 
 def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
              vsphere: VSphere | None = None, images: ImageService | None = None,
-             backend=None, listeners: tuple = ()) -> dict:
+             handles: Handles | None = None, backend=None, listeners: tuple = ()) -> dict:
     """Export ``instance_name``'s disk into the existing empty image ``image_id``.
 
     On failure everything temporary is removed and the image is marked killed (or deleted),
     so it can never be mistaken for a usable snapshot.
     """
-    return _run(conf, plan(conf, "snapshot", instance_name, image_id), vsphere, images,
-                backend, listeners)
+    return _run(conf, plan(conf, "snapshot", instance_name, image_id), handles, vsphere,
+                images, backend, listeners)
 
 
-def _run(conf, p: Plan, vsphere, images, backend, listeners) -> dict:
-    return runner.run(
-        p.factory, p.factory_kwargs, p.store, live_handles(conf, vsphere=vsphere, images=images),
-        backend=backend or persistence.open_backend(conf), book_name=p.book_name,
-        book_meta=p.book_meta, engine=conf.vsan_flows.engine, listeners=listeners)
+@contextlib.contextmanager
+def _backend(conf: cfg.ConfigOpts, backend):
+    """The caller's backend, or one opened for this call and closed after it."""
+    if backend is not None:
+        yield backend
+        return
+    own = persistence.open_backend(conf)
+    try:
+        yield own
+    finally:
+        own.close()
 
 
-def live_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
-                 images: ImageService | None = None) -> dict:
-    """The transient values every flow gets; rebuilt on each host, never persisted."""
-    return {
-        "vsphere": vsphere or connect(conf),
-        "images": images or image_service(conf),
-        "policy": Policy.from_conf(conf),
-    }
+def _run(conf, p: Plan, handles, vsphere, images, backend, listeners) -> dict:
+    with contextlib.ExitStack() as stack:
+        if handles is None:
+            handles = stack.enter_context(open_handles(conf, vsphere=vsphere, images=images))
+        store = stack.enter_context(_backend(conf, backend))
+        return runner.run(p, handles.transients(), backend=store,
+                          engine=conf.vsan_flows.engine,
+                          max_workers=conf.vsan_flows.max_workers, listeners=listeners)
 
 
 def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
-                      images: ImageService | None = None,
+                      images: ImageService | None = None, handles: Handles | None = None,
                       backend=None) -> list[tuple[str, str, str]]:
-    """What a restarted compute service calls first: finish or roll back this host's flows."""
-    backend = backend or persistence.open_backend(conf)
-    return runner.resume_all(backend, lambda: live_handles(conf, vsphere=vsphere, images=images),
-                             engine=conf.vsan_flows.engine)
+    """What a restarted compute service calls first: finish or roll back this host's flows.
+
+    No vCenter login unless there is something to resume.
+    """
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(_backend(conf, backend))
+
+        def make_transients() -> dict:
+            live = handles or stack.enter_context(
+                open_handles(conf, vsphere=vsphere, images=images))
+            return live.transients()
+
+        return runner.resume_all(store, make_transients, engine=conf.vsan_flows.engine,
+                                 max_workers=conf.vsan_flows.max_workers)

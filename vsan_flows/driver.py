@@ -13,9 +13,9 @@ from typing import Any
 
 from oslo_config import cfg
 
-from vsan_flows import api, exceptions
+from vsan_flows import api, exceptions, names
 from vsan_flows.images import ImageService
-from vsan_flows.vsphere.session import VSphere
+from vsan_flows.runtime import persistence
 
 # nova.compute.task_states values the vmwareapi driver reports during a snapshot.
 IMAGE_PENDING_UPLOAD = "image_pending_upload"
@@ -62,31 +62,49 @@ class SnapshotFailure(NovaError):
 
 
 class VsanFlowsDriver:
-    def __init__(self, conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
+    """One vCenter session and one flow store per driver, as nova keeps one per process.
+
+    Both are opened on first use (no login and no schema check until there is work) and
+    released by :meth:`close`.
+    """
+
+    def __init__(self, conf: cfg.ConfigOpts, *, handles: api.Handles | None = None,
                  images: ImageService | None = None, backend=None) -> None:
         self.conf = conf
-        self._vsphere = vsphere
+        self._handles = handles
         self._images = images
         self._backend = backend
+        self._owns_backend = backend is None
 
-    def _vs(self) -> VSphere:
-        if self._vsphere is None:  # one session per driver, as nova keeps one per process
-            self._vsphere = api.connect(self.conf)
-        return self._vsphere
+    def _live(self) -> api.Handles:
+        if self._handles is None:
+            self._handles = api.open_handles(self.conf, images=self._images)
+        return self._handles
+
+    def _store(self):
+        if self._backend is None:
+            self._backend = persistence.open_backend(self.conf)
+        return self._backend
+
+    def close(self) -> None:
+        if self._handles is not None:
+            self._handles.close()
+        if self._owns_backend and self._backend is not None:
+            self._backend.close()
+            self._backend = None
 
     def init_host(self, host: str | None = None) -> list[tuple[str, str, str]]:
         """nova calls this when nova-compute starts: finish what a restart interrupted."""
-        # No login unless there is something to resume: live handles are built lazily.
-        return api.resume_unfinished(self.conf, vsphere=self._vsphere, images=self._images,
-                                     backend=self._backend)
+        return api.resume_unfinished(self.conf, handles=self._handles, images=self._images,
+                                     backend=self._store())
 
     def spawn(self, context, instance, image_meta, injected_files, admin_password,
               allocations, network_info=None, block_device_info=None, power_on=True,
               accel_info=None) -> None:
         image_id = _image_id(image_meta)
         try:
-            api.spawn(self.conf, instance.uuid, image_id, vsphere=self._vs(),
-                      images=self._images, backend=self._backend, power_on=power_on)
+            api.spawn(self.conf, instance.uuid, image_id, handles=self._live(),
+                      backend=self._store(), power_on=power_on)
         except exceptions.InvalidImage as exc:
             raise ImageUnacceptable(image_id=image_id, reason=str(exc)) from exc
         except exceptions.ImageNotFound as exc:
@@ -98,8 +116,8 @@ class VsanFlowsDriver:
                  update_task_state: Callable[..., Any]) -> None:
         update_task_state(task_state=IMAGE_PENDING_UPLOAD)
         try:
-            api.snapshot(self.conf, instance.uuid, image_id, vsphere=self._vs(),
-                         images=self._images, backend=self._backend,
+            api.snapshot(self.conf, instance.uuid, image_id, handles=self._live(),
+                         backend=self._store(),
                          listeners=(_on_upload_start(update_task_state),))
         except exceptions.InstanceNotFound as exc:
             raise InstanceNotFound(instance_id=instance.uuid) from exc
@@ -129,7 +147,7 @@ def _on_upload_start(update_task_state: Callable[..., Any]):
 
         def on_event(state, details):
             if (state == states.RUNNING and not told
-                    and details.get("task_name", "").endswith("StreamDiskToImage")):
+                    and details.get("task_name") == names.STREAM_DISK_TO_IMAGE):
                 told.append(True)
                 update_task_state(task_state=IMAGE_UPLOADING,
                                   expected_state=IMAGE_PENDING_UPLOAD)

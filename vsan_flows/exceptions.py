@@ -193,21 +193,6 @@ class LeaseError(VSphereError):
         super().__init__(message)
 
 
-class LeaseExpired(LeaseError):
-    """The lease died under us: timed out on the server, aborted, or lost in a restart."""
-
-    def __init__(self, lease: str | None = None, state: str | None = None) -> None:
-        self.state = state
-        what = f"lease {lease}" if lease else "The lease"
-        st = f" (state {state})" if state else ""
-        super().__init__(
-            f"{what}{st} is no longer usable; leases do not survive restarts or long pauses. "
-            "The transfer is retried with a new lease; if it keeps failing, check vCenter's "
-            "task list and the network between this host and the ESXi hosts.",
-            lease=lease,
-        )
-
-
 class TransferError(VSphereError):
     """Moving disk bytes between the image service and a lease failed."""
 

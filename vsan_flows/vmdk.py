@@ -181,7 +181,7 @@ def _describe(image_id: str | None) -> dict[str, str | None]:
     return {"image_id": image_id}
 
 
-def _read_exact(source: BinaryIO, n: int) -> bytes:
+def read_exact(source: BinaryIO, n: int) -> bytes:
     """Read up to n bytes from a stream that may return short reads (sockets, HTTP bodies)."""
     chunks = []
     remaining = n
@@ -207,7 +207,7 @@ class _Source:
 
     def upto(self, n: int) -> bytes:
         if self._stream is not None and len(self._buf) < n:
-            self._buf += _read_exact(self._stream, n - len(self._buf))
+            self._buf += read_exact(self._stream, n - len(self._buf))
         return self._buf[:n]
 
 

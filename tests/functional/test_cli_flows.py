@@ -29,11 +29,10 @@ from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
 from tests.functional.conftest import make_conf
 from tests.unit.test_inspect import _png_pixels, _rgb
-from vsan_flows import api, exceptions
+from vsan_flows import api, exceptions, imagecache
 from vsan_flows.images import LocalImageService
-from vsan_flows.runtime import inspect, persistence, runner
+from vsan_flows.runtime import graph, inspect, persistence, runner
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 from vsan_flows.vsphere import instances
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,8 +136,8 @@ def _cleanup(conf, vsphere, images, ctl, vms_before) -> None:
         for _book, fd in persistence.list_flow_details(backend):
             if fd.state not in ("SUCCESS", "REVERTED"):
                 with contextlib.suppress(Exception):
-                    runner.revert(backend, fd, api.live_handles(
-                        conf, vsphere=vsphere, images=images))
+                    runner.revert(backend, fd, api.open_handles(
+                        conf, vsphere=vsphere, images=images).transients())
     made = [vm["name"] for vm in ctl.status()["vms"] if vm["name"] not in vms_before]
     # instances first: image cache VMs refuse to go while linked clones use them
     for name in sorted(made, key=lambda n: n.startswith("vsanflows-")):
@@ -366,12 +365,12 @@ def test_graph_png_svg_dot(world, tmp_path):
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     colours = _png_pixels(data)
-    assert _rgb(inspect.STATE_COLOURS["REVERT_FAILURE"]) in colours  # the failed undo
-    assert _rgb(inspect.FAILED_OUTLINE) in colours  # the atom that raised
-    assert _rgb(inspect.STATE_COLOURS["SUCCESS"]) in colours  # steps not yet undone
-    assert _rgb(inspect.STATE_COLOURS["RUNNING"]) in _png_pixels(half.read_bytes())
+    assert _rgb(graph.STATE_COLOURS["REVERT_FAILURE"]) in colours  # the failed undo
+    assert _rgb(graph.FAILED_OUTLINE) in colours  # the atom that raised
+    assert _rgb(graph.STATE_COLOURS["SUCCESS"]) in colours  # steps not yet undone
+    assert _rgb(graph.STATE_COLOURS["RUNNING"]) in _png_pixels(half.read_bytes())
     text = svg.read_text()
-    assert text.lstrip().startswith("<?xml") and inspect.STATE_COLOURS["SUCCESS"] in text
+    assert text.lstrip().startswith("<?xml") and graph.STATE_COLOURS["SUCCESS"] in text
     assert "TransferRetry" in text and "CloneLinkedDisk" in text
     assert "export-retry" in dot.read_text()
     assert "use a .png" in one_error_line(runs[4])
@@ -431,12 +430,12 @@ def test_resume_the_half_done_spawn(world, control, destroy_after):
     name = world.names["half"]
     with contextlib.closing(_backend(world)) as backend:
         image = persistence.find_flow_detail(backend, world.ids["half"])[0].meta["image"]
-    destroy_after.extend([name, cache_vm_name(image, "")])
+    destroy_after.extend([name, imagecache.vm_name(image, "")])
     out = ok(cli(world, "resume", world.ids["half"], "--force", debug=True))
     assert "resumed: SUCCESS" in out
     vms = {vm["name"] for vm in control.status()["vms"]}
     assert name in vms
-    (cached,) = [n for n in vms if n.startswith(cache_vm_name(image, ""))]
+    (cached,) = [n for n in vms if n.startswith(imagecache.vm_name(image, ""))]
     destroy_after[-1] = cached
     report = json.loads(ok(cli(world, "show", world.ids["half"], "-f", "json")))
     assert report["state"] == "SUCCESS"

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import make_conf
-from vsan_flows import api
+from vsan_flows import api, imagecache
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -95,7 +94,7 @@ def _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
     vms = [vm for vm in control.status()["vms"] if vm["name"] == instance]
     assert len(vms) == 1, "exactly one instance VM"
     cached = [vm for vm in control.status()["vms"]
-              if vm["name"].startswith(cache_vm_name(image_id, ""))]
+              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
     assert len(cached) == 1, "exactly one image cache entry"
     destroy_after.append(cached[0]["name"])
     assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
@@ -159,4 +158,4 @@ def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp
     assert [o[2] for o in outcomes] == ["reverted (its flow asks for that)"]
     names = [vm["name"] for vm in control.status()["vms"]]
     assert instance not in names
-    assert not [n for n in names if n.startswith(cache_vm_name(image_id, ""))]
+    assert not [n for n in names if n.startswith(imagecache.vm_name(image_id, ""))]

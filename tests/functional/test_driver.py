@@ -9,9 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from vsan_flows import driver
+from vsan_flows import driver, imagecache
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 
 MiB = 1024 * 1024
 
@@ -25,7 +24,10 @@ def vmdk(tmp_path_factory):
 
 @pytest.fixture
 def nova(sim_conf, vsphere, images):
-    return driver.VsanFlowsDriver(sim_conf, vsphere=vsphere, images=images)
+    from vsan_flows import api
+
+    return driver.VsanFlowsDriver(sim_conf, handles=api.open_handles(sim_conf, vsphere=vsphere,
+                                                                     images=images))
 
 
 def _spawn(nova, images, vmdk, destroy_after, control, power_on=True):
@@ -35,7 +37,7 @@ def _spawn(nova, images, vmdk, destroy_after, control, power_on=True):
     nova.spawn(None, instance, SimpleNamespace(id=image_id), [], "admin-pw", {},
                power_on=power_on)
     cached = [vm["name"] for vm in control.status()["vms"]
-              if vm["name"].startswith(cache_vm_name(image_id, ""))]
+              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
     destroy_after.extend(cached)
     return instance
 
@@ -85,10 +87,10 @@ def test_no_secret_in_any_persisted_row_or_log_line(simulator, wsdl_url, tmp_pat
     conf = make_conf(simulator, wsdl_url, tmp_path,
                      vsan_flows__persistence_connection=f"sqlite:///{db}")
     caplog.set_level(logging.DEBUG)
-    vsphere = api.connect(conf)
-    cookies = [c.value for c in vsphere.session.vim.client.cookiejar]
+    handles = api.open_handles(conf, images=images)
+    cookies = handles.vsphere.cookies()
     assert cookies, "the session has a cookie to look for"
-    nova = driver.VsanFlowsDriver(conf, vsphere=vsphere, images=images)
+    nova = driver.VsanFlowsDriver(conf, handles=handles)
     instance = _spawn(nova, images, vmdk, destroy_after, control, power_on=False)
     nova.snapshot(None, instance, images.create({"name": "s"}), lambda **kw: None)
     control.fail_method("CreateVM_Task", "SystemError")
@@ -112,3 +114,4 @@ def test_no_secret_in_any_persisted_row_or_log_line(simulator, wsdl_url, tmp_pat
     for secret in cookies:
         assert secret not in logged
     assert "/nfc/httpnfclease" not in logged
+    nova.close()

@@ -23,9 +23,9 @@ import pytest
 
 from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
-from vsan_flows.runtime import jobboard
+from vsan_flows import api, imagecache
+from vsan_flows.runtime import conductor, jobs
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -134,7 +134,7 @@ def _forget_after(destroy_after, instance: str, image_id: str, control) -> None:
     """Instance first (it links to the cache VM), then this image's cache entry."""
     destroy_after.append(instance)
     destroy_after.extend(vm["name"] for vm in control.status()["vms"]
-                         if vm["name"].startswith(cache_vm_name(image_id, "")))
+                         if vm["name"].startswith(imagecache.vm_name(image_id, "")))
 
 
 def _vms_named(control, name: str) -> list[dict]:
@@ -154,8 +154,8 @@ def test_two_conductors_run_each_job_exactly_once(rig, images, vmdk, control, de
         work.append((f"job-{i}-{uuid.uuid4().hex[:6]}", image_id))
     # Every transfer takes ~2 s: a conductor is busy long enough for the other to claim.
     control.throttle_nfc(8 * MiB, count=len(work) + 1, direction="upload")
-    with jobboard.connect(conf) as board:
-        job_ids = [jobboard.post(conf, "spawn", inst, image_id, board=board)
+    with jobs.connect(conf) as board:
+        job_ids = [jobs.post(conf, api.plan(conf, "spawn", inst, image_id), board=board)
                    for inst, image_id in work]
 
     # The CLI: list shows the board, post --wait runs one more job and prints its facts.
@@ -170,7 +170,7 @@ def test_two_conductors_run_each_job_exactly_once(rig, images, vmdk, control, de
         assert posted.returncode == 0, posted.stderr
         cli_job = posted.stdout.splitlines()[0].strip()
         assert f'"instance_name": "{cli_instance}"' in posted.stdout
-        results = [jobboard.wait(conf, job_id, 90) for job_id in job_ids]
+        results = [jobs.wait(conf, job_id, 90) for job_id in job_ids]
     finally:
         for inst, image_id in work:
             _forget_after(destroy_after, inst, image_id, control)
@@ -187,7 +187,7 @@ def test_two_conductors_run_each_job_exactly_once(rig, images, vmdk, control, de
     assert sorted(all_run) == sorted([*job_ids, cli_job]), (ran_a, ran_b)
     print(f"\ndistribution: {a.name} ran {len(ran_a)}, {b.name} ran {len(ran_b)}")
     assert ran_a and ran_b, f"one conductor did all the work: {ran_a} / {ran_b}"
-    with jobboard.connect(conf) as board:
+    with jobs.connect(conf) as board:
         assert list(board.iterjobs(ensure_fresh=True)) == []
 
 
@@ -203,9 +203,9 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
     control.throttle_nfc(2 * MiB, direction="upload")  # 16 MiB: ~8 s on the wire
     by_name = {a.name: a, b.name: b}
     try:
-        with jobboard.connect(conf) as board:
+        with jobs.connect(conf) as board:
             t_post = time.monotonic()
-            job_id = jobboard.post(conf, "spawn", instance, image_id, board=board)
+            job_id = jobs.post(conf, api.plan(conf, "spawn", instance, image_id), board=board)
             job = next(j for j in board.iterjobs(ensure_fresh=True) if j.uuid == job_id)
             owner = _wait_for(lambda: board.find_owner(job), 30, "a claim")
             t_claim = time.monotonic()
@@ -219,7 +219,7 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
             control.reset()  # the restarted transfer runs at full speed
             _wait_for(lambda: board.find_owner(job) == survivor.name, 60, "the takeover")
             t_takeover = time.monotonic()
-            result = jobboard.wait(conf, job_id, 90, board=board)
+            result = jobs.wait(conf, job_id, 90, board=board)
             t_done = time.monotonic()
     finally:
         _forget_after(destroy_after, instance, image_id, control)
@@ -231,7 +231,7 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
     vms = _vms_named(control, instance)
     assert len(vms) == 1
     cached = [vm for vm in control.status()["vms"]
-              if vm["name"].startswith(cache_vm_name(image_id, ""))]
+              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
     assert len(cached) == 1
     assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
     # The cut transfer and its restart through the Retry; nothing else imported.
@@ -279,15 +279,14 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
     conductor completes it without transferring again."""
     import threading
 
-    from vsan_flows import api
-
     conf, _ = rig
-    live = api.live_handles(conf, vsphere=vsphere, images=images)
-    missing = jobboard.post(conf, "spawn", f"nothing-{uuid.uuid4().hex[:6]}", "no-such-image")
-    counts = jobboard.run_conductor(conf, max_jobs=1, transients=live)
+    live = api.open_handles(conf, vsphere=vsphere, images=images).transients()
+    missing = jobs.post(conf, api.plan(conf, "spawn", f"nothing-{uuid.uuid4().hex[:6]}",
+                                       "no-such-image"))
+    counts = conductor.run_conductor(conf, live, max_jobs=1)
     assert counts == {"consumed": 1, "released": 0, "trashed": 0}
-    with pytest.raises(jobboard.JobFailed) as failed:
-        jobboard.wait(conf, missing, 10)
+    with pytest.raises(jobs.JobFailed) as failed:
+        jobs.wait(conf, missing, 10)
     assert failed.value.error_type.endswith("ImageNotFound"), failed.value.error_type
     assert "no-such-image" in str(failed.value)
 
@@ -295,11 +294,11 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
     instance = f"stopped-{uuid.uuid4().hex[:6]}"
     before = control.calls("ImportVApp")
     control.throttle_nfc(4 * MiB, direction="upload")  # ~4 s on the wire
-    job_id = jobboard.post(conf, "spawn", instance, image_id)
+    job_id = jobs.post(conf, api.plan(conf, "spawn", instance, image_id))
     stop = threading.Event()
     outcome: dict = {}
     worker = threading.Thread(target=lambda: outcome.update(
-        jobboard.run_conductor(conf, stop_event=stop, transients=live)))
+        conductor.run_conductor(conf, live, stop_event=stop)))
     try:
         worker.start()
         _wait_for(lambda: any(sum((lease.get("transferred") or {}).values()) > 0
@@ -309,11 +308,11 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
         worker.join(60)
         assert not worker.is_alive()
         assert outcome == {"consumed": 0, "released": 1, "trashed": 0}
-        with jobboard.connect(conf) as board:
+        with jobs.connect(conf) as board:
             (job,) = [j for j in board.iterjobs(ensure_fresh=True) if j.uuid == job_id]
             assert job.state == "UNCLAIMED"
-        assert jobboard.run_conductor(conf, max_jobs=1, transients=live)["consumed"] == 1
-        result = jobboard.wait(conf, job_id, 10)
+        assert conductor.run_conductor(conf, live, max_jobs=1)["consumed"] == 1
+        result = jobs.wait(conf, job_id, 10)
     finally:
         _forget_after(destroy_after, instance, image_id, control)
     assert result["instance_name"] == instance

@@ -17,6 +17,18 @@ from vsan_flows import exceptions
 from vsan_flows.simulator import disks
 from vsan_flows.vsphere import inventory, transfer, vm
 
+
+def _find_vm(session, name: str):
+    """The VM called ``name`` anywhere in the inventory, or None (a full scan: tests only)."""
+    from oslo_vmware import vim_util
+
+    with vim_util.WithRetrieval(session.vim, session.invoke_api(
+            vim_util, "get_objects", session.vim, "VirtualMachine", 100, ["name"])) as objs:
+        for obj in objs:
+            if any(p.name == "name" and p.val == name for p in obj.propSet or []):
+                return obj.obj
+    return None
+
 MiB = 1024 * 1024
 
 
@@ -80,7 +92,7 @@ def test_import_and_export_round_trip(vim_session, simulator, control, image_64m
     up_s = time.monotonic() - t0
     assert writer.response_status == 200
     transfer.complete(vim_session, lease)
-    vm_ref = vm.find_by_name(vim_session, name)
+    vm_ref = _find_vm(vim_session, name)
     try:
         sizes = _file_sizes(control, name)
         assert image_64m.stat().st_size in sizes.values(), sizes
@@ -126,7 +138,7 @@ def open_import(vim_session):
     yield start
     for name, lease in made:
         transfer.abort(vim_session, lease)
-        leftover = vm.find_by_name(vim_session, name)
+        leftover = _find_vm(vim_session, name)
         if leftover is not None:
             vm.destroy(vim_session, leftover)
 
@@ -209,7 +221,7 @@ def test_leak_check_catches_a_planted_leak(vim_session, leak_check, simulator):
     assert any(line.startswith("lease") for line in found), found
     assert any(line.startswith("file") and name in line for line in found), found
     transfer.abort(vim_session, lease)
-    leftover = vm.find_by_name(vim_session, name)
+    leftover = _find_vm(vim_session, name)
     if leftover is not None:
         vm.destroy(vim_session, leftover)
     assert leak_check.leaks(before) == []

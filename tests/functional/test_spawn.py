@@ -10,9 +10,8 @@ import uuid
 
 import pytest
 
-from vsan_flows import api, exceptions
+from vsan_flows import api, exceptions, imagecache
 from vsan_flows.simulator import disks
-from vsan_flows.tasks.shadow_vm import cache_vm_name
 
 MiB = 1024 * 1024
 
@@ -47,7 +46,7 @@ def test_spawn_links_the_instance_disk_to_the_cached_image(
 
     assert result["datastore"]["type"] == "vsan"
     status = {vm["name"]: vm for vm in control.status()["vms"]}
-    shadow = status[cache_vm_name(image_id, result["datastore"]["moref"])]
+    shadow = status[imagecache.vm_name(image_id, result["datastore"]["moref"])]
     instance = status[name]
     assert instance["disks"][0]["parent"] == shadow["disks"][0]["file"]
     assert shadow["power_state"] == "poweredOff"

@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import zlib
-from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -27,7 +26,7 @@ from taskflow.persistence import models
 
 from vsan_flows import exceptions
 from vsan_flows.cmd import flows as cli_flows
-from vsan_flows.runtime import inspect, persistence, runner
+from vsan_flows.runtime import graph, inspect, persistence, runner
 
 FACTORY = "tests.unit.test_inspect.make_demo_flow"
 SECRET = "hunter2-not-for-eyes"
@@ -283,7 +282,7 @@ def test_show_without_the_factory_still_lists_stored_atoms(sqlite_backend):
     assert {a["short_name"] for a in report["atoms"]} == {
         "Prepare", "copy-retry", "Flaky", "Finish", "Sticky", "Boom"}
     with pytest.raises(exceptions.FlowError, match="cannot rebuild"):
-        inspect.flow_dot(sqlite_backend, flow_id)
+        graph.flow_dot(sqlite_backend, flow_id)
 
 
 @pytest.mark.parametrize("value", [
@@ -356,13 +355,13 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
 
 def test_dot_text_colours_atoms_by_state(backend):
     flow_id = run_flow(backend, boom=1, sticky=1)
-    dot = inspect.flow_dot(backend, flow_id)
+    dot = graph.flow_dot(backend, flow_id)
     line = {m.group(1): m.group(0) for m in re.finditer(r'^\s*"([^"]+)" \[.*$', dot, re.M)}
     sticky = line["tests.unit.test_inspect.Sticky"]
-    assert inspect.STATE_COLOURS[states.REVERT_FAILURE] in sticky
+    assert graph.STATE_COLOURS[states.REVERT_FAILURE] in sticky
     boom = line["tests.unit.test_inspect.Boom"]
-    assert inspect.STATE_COLOURS[states.REVERTED] in boom
-    assert inspect.FAILED_OUTLINE in boom and "raised VSphereError" in boom
+    assert graph.STATE_COLOURS[states.REVERTED] in boom
+    assert graph.FAILED_OUTLINE in boom and "raised VSphereError" in boom
     assert "shape=hexagon" in line["copy-retry"]
     assert "subgraph cluster_" in dot and "re-run as a whole by copy-retry" in dot
     assert '"copy-retry" -> "tests.unit.test_inspect.Flaky" [style=dashed' in dot
@@ -375,28 +374,28 @@ def test_dot_text_colours_atoms_by_state(backend):
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz not installed")
 def test_png_shows_the_failed_atoms_colour(backend, tmp_path):
     flow_id = run_flow(backend, boom=1, sticky=1)
-    dot = inspect.flow_dot(backend, flow_id)
+    dot = graph.flow_dot(backend, flow_id)
     out = tmp_path / "flow.png"
-    assert inspect.render(dot, str(out)) == "png"
+    assert graph.render(dot, str(out)) == "png"
     colours = _png_pixels(out.read_bytes())
-    assert _rgb(inspect.STATE_COLOURS[states.REVERT_FAILURE]) in colours
-    assert _rgb(inspect.FAILED_OUTLINE) in colours
+    assert _rgb(graph.STATE_COLOURS[states.REVERT_FAILURE]) in colours
+    assert _rgb(graph.FAILED_OUTLINE) in colours
     assert not list(tmp_path.glob(".vsan-flows-graph-*"))  # no temporary left behind
     svg = tmp_path / "flow.svg"
-    inspect.render(dot, str(svg))
-    assert inspect.STATE_COLOURS[states.REVERT_FAILURE] in svg.read_text()
+    graph.render(dot, str(svg))
+    assert graph.STATE_COLOURS[states.REVERT_FAILURE] in svg.read_text()
 
 
 def test_render_dot_and_bad_names(backend, tmp_path):
     flow_id = run_flow(backend)
-    dot = inspect.flow_dot(backend, flow_id)
-    assert inspect.render(dot, str(tmp_path / "f.dot")) == "dot"
+    dot = graph.flow_dot(backend, flow_id)
+    assert graph.render(dot, str(tmp_path / "f.dot")) == "dot"
     assert (tmp_path / "f.dot").read_text() == dot
     with pytest.raises(ValueError, match="use a .png"):
-        inspect.render(dot, str(tmp_path / "f.jpeg"))
+        graph.render(dot, str(tmp_path / "f.jpeg"))
     if shutil.which("dot"):
         with pytest.raises(RuntimeError, match="Graphviz dot failed"):
-            inspect.render("digraph {", str(tmp_path / "broken.png"))
+            graph.render("digraph {", str(tmp_path / "broken.png"))
         assert not (tmp_path / "broken.png").exists()
         proc = subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True)
         assert proc.returncode == 0, proc.stderr
@@ -433,71 +432,6 @@ def test_purge_candidates_are_old_finished_flows(sqlite_backend):
     assert found == ["old-ok", "old-bad"]  # never FAILURE (needs an admin) or unfinished
 
 
-# --------------------------------------------------------------------------- CLI guard rails
-
-
-def _args(**kw) -> argparse.Namespace:
-    base = {"force": False, "take_over": None, "yes": False}
-    return argparse.Namespace(**{**base, **kw})
-
-
-def _flow(state: str, host: str | None = None, abandoned: bool = False):
-    book = SimpleNamespace(meta={"host": host or runner.host_name()})
-    fd = SimpleNamespace(uuid="f-1", state=state,
-                         meta={"abandoned": {"at": "then", "by": "me"}} if abandoned else {})
-    return book, fd
-
-
-def test_guard_refuses_another_hosts_flow():
-    book, fd = _flow(states.SUSPENDED, host="compute-07")
-    with pytest.raises(exceptions.FlowError, match="belongs to host compute-07.*--take-over"):
-        cli_flows._check_may_act(book, fd, _args(force=True), "resume")
-    cli_flows._check_may_act(book, fd, _args(take_over="compute-07"), "resume")
-    with pytest.raises(exceptions.FlowError, match="belongs to host compute-07"):
-        cli_flows._check_may_act(book, fd, _args(take_over="compute-08"), "resume")
-
-
-def test_guard_running_on_this_host_needs_force():
-    book, fd = _flow(states.RUNNING)
-    with pytest.raises(exceptions.FlowError, match="may be running right now.*--force"):
-        cli_flows._check_may_act(book, fd, _args(), "revert")
-    cli_flows._check_may_act(book, fd, _args(force=True), "revert")
-    cli_flows._check_may_act(*_flow(states.SUSPENDED), _args(), "revert")
-
-
-def test_guard_abandoned_needs_force():
-    book, fd = _flow(states.FAILURE, abandoned=True)
-    with pytest.raises(exceptions.FlowError, match="abandoned"):
-        cli_flows._check_may_act(book, fd, _args(), "revert")
-
-
-def test_abandoned_means_failure_with_the_record(sqlite_backend):
-    flow_id = run_flow(sqlite_backend, run=False)
-    _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
-    fd.meta = {**fd.meta, "abandoned": {"at": "now", "by": "admin", "previous_state": "PENDING"}}
-    fd.state = states.FAILURE
-    with contextlib.closing(sqlite_backend.get_connection()) as conn:
-        conn.update_flow_details(fd)
-    (row,) = inspect.list_flows(sqlite_backend, state=["abandoned"])
-    assert row["abandoned"] and cli_flows._is_abandoned(fd)
-    assert inspect.purge_candidates(sqlite_backend, dt.timedelta(0)) == []
-    assert inspect.purge_candidates(sqlite_backend, dt.timedelta(0),
-                                    include_abandoned=True)[0]["id"] == flow_id
-    runner.revert(sqlite_backend, fd, {})  # revert --force
-    (row,) = inspect.list_flows(sqlite_backend)
-    assert row["state"] == states.REVERTED and not row["abandoned"]
-    assert inspect.show_flow(sqlite_backend, flow_id)["abandoned_details"]["by"] == "admin"
-
-
-def test_confirmation_refuses_without_a_terminal(monkeypatch):
-    import io
-
-    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
-    with pytest.raises(exceptions.VsanFlowsError, match="stdin is not a terminal.*--yes"):
-        cli_flows._confirm(_args(), "abandon flow f-1", "Abandon?")
-    assert cli_flows._confirm(_args(yes=True), "abandon flow f-1", "Abandon?")
-
-
 def test_revert_retries_a_failed_undo(sqlite_backend):
     flow_id = run_flow(sqlite_backend, boom=1, sticky=1)
     _book, fd = persistence.find_flow_detail(sqlite_backend, flow_id)
@@ -521,12 +455,18 @@ def test_revert_a_pending_flow(sqlite_backend):
     assert fd.state == states.REVERTED
 
 
-def test_secrets_scrubber_knows_the_configured_values():
-    conf = SimpleNamespace(
-        vmware=SimpleNamespace(host_password="vc-Pa55word"),
-        vsan_flows=SimpleNamespace(persistence_connection="postgresql://u:db%40pw@h/x"))
-    secrets = cli_flows._Secrets(conf)
-    text = secrets.scrub("<ns0:password>vc-Pa55word</ns0:password> db@pw db%40pw "
-                         "Cookie: vmware_soap_session=zzz; /nfc/52aa-bb/disk")
-    assert "vc-Pa55word" not in text and "db@pw" not in text and "db%40pw" not in text
-    assert "vmware_soap_session" not in text and "zzz" not in text and "52aa" not in text
+# --------------------------------------------------------------------------- CLI
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"force": False, "take_over": None, "yes": False}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_confirmation_refuses_without_a_terminal(monkeypatch):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))
+    with pytest.raises(exceptions.VsanFlowsError, match="stdin is not a terminal.*--yes"):
+        cli_flows._confirm(_args(), "abandon flow f-1", "Abandon?")
+    assert cli_flows._confirm(_args(yes=True), "abandon flow f-1", "Abandon?")

@@ -17,6 +17,7 @@ from oslo_config import cfg
 from taskflow.persistence import models
 
 from vsan_flows import conf as vconf
+from vsan_flows import redaction
 from vsan_flows.exceptions import ConfigError, FlowError
 from vsan_flows.runtime import persistence
 
@@ -43,7 +44,7 @@ from vsan_flows.runtime import persistence
     ],
 )
 def test_mask_url(url, masked):
-    assert persistence.mask_url(url) == masked
+    assert redaction.mask_url(url) == masked
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message="\\s*Eventlet is deprecated")
-    for noisy in ("suds", "urllib3", "oslo_vmware", "stevedore"):
+    # The flow log (every transition, failures with tracebacks) is the service's record; the
+    # CLI reports the outcome in one line instead, unless --debug.
+    for noisy in ("suds", "urllib3", "oslo_vmware", "stevedore", "vsan_flows.flow"):
         if not args.debug:
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:

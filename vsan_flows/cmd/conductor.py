@@ -22,7 +22,7 @@ import threading
 
 from oslo_config import cfg
 
-from vsan_flows import redaction
+from vsan_flows.cmd import output
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,19 +57,15 @@ def _quiet(args: argparse.Namespace) -> None:
         logging.getLogger("taskflow.utils.kazoo_utils").setLevel(logging.ERROR)
 
 
-def _out(text: str) -> None:
-    print(redaction.redact(text), flush=True)
-
-
 def cmd_conductor(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     _quiet(args)
-    from vsan_flows.runtime import jobboard
+    from vsan_flows import api
+    from vsan_flows.runtime import conductor
 
     if args.max_jobs is not None and args.max_jobs < 1:
         raise ValueError("--max-jobs must be at least 1")
     # Claims, stops and releases are what an operator watches a conductor for.
-    log = logging.getLogger(jobboard.__name__)
-    log.setLevel(min(logging.INFO, log.getEffectiveLevel()))
+    output.log_level_at_least_info(conductor.__name__)
     stop = threading.Event()
 
     def on_signal(signum, _frame):
@@ -82,54 +78,55 @@ def cmd_conductor(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        counts = jobboard.run_conductor(conf, stop_event=stop, max_jobs=args.max_jobs)
+        # Live handles once, before the first claim: a wrong vCenter setting fails here.
+        with api.open_handles(conf) as handles:
+            counts = conductor.run_conductor(conf, handles.transients(), stop_event=stop,
+                                             max_jobs=args.max_jobs)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print(f"vsan-flows conductor {jobboard.conductor_name(conf)}: {counts['consumed']} job(s) "
-          f"done, {counts['released']} released, {counts['trashed']} trashed",
+    print(f"vsan-flows conductor {conductor.conductor_name(conf)}: {counts['consumed']} "
+          f"job(s) done, {counts['released']} released, {counts['trashed']} trashed",
           file=sys.stderr, flush=True)
     return 0
 
 
 def cmd_post(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     _quiet(args)
-    from vsan_flows.runtime import jobboard, persistence
+    from vsan_flows import api
+    from vsan_flows.runtime import jobs, persistence
 
     kwargs = {"power_on": True} if args.power_on else {}
     if args.power_on and args.operation != "spawn":
         raise ValueError("--power-on applies to spawn only")
+    plan = api.plan(conf, args.operation, args.instance, args.image, **kwargs)
     backend = persistence.open_backend(conf)
     try:
-        with jobboard.connect(conf, backend) as board:
-            job_id = jobboard.post(conf, args.operation, args.instance, args.image,
-                                   backend=backend, board=board, **kwargs)
-            _out(job_id)
+        with jobs.connect(conf, backend) as board:
+            job_id = jobs.post(conf, plan, backend=backend, board=board)
+            output.out(job_id)
             if not args.wait:
                 return 0
-            result = jobboard.wait(conf, job_id, args.timeout, backend=backend, board=board)
+            result = jobs.wait(conf, job_id, args.timeout, backend=backend, board=board)
     finally:
         backend.close()
-    _out(json.dumps(result, indent=2, sort_keys=True, default=str))
+    output.out(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 
 
 def cmd_list(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     _quiet(args)
-    from vsan_flows.runtime import jobboard
+    from vsan_flows.runtime import jobs
 
-    rows = jobboard.list_jobs(conf)
+    rows = jobs.list_jobs(conf)
     if args.format == "json":
-        _out(json.dumps(rows, indent=2))
+        output.out(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        _out("no jobs on the board")
+        output.out("no jobs on the board")
         return 0
-    head = ("JOB", "STATE", "OWNER", "OPERATION", "INSTANCE", "IMAGE", "POSTED")
-    table = [head] + [(r["id"], r["state"], r["owner"] or "-", r["operation"] or "?",
-                       r["instance"] or "?", r["image"] or "?", r["posted"] or "?")
-                      for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
-    _out("\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                   for row in table))
+    output.out(output.table(
+        [(r["id"], r["state"], r["owner"], r["operation"] or "?", r["instance"] or "?",
+          r["image"] or "?", r["posted"] or "?") for r in rows],
+        ("JOB", "STATE", "OWNER", "OPERATION", "INSTANCE", "IMAGE", "POSTED")))
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 from oslo_config import cfg
 
 from vsan_flows import conf as vconf
+from vsan_flows import redaction
 
 MiB = 1024 * 1024
 
@@ -64,7 +65,6 @@ def run(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     # command (flows list, ...) would otherwise pay for on each call.
     from vsan_flows import api
     from vsan_flows.cmd.progress import terminal_progress
-    from vsan_flows.images import LocalImageService
     from vsan_flows.runtime import persistence
     from vsan_flows.simulator import disks, launcher, wsdl
 
@@ -82,9 +82,9 @@ def run(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
         _say(f"  vCenter (simulated) at {sim.host}:{sim.port}; datastores: " +
              ", ".join(f"{d['name']} ({d['type']})" for d in sim.datastores))
         backend = persistence.open_backend(conf)
-        _say(f"  flow store: {persistence.mask_url(vconf.persistence_url(conf))}")
-        vsphere = _timed("vCenter login", api.connect, conf)
-        images = LocalImageService(vconf.image_store_dir(conf))
+        _say(f"  flow store: {redaction.mask_url(vconf.persistence_url(conf))}")
+        live = _timed("vCenter login", api.open_handles, conf)
+        images = live.images
 
         src = work / "demo-image.vmdk"
         _timed(f"made a {args.size_mib} MiB streamOptimized image", disks.make_stream_optimized,
@@ -92,8 +92,7 @@ def run(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
         image_id = images.add_file(src, name="demo-image")
         _say(f"  image {image_id}: {src.stat().st_size / MiB:.1f} MiB file")
 
-        handles = {"vsphere": vsphere, "images": images, "backend": backend,
-                   "listeners": (terminal_progress,)}
+        handles = {"handles": live, "backend": backend, "listeners": (terminal_progress,)}
         suffix = time.strftime("%H%M%S")
         first, second, third = (f"demo-{n}-{suffix}" for n in ("a", "b", "from-snap"))
 
@@ -115,6 +114,7 @@ def run(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
         _say(f"spawn {third} from the snapshot")
         r3 = _timed("spawn", api.spawn, conf, third, snap_id, **handles)
         _say(f"  -> {r3['instance_vm']['name']} linked to {r3['shadow_vm']['name']}")
+        live.close()
     finally:
         sim.stop()
     inspect_conf = work / "inspect.conf"

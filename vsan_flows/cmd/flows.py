@@ -1,26 +1,12 @@
 """`vsan-flows flows ...`: list, show, draw, resume, revert, abandon and purge stored flows.
 
-The views (list/show/graph) read the store only; they go through
-:mod:`vsan_flows.runtime.inspect`, which returns plain dicts, so this module is formatting
-and the guard rails around the commands that change something:
-
-* **Ownership.** Every flow's logbook names the host that runs it; that host's compute
-  service resumes it on restart. Acting on another host's flow from here would race it, so
-  resume/revert/abandon refuse, unless the admin types that host's name (``--take-over
-  HOST``) to say it is gone for good; the flow then belongs to this host.
-* **Running right now.** The store records no process id, so "RUNNING" cannot be told apart
-  from "was RUNNING when the process died". A RUNNING flow of this host is refused unless
-  ``--force`` says no process runs it (e.g. after a crash, while the service is stopped).
-* **Abandon keeps the record.** ``abandon`` sets the flow's state to FAILURE (terminal: the
-  restart path only resumes unfinished states) and records who, when, why and the previous
-  state in the flow detail's meta under ``abandoned``. It does not destroy the flow detail,
-  because the stored results (VM ids, datastore paths, lease ids) are exactly what an admin
-  needs to clean up by hand; ``purge --include-abandoned`` removes it later.
-* **Confirmation.** revert, abandon and purge change or destroy things; they ask unless
-  ``--yes``, and refuse (rather than hang or guess) when stdin is not a terminal.
-* **Secrets.** Everything printed, logged or shown in a ``--debug`` traceback is scrubbed of
-  the configured vCenter and database passwords (literally), session cookies and NFC lease
-  URLs, on top of the CLI-wide redaction.
+This module is argparse, confirmation and formatting. The views (list/show/graph) come from
+:mod:`vsan_flows.runtime.inspect` and :mod:`vsan_flows.runtime.graph` as plain dicts/DOT; the
+state changes and their guard rails (ownership, running-right-now, abandon keeps the record)
+from :mod:`vsan_flows.runtime.admin`. revert, abandon and purge change or destroy things: they
+ask unless ``--yes``, and refuse (rather than hang or guess) when stdin is not a terminal.
+Everything printed, logged or shown in a ``--debug`` traceback is scrubbed of the configured
+vCenter and database passwords, session cookies and NFC lease URLs (:mod:`.output`).
 """
 
 from __future__ import annotations
@@ -33,17 +19,15 @@ import getpass
 import io
 import json
 import logging
-import re
 import sys
-import traceback
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import unquote
 
 from oslo_config import cfg
 
 from vsan_flows import exceptions
+from vsan_flows.cmd import output
 
 LOG = logging.getLogger(__name__)
 
@@ -130,85 +114,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_purge)
 
 
-# --------------------------------------------------------------------------- secrets
-
-
-class _Secrets:
-    """The literal secret values of this configuration, and a scrubber that removes them.
-
-    Pattern-based redaction cannot know a password that appears outside ``user:pass@`` (a
-    SOAP Login envelope logged by suds at debug level, a driver message); the configured
-    values themselves can be removed wherever they appear.
-    """
-
-    def __init__(self, conf: cfg.ConfigOpts) -> None:
-        values = []
-        with contextlib.suppress(cfg.Error, AttributeError):
-            values.append(conf.vmware.host_password)
-        with contextlib.suppress(cfg.Error, AttributeError):
-            url = conf.vsan_flows.persistence_connection or ""
-            match = re.search(r"://[^/@]*?:([^@/]*)@", url)
-            if match:
-                values.append(match.group(1))
-            values += re.findall(r"(?i)[?&;](?:password|passwd|pwd)=([^&;#]*)", url)
-        values += [unquote(v) for v in values if v]
-        # Very short values would shred ordinary text and are not what leaks.
-        self.values = sorted({v for v in values if v and len(v) >= 3}, key=len, reverse=True)
-
-    def scrub(self, text: str) -> str:
-        from vsan_flows.runtime.inspect import scrub
-
-        text = scrub(text)
-        for value in self.values:
-            text = text.replace(value, "***")
-        return text
-
-
-class _ScrubFilter(logging.Filter):
-    def __init__(self, secrets: _Secrets) -> None:
-        super().__init__()
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken record is logging's problem
-            return True
-        cleaned = self.secrets.scrub(message)
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.secrets.scrub(record.exc_text)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
-_SECRETS: _Secrets | None = None
-
-
-def _guard_output(conf: cfg.ConfigOpts) -> _Secrets:
-    """Scrub every later log line and a --debug traceback of this run's secrets."""
-    global _SECRETS
-    secrets = _SECRETS = _Secrets(conf)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_ScrubFilter(secrets))
-
-    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
-        text = "".join(traceback.format_exception(exc_type, exc, tb))
-        sys.stderr.write(secrets.scrub(text))
-
-    sys.excepthook = hook
-    return secrets
-
-
-def _out(text: str = "") -> None:
-    """Print to stdout, scrubbed (results and failures come from the store)."""
-    if _SECRETS is not None:
-        text = _SECRETS.scrub(text)
-    print(text, flush=True)
-
-
 # --------------------------------------------------------------------------- formatting
 
 
@@ -233,14 +138,6 @@ def _duration(seconds: float | None) -> str:
     return f"{days}d{hours:02d}h"
 
 
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r]
-                                           for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
-
-
 def _state_label(row: Mapping) -> str:
     return f"{row['state']} (abandoned)" if row.get("abandoned") else str(row["state"])
 
@@ -259,7 +156,7 @@ def _backend(conf: cfg.ConfigOpts) -> Any:
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     from vsan_flows.runtime import persistence
 
-    _guard_output(conf)
+    output.guard(conf)
     return persistence.open_backend(conf)
 
 
@@ -273,18 +170,18 @@ def cmd_list(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
                                   instance=args.instance, older_than=args.older_than,
                                   newer_than=args.newer_than, host=args.host)
     if args.format == "json":
-        _out(json.dumps([{k: r[k] for k in inspect.LIST_FIELDS} for r in rows], indent=2))
+        output.out(json.dumps([{k: r[k] for k in inspect.LIST_FIELDS} for r in rows], indent=2))
     elif args.format == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(inspect.LIST_FIELDS)
         for r in rows:
             writer.writerow(["" if r[k] is None else r[k] for k in inspect.LIST_FIELDS])
-        _out(buf.getvalue().rstrip("\n"))
+        output.out(buf.getvalue().rstrip("\n"))
     elif not rows:
-        _out("no flows match")
+        output.out("no flows match")
     else:
-        _out(_table([(r["id"], r["operation"], r["instance"], _short_id(r["image"]),
+        output.out(output.table([(r["id"], r["operation"], r["instance"], _short_id(r["image"]),
                       _state_label(r), r["host"], _when(r["started"]), _duration(r["duration"]))
                      for r in rows],
                     ("ID", "OPERATION", "INSTANCE", "IMAGE", "STATE", "HOST", "STARTED",
@@ -332,7 +229,7 @@ def _show_text(report: Mapping) -> str:
                      _when(a["started"]) if a["started"] else None,
                      _when(a["finished"]) if a["finished"] else None,
                      a["result"]))
-    out.append(_table(rows, ("ATOM", "KIND", "STATE", "INTENTION", "ATTEMPTS", "PROGRESS",
+    out.append(output.table(rows, ("ATOM", "KIND", "STATE", "INTENTION", "ATTEMPTS", "PROGRESS",
                              "STARTED", "FINISHED", "RESULT")))
     out.append("  (TaskFlow records no atom start/end times; '-' means not recorded)")
     failed = [a for a in report["atoms"] if a["failure"] or a["revert_failure"]]
@@ -363,69 +260,23 @@ def cmd_show(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     backend = _backend(conf)
     with contextlib.closing(backend):
         report = inspect.show_flow(backend, args.flow_id)
-    _out(json.dumps(report, indent=2) if args.format == "json" else _show_text(report))
+    output.out(json.dumps(report, indent=2) if args.format == "json" else _show_text(report))
     return 0
 
 
 def cmd_graph(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     """`flows graph ID -o FILE`: the execution graph, atoms coloured by state."""
-    from vsan_flows.runtime import inspect
+    from vsan_flows.runtime import graph
 
     backend = _backend(conf)
     with contextlib.closing(backend):
-        dot = inspect.flow_dot(backend, args.flow_id)
-    fmt = inspect.render(dot, args.output)
-    _out(f"wrote {args.output} ({fmt})")
+        dot = graph.flow_dot(backend, args.flow_id)
+    fmt = graph.render(dot, args.output)
+    output.out(f"wrote {args.output} ({fmt})")
     return 0
 
 
-# --------------------------------------------------------------------------- guard rails
-
-
-def _is_abandoned(fd: Any) -> bool:
-    """Abandoned and still in the FAILURE abandon put it in (not forced on since)."""
-    return bool((fd.meta or {}).get("abandoned")) and fd.state == "FAILURE"
-
-
-def _refuse(flow_id: str, problem: str, fix: str | None = None) -> exceptions.FlowError:
-    return exceptions.FlowError(flow_id, problem, fix)
-
-
-def _check_may_act(book: Any, fd: Any, args: argparse.Namespace, action: str) -> None:
-    """Refuse (one clear line) what could race another process or host; see module doc."""
-    from vsan_flows.runtime import runner
-
-    me = runner.host_name()
-    owner = (book.meta or {}).get("host")
-    taking_over = bool(args.take_over) and owner not in (None, me)
-    if owner not in (None, me) and args.take_over != owner:
-        raise _refuse(fd.uuid, f"belongs to host {owner} (state {fd.state}), not {me}",
-                      f"Run `vsan-flows flows {action} {fd.uuid}` on {owner}; if {owner} is "
-                      f"gone for good, add --take-over {owner}.")
-    if args.take_over and owner in (None, me):
-        raise _refuse(fd.uuid, f"already belongs to this host ({me}); --take-over is for "
-                      "flows of another host", "Drop --take-over.")
-    if fd.state in _ACTIVE and not taking_over and not args.force:
-        raise _refuse(fd.uuid, f"is {fd.state} on this host and may be running right now "
-                      "(the store records no process id, so this cannot be checked)",
-                      f"If no nova-compute/vsan-flows process runs it (it crashed, or the "
-                      f"service is stopped), add --force to {action} it.")
-    abandoned = (fd.meta or {}).get("abandoned") if _is_abandoned(fd) else None
-    if abandoned and not args.force:
-        raise _refuse(fd.uuid, f"was abandoned at {abandoned.get('at')} by "
-                      f"{abandoned.get('by')}", f"Add --force to {action} it anyway.")
-
-
-def _take_over(backend: Any, book: Any, args: argparse.Namespace) -> None:
-    """Record this host as the flow's owner, so this host's restarts resume it from now on."""
-    if not args.take_over:
-        return
-    from vsan_flows.runtime import runner
-
-    book.meta = {**(book.meta or {}), "host": runner.host_name(),
-                 "taken_over_from": args.take_over}
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.save_logbook(book)
+# --------------------------------------------------------------------------- actions
 
 
 def _confirm(args: argparse.Namespace, action: str, question: str) -> bool:
@@ -441,7 +292,7 @@ def _confirm(args: argparse.Namespace, action: str, question: str) -> bool:
     sys.stderr.flush()
     answer = stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
-        _out(f"not confirmed: did not {action}")
+        output.out(f"not confirmed: did not {action}")
         return False
     return True
 
@@ -451,119 +302,86 @@ def _describe(book: Any, fd: Any) -> str:
     return f"{meta.get('operation') or fd.name} of {meta.get('instance')!s} ({fd.state})"
 
 
-# --------------------------------------------------------------------------- actions
-
-
-def _with_live_handles(conf: cfg.ConfigOpts, fn: Callable[[Mapping[str, Any]], Any]) -> Any:
-    """Connect to vCenter (as resume on service start does), run ``fn``, log out."""
+def _drive(conf: cfg.ConfigOpts, backend: Any, fd: Any, action: Any, failed: str,
+           hint: str) -> Any:
+    """Run runner.resume/revert on a flow with live handles; its flow detail afterwards."""
     from vsan_flows import api
+    from vsan_flows.runtime import persistence
 
-    transients = api.live_handles(conf)
     try:
-        return fn(transients)
-    finally:
-        with contextlib.suppress(Exception):
-            transients["vsphere"].session.logout()
+        with api.open_handles(conf) as handles:  # as resume on service start does
+            action(backend, fd, handles.transients(), engine=conf.vsan_flows.engine,
+                   max_workers=conf.vsan_flows.max_workers)
+    except exceptions.VsanFlowsError as exc:
+        _b, after = persistence.find_flow_detail(backend, fd.uuid)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise exceptions.FlowError(fd.uuid, f"{failed} {after.state}: {first}", hint) from None
+    return persistence.find_flow_detail(backend, fd.uuid)[1]
+
+
+def _act(conf: cfg.ConfigOpts, args: argparse.Namespace, action: str,
+         check: Callable[[Any], None]) -> tuple[Any, Any, Any]:
+    """Open the store, find the flow, apply the state check and the ownership guard."""
+    from vsan_flows.runtime import admin, persistence
+
+    backend = _backend(conf)
+    book, fd = persistence.find_flow_detail(backend, args.flow_id)
+    check(fd)
+    admin.check_may_act(book, fd, action, force=args.force, take_over=args.take_over)
+    return backend, book, fd
 
 
 def cmd_resume(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     """`flows resume ID`: what the service does on restart, for one flow, now."""
-    from vsan_flows.runtime import persistence, runner
+    from vsan_flows.runtime import admin, runner
 
-    backend = _backend(conf)
+    backend, book, fd = _act(conf, args, "resume", admin.check_resumable)
     with contextlib.closing(backend):
-        book, fd = persistence.find_flow_detail(backend, args.flow_id)
-        if fd.state in ("SUCCESS", "REVERTED"):
-            raise _refuse(fd.uuid, f"already finished ({fd.state}); there is nothing to resume")
-        if fd.state == "FAILURE" and not _is_abandoned(fd):
-            raise _refuse(fd.uuid, "ended in FAILURE (an undo step failed)",
-                          f"Retry the undo with `vsan-flows flows revert {fd.uuid}`.")
-        _check_may_act(book, fd, args, "resume")
-        _take_over(backend, book, args)
-        if _is_abandoned(fd):  # --force: un-abandon, back to where it was
-            meta = dict(fd.meta)
-            fd.state = meta["abandoned"].get("previous_state") or "SUSPENDED"
-            meta["abandoned_earlier"] = meta.pop("abandoned")
-            fd.meta = meta
-            with contextlib.closing(backend.get_connection()) as conn:
-                conn.update_flow_details(fd)
+        if args.take_over:
+            admin.take_over(backend, book, args.take_over)
+        if admin.is_abandoned(fd):  # --force: un-abandon, back to where it was
+            admin.unabandon(backend, fd)
         after = _drive(conf, backend, fd, runner.resume, "resumed, then failed and ended",
                        f"See `vsan-flows flows show {fd.uuid}`.")
-    _out(f"flow {fd.uuid} resumed: {after.state}")
+    output.out(f"flow {fd.uuid} resumed: {after.state}")
     return 0 if after.state == "SUCCESS" else 1
-
-
-def _drive(conf: cfg.ConfigOpts, backend: Any, fd: Any, action: Any, failed: str,
-           hint: str) -> Any:
-    """Run runner.resume/revert on a flow with live handles; its flow detail afterwards."""
-    from vsan_flows.runtime import persistence
-
-    try:
-        _with_live_handles(conf, lambda t: action(backend, fd, t,
-                                                  engine=conf.vsan_flows.engine))
-    except exceptions.VsanFlowsError as exc:
-        _b, after = persistence.find_flow_detail(backend, fd.uuid)
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise _refuse(fd.uuid, f"{failed} {after.state}: {first}", hint) from None
-    return persistence.find_flow_detail(backend, fd.uuid)[1]
 
 
 def cmd_revert(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     """`flows revert ID`: undo a flow (or retry its failed undo); asks first."""
-    from vsan_flows.runtime import persistence, runner
+    from vsan_flows.runtime import admin, runner
 
-    backend = _backend(conf)
+    backend, book, fd = _act(conf, args, "revert", admin.check_revertable)
     with contextlib.closing(backend):
-        book, fd = persistence.find_flow_detail(backend, args.flow_id)
-        if fd.state == "REVERTED":
-            raise _refuse(fd.uuid, "is already REVERTED; there is nothing to undo")
-        if fd.state == "SUCCESS":
-            raise _refuse(fd.uuid, "finished successfully; reverting it would destroy what it "
-                          "built, which belongs to the instance/image now",
-                          "Delete the instance or image through nova/glance instead.")
-        _check_may_act(book, fd, args, "revert")
         if not _confirm(args, f"revert flow {fd.uuid}",
                         f"Revert flow {fd.uuid}, {_describe(book, fd)}? Everything it created "
                         "is destroyed."):
             return 1
-        _take_over(backend, book, args)
+        if args.take_over:
+            admin.take_over(backend, book, args.take_over)
         after = _drive(conf, backend, fd, runner.revert, "revert failed, flow is",
                        f"See `vsan-flows flows show {fd.uuid}`; fix the cause and run "
                        "revert again.")
-    _out(f"flow {fd.uuid} reverted: {after.state}")
+    output.out(f"flow {fd.uuid} reverted: {after.state}")
     return 0 if after.state == "REVERTED" else 1
 
 
 def cmd_abandon(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
-    """`flows abandon ID`: terminal FAILURE + an ``abandoned`` record; see module doc."""
-    from vsan_flows.runtime import persistence, runner
+    """`flows abandon ID`: terminal FAILURE + an ``abandoned`` record (see runtime.admin)."""
+    from vsan_flows.runtime import admin, runner
 
-    backend = _backend(conf)
+    backend, book, fd = _act(conf, args, "abandon", admin.check_abandonable)
     with contextlib.closing(backend):
-        book, fd = persistence.find_flow_detail(backend, args.flow_id)
-        if _is_abandoned(fd):
-            raise _refuse(fd.uuid, "is already abandoned")
-        if fd.state in ("SUCCESS", "REVERTED"):
-            raise _refuse(fd.uuid, f"already finished ({fd.state}); nothing would resume it",
-                          "Remove finished flows with `vsan-flows flows purge`.")
-        _check_may_act(book, fd, args, "abandon")
         if not _confirm(args, f"abandon flow {fd.uuid}",
                         f"Abandon flow {fd.uuid}, {_describe(book, fd)}? It will never be "
                         "resumed, and what it created stays until you remove it."):
             return 1
-        _take_over(backend, book, args)
-        previous = fd.state
-        fd.meta = {**(fd.meta or {}), "abandoned": {
-            "at": dt.datetime.now(dt.UTC).isoformat(),
-            "by": f"{getpass.getuser()}@{runner.host_name()}",
-            "previous_state": previous,
-            "reason": args.reason,
-        }}
-        fd.state = "FAILURE"
-        with contextlib.closing(backend.get_connection()) as conn:
-            conn.update_flow_details(fd)
-    _out(f"flow {fd.uuid} abandoned (was {previous}); it will not be resumed. What it "
-         f"created is listed by `vsan-flows flows show {fd.uuid}`.")
+        if args.take_over:
+            admin.take_over(backend, book, args.take_over)
+        previous = admin.abandon(backend, fd, by=f"{getpass.getuser()}@{runner.host_name()}",
+                                 reason=args.reason)
+    output.out(f"flow {fd.uuid} abandoned (was {previous}); it will not be resumed. What it "
+               f"created is listed by `vsan-flows flows show {fd.uuid}`.")
     return 0
 
 
@@ -576,11 +394,11 @@ def cmd_purge(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
         doomed = inspect.purge_candidates(backend, args.older_than,
                                           include_abandoned=args.include_abandoned)
         if not doomed:
-            _out("nothing to purge")
+            output.out("nothing to purge")
             return 0
         for row in doomed:
             verb = "would purge" if args.dry_run else "purge"
-            _out(f"{verb} {row['id']}  {row['operation']} {row['instance']}  "
+            output.out(f"{verb} {row['id']}  {row['operation']} {row['instance']}  "
                  f"{_state_label(row)}  finished {_when(row['last_change'] or row['started'])}")
         if args.dry_run:
             return 0
@@ -588,5 +406,5 @@ def cmd_purge(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
             return 1
         for row in doomed:
             persistence.destroy_flow_detail(backend, row["id"])
-    _out(f"purged {len(doomed)} flow(s)")
+    output.out(f"purged {len(doomed)} flow(s)")
     return 0

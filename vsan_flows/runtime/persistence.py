@@ -7,7 +7,8 @@ Why this module exists instead of a bare ``taskflow.persistence.backends.fetch(u
   :class:`PersistenceError` (a :class:`~vsan_flows.exceptions.ConfigError`) that names the
   option, the problem (host:port, user, database) and what to do.
 * **The password never leaks.** Database URLs carry passwords and end up in messages and logs;
-  every URL we print goes through :func:`mask_url`, and driver text is scrubbed of the password.
+  every URL we print is masked (:mod:`vsan_flows.redaction`), and driver text is scrubbed of
+  the password.
 * **Drivers we ship.** SQLAlchemy 2.1 maps ``postgresql://`` to psycopg (v3) and ``mysql://`` to
   mysqlclient; we install psycopg2 and PyMySQL, so bare schemes are pointed at those.
 * **Schema upgrades that tolerate company.** Two compute services starting at once on a fresh
@@ -36,7 +37,6 @@ import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote
 
 import sqlalchemy as sa
 from oslo_config import cfg
@@ -50,6 +50,7 @@ from taskflow.persistence.backends import impl_sqlalchemy
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
 from vsan_flows import conf as vconf
+from vsan_flows import redaction
 from vsan_flows.exceptions import ConfigError, FlowError, VsanFlowsError
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ _SQL_SCHEMES = {
     "mariadb": ("mysql+pymysql", "MySQL/MariaDB", 3306),
 }
 _TEST_SCHEMES = ("memory",)
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _SUPPORTED = "sqlite:////path/flows.sqlite, postgresql://user:pass@host/db, " \
     "mysql+pymysql://user:pass@host/db (or memory:// for tests)"
 
@@ -86,8 +88,6 @@ _DRIVER_PACKAGES = {
     "asyncpg": "asyncpg",
 }
 
-_SECRET_QUERY = re.compile(r"([?&;](?:password|passwd|pwd)=)[^&;#]*", re.IGNORECASE)
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 class PersistenceError(ConfigError):
@@ -102,60 +102,13 @@ class PersistenceError(ConfigError):
 
     def __init__(self, kind: str, url: str, problem: str, fix: str) -> None:
         self.kind = kind
-        self.url = mask_url(url)
+        self.url = redaction.mask_url(url)
         super().__init__(OPTION, f"{problem} [{self.url}]", fix)
 
 
-# --------------------------------------------------------------------------- masking
-
-
-def _password_span(url: str) -> tuple[int, int] | None:
-    """Start/end of the password in ``scheme://user:password@host...``, or None.
-
-    Uses the *last* ``@``: an unencoded ``@`` or ``/`` inside a password then still ends up
-    masked. A URL whose query holds an ``@`` is over-masked (host hidden), never under-masked.
-    """
-    match = _SCHEME.match(url)
-    start = match.end() if match else 0
-    at = url.rfind("@", start)
-    if at < 0:
-        return None
-    colon = url.find(":", start, at)
-    if colon < 0 or "/" in url[start:colon]:
-        return None
-    return colon + 1, at
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``.
-
-    Every URL this library prints or logs goes through here. Works on malformed URLs too:
-    it is called on exactly the URLs that failed to parse.
-    """
-    url = str(url)
-    span = _password_span(url)
-    if span is not None:
-        url = url[: span[0]] + "***" + url[span[1] :]
-    return _SECRET_QUERY.sub(r"\1***", url)
-
-
-def _passwords(url: str) -> list[str]:
-    """The password as written and decoded, to scrub from driver messages."""
-    found = []
-    span = _password_span(url)
-    if span is not None:
-        found.append(url[span[0] : span[1]])
-    found += [m.group(0).split("=", 1)[1] for m in _SECRET_QUERY.finditer(url)]
-    found += [unquote(p) for p in found]
-    # Very short "passwords" would mangle the message and are not what leaks.
-    return sorted({p for p in found if len(p) >= 3}, key=len, reverse=True)
-
-
 def _scrub(text: str, url: str) -> str:
-    text = text.replace(url, mask_url(url))
-    for secret in _passwords(url):
-        text = text.replace(secret, "***")
-    return text
+    """Driver text about ``url`` with the URL masked and its password removed literally."""
+    return redaction.Secrets.from_url(url).remove(text.replace(url, redaction.mask_url(url)))
 
 
 # --------------------------------------------------------------------------- URLs
@@ -409,7 +362,7 @@ def open_backend(conf: cfg.ConfigOpts) -> tf_base.Backend:
     except BaseException:
         backend.close()
         raise
-    LOG.info("Flow persistence at %s, schema up to date", mask_url(url))
+    LOG.info("Flow persistence at %s, schema up to date", redaction.mask_url(url))
     return backend
 
 
@@ -584,5 +537,27 @@ def destroy_flow_detail(backend: tf_base.Backend, flow_uuid: str) -> None:
         with engine.begin() as sql:
             sql.execute(t.atomdetails.delete().where(t.atomdetails.c.parent_uuid == fd.uuid))
             sql.execute(t.flowdetails.delete().where(t.flowdetails.c.uuid == fd.uuid))
+    except sa_exc.SQLAlchemyError as exc:
+        raise _explain(exc, engine.url.render_as_string(hide_password=False)) from None
+
+
+def rename_atoms(backend: tf_base.Backend, flow_uuid: str, renames: dict[str, str]) -> None:
+    """Rename atom details of flow ``flow_uuid`` (old name -> new name), in one transaction.
+
+    TaskFlow's connection API never changes an atom detail's name (its ``merge`` copies state
+    and results only), hence the direct UPDATE. Only SQL backends outlive a process, so only
+    they can hold a flow stored by an older release.
+    """
+    engine = getattr(backend, "engine", None)
+    if engine is None or not renames:
+        return
+    t = tf_tables.fetch(sa.MetaData())
+    try:
+        with engine.begin() as sql:
+            for old, new in renames.items():
+                sql.execute(t.atomdetails.update()
+                            .where(t.atomdetails.c.parent_uuid == flow_uuid)
+                            .where(t.atomdetails.c.name == old)
+                            .values(name=new))
     except sa_exc.SQLAlchemyError as exc:
         raise _explain(exc, engine.url.render_as_string(hide_password=False)) from None

@@ -16,14 +16,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import taskflow.engines
-from oslo_vmware import exceptions as vexc
 from taskflow import exceptions as tf_exc
 from taskflow import states
 from taskflow.persistence import backends as tf_backends
 from taskflow.persistence import models
 from taskflow.types import failure as tf_failure
 
-from vsan_flows import exceptions
+from vsan_flows import exceptions, names
+from vsan_flows.runtime import legacy, persistence
+from vsan_flows.runtime.listeners import FlowLogger
+from vsan_flows.runtime.plan import Plan
 
 LOG = logging.getLogger(__name__)
 
@@ -31,12 +33,6 @@ LOG = logging.getLogger(__name__)
 UNFINISHED = (states.RUNNING, states.RESUMING, states.REVERTING, states.SUSPENDED,
               states.SUSPENDING, states.PENDING)
 
-# Tasks whose effect cannot be known after a crash in the middle of them: a transfer that
-# died half way left a partial disk behind an open lease. Instead of re-running them on the
-# same lease, resume fails them, so their subflow's Retry aborts the lease, destroys the
-# half-import and starts over with a fresh one (DESIGN: leases do not survive a crash).
-RESTART_FROM_SCRATCH = ("vsan_flows.tasks.stream.StreamDiskToLease",
-                        "vsan_flows.tasks.stream.StreamDiskToImage")
 
 
 def memory_backend():
@@ -58,16 +54,35 @@ def new_book(backend, name: str, meta: Mapping[str, Any]) -> models.LogBook:
     return book
 
 
-def run(factory: str, factory_kwargs: Mapping[str, Any], store: Mapping[str, Any],
-        transients: Mapping[str, Any], *, backend=None, book_name: str | None = None,
-        book_meta: Mapping[str, Any] | None = None, engine: str = "serial",
-        listeners: tuple = ()) -> dict:
+def engine_options(engine: str, max_workers: int | None) -> dict[str, Any]:
+    """TaskFlow engine options: ``max_workers`` sizes the parallel engine's thread pool."""
+    options: dict[str, Any] = {"engine": engine}
+    if engine == "parallel" and max_workers:
+        options["max_workers"] = max_workers
+    return options
+
+
+def prepare(plan: Plan, backend, *, host: str | None = None, engine: str = "serial",
+            max_workers: int | None = None):
+    """Save ``plan``'s logbook and flow detail (store injected) without running anything.
+
+    Returns the logbook and the engine, ready to run here once live handles are injected, or
+    to be dropped when the flow is handed to a conductor (which rebuilds it from the detail).
+    """
+    meta = dict(plan.book_meta)
+    if host is not None:
+        meta["host"] = host
+    book = new_book(backend, plan.book_name, meta)
+    return book, taskflow.engines.load_from_factory(
+        plan.factory, factory_kwargs=dict(plan.factory_kwargs), store=dict(plan.store),
+        book=book, backend=backend, **engine_options(engine, max_workers))
+
+
+def run(plan: Plan, transients: Mapping[str, Any], *, backend=None, engine: str = "serial",
+        max_workers: int | None = None, listeners: tuple = ()) -> dict:
     """Run a new flow to the end; returns its results, or raises one of our errors."""
-    backend = backend or memory_backend()
-    book = new_book(backend, book_name or factory, book_meta or {})
-    eng = taskflow.engines.load_from_factory(
-        factory, factory_kwargs=dict(factory_kwargs), store=dict(store), book=book,
-        backend=backend, engine=engine)
+    _book, eng = prepare(plan, backend or memory_backend(), engine=engine,
+                         max_workers=max_workers)
     eng.storage.inject(dict(transients), transient=True)
     return _run(eng, listeners)
 
@@ -88,26 +103,27 @@ def unfinished(backend, host: str | None = None) -> list[tuple[models.LogBook,
 
 
 def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
-         engine: str = "serial", book: models.LogBook | None = None):
+         engine: str = "serial", max_workers: int | None = None,
+         book: models.LogBook | None = None):
     """An engine for a saved flow, rebuilt from its factory, with fresh live handles.
 
     Pass ``book`` when the caller has it: finding it means scanning logbooks.
     """
     if book is None:
-        from vsan_flows.runtime import persistence
-
         book, _ = persistence.find_flow_detail(backend, flow_detail.uuid)
+    flow_detail = legacy.upgraded(backend, flow_detail)
     eng = taskflow.engines.load_from_detail(flow_detail, backend=backend, book=book,
-                                            engine=engine)
+                                            **engine_options(engine, max_workers))
     eng.storage.inject(dict(transients), transient=True)
     return eng
 
 
 def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
-           engine: str = "serial", listeners: tuple = (),
+           engine: str = "serial", max_workers: int | None = None, listeners: tuple = (),
            book: models.LogBook | None = None) -> dict:
     """Finish an interrupted flow: forward where that is safe, via its Retry where not."""
-    eng = load(backend, flow_detail, transients, engine=engine, book=book)
+    eng = load(backend, flow_detail, transients, engine=engine, max_workers=max_workers,
+               book=book)
     eng.compile()
     eng.prepare()
     fail_interrupted_transfers(eng)
@@ -115,7 +131,7 @@ def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 
 def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
-           engine: str = "serial", listeners: tuple = (),
+           engine: str = "serial", max_workers: int | None = None, listeners: tuple = (),
            book: models.LogBook | None = None) -> None:
     """Roll a flow back completely (an admin's choice), retrying undo steps that failed.
 
@@ -125,7 +141,8 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
     runs again. Success is judged by the final flow state: a complete revert still re-raises
     the failures on record.
     """
-    eng = load(backend, flow_detail, transients, engine=engine, book=book)
+    eng = load(backend, flow_detail, transients, engine=engine, max_workers=max_workers,
+               book=book)
     eng.compile()
     eng.prepare()
     reason = tf_failure.Failure.from_exception(
@@ -154,7 +171,8 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 
 def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
-               engine: str = "serial") -> list[tuple[str, str, str]]:
+               engine: str = "serial",
+               max_workers: int | None = None) -> list[tuple[str, str, str]]:
     """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
 
     A flow whose logbook says ``on_restart: revert`` (an operation that is unsafe to finish
@@ -171,10 +189,12 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     for book, fd in todo:
         try:
             if (book.meta or {}).get("on_restart") == "revert":
-                revert(backend, fd, transients, engine=engine, book=book)
+                revert(backend, fd, transients, engine=engine, max_workers=max_workers,
+                       book=book)
                 outcomes.append((fd.uuid, fd.name, "reverted (its flow asks for that)"))
                 continue
-            resume(backend, fd, transients, engine=engine, book=book)
+            resume(backend, fd, transients, engine=engine, max_workers=max_workers,
+                   book=book)
             outcomes.append((fd.uuid, fd.name, "completed"))
         except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
             LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
@@ -183,13 +203,19 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
 
 
 def fail_interrupted_transfers(eng) -> None:
+    """Fail every task marked ``restart_after_crash`` that a crash caught RUNNING.
+
+    Such a task (a transfer) left a partial disk behind a lease that died with the process;
+    re-running it on that lease cannot work. Failed, it makes its subflow's Retry abort the
+    lease, destroy the half-import and start over with a fresh one.
+    """
     reason = tf_failure.Failure.from_exception(exceptions.TransferError(
         "the transfer was interrupted by a restart; its lease and partial disk are discarded "
         "and the transfer starts again"))
     for atom, data in eng.compilation.execution_graph.nodes(data=True):
         if data.get("kind") != "task":
             continue
-        if atom.name in RESTART_FROM_SCRATCH and \
+        if getattr(atom, "restart_after_crash", False) and \
                 eng.storage.get_atom_state(atom.name) == states.RUNNING:
             eng.storage.save(atom.name, reason, states.FAILURE)
 
@@ -197,14 +223,19 @@ def fail_interrupted_transfers(eng) -> None:
 def _run(eng, listeners: tuple = ()) -> dict:
     eng.compile()  # listeners may need the compiled atoms (progress notifiers); cached
     with contextlib.ExitStack() as stack:
+        stack.enter_context(FlowLogger(eng))
         for make in listeners:
             stack.enter_context(make(eng))
         try:
             eng.run()
         except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
             raise translate(exc) from None
-    return {k: v for k, v in eng.storage.fetch_all().items()
-            if k not in ("vsphere", "images", "policy")}
+    return results(eng)
+
+
+def results(eng) -> dict:
+    """A finished flow's facts: everything it stored, without the live handles."""
+    return {k: v for k, v in eng.storage.fetch_all().items() if k not in names.TRANSIENTS}
 
 
 def translate(exc: BaseException) -> Exception:
@@ -216,11 +247,11 @@ def translate(exc: BaseException) -> Exception:
         return exceptions.FlowError("run", f"failed: {exc}")
     if isinstance(exc, exceptions.VsanFlowsError):
         return exc
-    if isinstance(exc, vexc.VimFaultException):
-        faults = ", ".join(exc.fault_list or []) or "unknown fault"
-        return exceptions.VSphereError(f"vCenter reported {faults}: {exc.msg}")
-    if isinstance(exc, vexc.VimConnectionException):
-        return exceptions.VSphereError(f"lost the connection to vCenter: {exc.msg}")
-    if isinstance(exc, vexc.VimException):
-        return exceptions.VSphereError(f"vCenter call failed: {exc.msg}")
+    # Imported here: oslo.vmware (and eventlet under it) is heavy, and the admin CLI's views
+    # import the runtime without ever talking to vCenter.
+    from vsan_flows.vsphere import faults
+
+    ours = faults.to_error(exc)
+    if ours is not None:
+        return ours
     return exc if isinstance(exc, Exception) else RuntimeError(str(exc))

@@ -32,6 +32,7 @@ import dataclasses
 import errno
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import pathlib
@@ -43,7 +44,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-import oslo_vmware
 import pyVmomi
 from pyVmomi import VmomiSupport
 
@@ -105,8 +105,15 @@ class Operation:
 
 
 def xsd_dir() -> pathlib.Path:
-    """Return oslo.vmware's installed 8.0 schema directory (the schema the WSDL must match)."""
-    return pathlib.Path(oslo_vmware.__file__).resolve().parent / "wsdl" / "8.0"
+    """Return oslo.vmware's installed 8.0 schema directory (the schema the WSDL must match).
+
+    Located, not imported: only the vsphere layer imports oslo.vmware (importing it here would
+    also pull in eventlet just to find some files).
+    """
+    spec = importlib.util.find_spec("oslo_vmware")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("oslo.vmware is not installed: its schema files are needed")
+    return pathlib.Path(spec.submodule_search_locations[0]).resolve() / "wsdl" / "8.0"
 
 
 def _known_types(schema_dir: pathlib.Path) -> frozenset[str]:
@@ -325,7 +332,7 @@ def stamp() -> dict[str, object]:
     """What a generated directory depends on; a cache is reused only if this matches exactly."""
     return {
         "format": _FORMAT,
-        "oslo.vmware": _dist_version("oslo.vmware", oslo_vmware),
+        "oslo.vmware": _dist_version("oslo.vmware", None),
         "pyvmomi": _dist_version("pyvmomi", pyVmomi),
         "vim_version": VIM_VERSION,
     }

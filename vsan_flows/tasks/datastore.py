@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from taskflow import task
 
-from vsan_flows import exceptions
-from vsan_flows.tasks.shadow_vm import cache_vm_name
+from vsan_flows import exceptions, imagecache
 from vsan_flows.vsphere import imports, instances, placement
+
+LOG = logging.getLogger(__name__)
 
 
 class PickVsanDatastore(task.Task):
@@ -24,8 +27,8 @@ class PickVsanDatastore(task.Task):
         rules = {"allowed_types": policy.datastore_types,
                  "name_regex": policy.datastore_regex,
                  "required_bytes": image["virtual_size"]}
-        cached = set(instances.names_with_prefix(vsphere, cache_vm_name(image["id"], "")))
-        warm = [d for d in candidates if cache_vm_name(image["id"], d.moref) in cached]
+        cached = set(instances.names_with_prefix(vsphere, imagecache.name_prefix(image["id"])))
+        warm = [d for d in candidates if imagecache.vm_name(image["id"], d.moref) in cached]
         chosen = None
         if warm:
             try:
@@ -33,5 +36,9 @@ class PickVsanDatastore(task.Task):
             except exceptions.NoSuitableDatastore:
                 chosen = None
         if chosen is None:
-            chosen, _ = placement.choose_datastore(candidates, **rules)
+            chosen, rejected = placement.choose_datastore(candidates, **rules)
+            for name, reasons in rejected:
+                LOG.info("image %s: datastore %s not used: %s", image["id"], name, reasons)
+        LOG.info("image %s goes to datastore %s (%s)%s", image["id"], chosen.name, chosen.type,
+                 " where it is cached" if chosen in warm else "")
         return {"name": chosen.name, "moref": chosen.moref, "type": chosen.type}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from taskflow import task
 
 from vsan_flows import exceptions
+from vsan_flows.ownership import instance_note
 from vsan_flows.vsphere import instances
 
-
-def _note(flow_token: str) -> str:
-    return f"vsan_flows instance: flow={flow_token}"
+LOG = logging.getLogger(__name__)
 
 
 class CloneLinkedDisk(task.Task):
@@ -26,7 +27,7 @@ class CloneLinkedDisk(task.Task):
                 shadow_vm: dict, flow_token: str) -> dict:
         existing = instances.find(vsphere, instance_name)
         if existing is not None:
-            if _note(flow_token) not in instances.annotation(vsphere, existing):
+            if instance_note(flow_token) not in instances.annotation(vsphere, existing):
                 raise exceptions.VSphereError(
                     f"a VM named {instance_name!r} already exists in vCenter and was not "
                     "created by this spawn; delete it or choose another instance name")
@@ -35,13 +36,15 @@ class CloneLinkedDisk(task.Task):
             vm_id = instances.create_linked(
                 vsphere, name=instance_name, datastore_name=datastore["name"],
                 parent_vm_id=shadow_vm["vm"], adapter_type=image["adapter_type"],
-                guest_id=image["os_type"], note=_note(flow_token))
+                guest_id=image["os_type"], note=instance_note(flow_token))
         disk = instances.first_disk(vsphere, vm_id)
         return {"vm": vm_id, "name": instance_name, "disk": disk["path"],
                 "parent": disk["parent"]}
 
     def revert(self, vsphere, instance_name: str, flow_token: str, **kwargs) -> None:
-        instances.destroy_by_name(vsphere, instance_name, only_if_note_has=_note(flow_token))
+        if instances.destroy_by_name(vsphere, instance_name,
+                                     only_if_note_has=instance_note(flow_token)):
+            LOG.info("undo: destroyed instance VM %s and its linked disk", instance_name)
 
 
 class PowerOnInstance(task.Task):
@@ -54,3 +57,4 @@ class PowerOnInstance(task.Task):
         vm_id = instances.find(vsphere, instance_name)
         if vm_id is not None:
             instances.power_off(vsphere, vm_id)
+            LOG.info("undo: powered off instance VM %s", instance_name)

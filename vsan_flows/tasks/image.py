@@ -45,12 +45,7 @@ class ValidateStreamOptimizedImage(task.Task):
     @staticmethod
     def _check_grains_fit(f, header: vmdk.VmdkHeader, image_id: str, size: int) -> None:
         """A file with its grain tables in front says where its last grain is: is it there?"""
-        first = b""
-        while len(first) < header.overhead_bytes:
-            chunk = f.read(header.overhead_bytes - len(first))
-            if not chunk:
-                break
-            first += chunk
+        first = vmdk.read_exact(f, header.overhead_bytes)
         if len(first) < header.overhead_bytes:
             raise exceptions.InvalidImage(
                 "the file is truncated inside its grain tables", image_id=image_id,

@@ -6,7 +6,7 @@ import logging
 
 from taskflow import task
 
-from vsan_flows.vsphere import exports, imports, instances
+from vsan_flows.vsphere import exports, imports, instances, leases
 
 LOG = logging.getLogger(__name__)
 
@@ -37,10 +37,12 @@ class CreateImportLease(task.Task):
         return {**result, "vm_name": import_vm_name}
 
     def revert(self, vsphere, import_vm_name: str, result=None, **kwargs) -> None:
-        if isinstance(result, dict) and result.get("lease"):
-            imports.abort_lease(vsphere, result["lease"])
+        if isinstance(result, dict) and result.get("lease") and \
+                leases.abort(vsphere, result["lease"]):
+            LOG.info("undo: aborted import lease %s", result["lease"])
         # By name, not by id: the id is lost when we crashed inside execute.
-        instances.destroy_by_name(vsphere, import_vm_name)
+        if instances.destroy_by_name(vsphere, import_vm_name):
+            LOG.info("undo: destroyed half-imported VM %s and its files", import_vm_name)
 
 
 class CreateExportLease(task.Task):
@@ -52,8 +54,9 @@ class CreateExportLease(task.Task):
         return {"lease": exports.begin_export(vsphere, snapshot_clone["vm"])}
 
     def revert(self, vsphere, result=None, **kwargs) -> None:
-        if isinstance(result, dict) and result.get("lease"):
-            imports.abort_lease(vsphere, result["lease"])
+        if isinstance(result, dict) and result.get("lease") and \
+                leases.abort(vsphere, result["lease"]):
+            LOG.info("undo: aborted export lease %s", result["lease"])
 
 
 class CompleteLease(task.Task):
@@ -65,4 +68,4 @@ class CompleteLease(task.Task):
     def execute(self, vsphere, lease: dict | None) -> None:
         if lease is None:
             return  # spawn with a cache hit: no lease was made
-        imports.complete_lease(vsphere, lease["lease"])
+        leases.complete(vsphere, lease["lease"])

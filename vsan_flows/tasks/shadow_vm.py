@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from taskflow import task
 
-from vsan_flows import exceptions
+from vsan_flows import exceptions, imagecache
 from vsan_flows.vsphere import instances
 
-NOTE_PREFIX = "vsan_flows image cache"
-
-
-def cache_vm_name(image_id: str, datastore_moref: str) -> str:
-    return f"vsanflows-image-{image_id}-{datastore_moref}"
-
-
-def _note(image: dict, flow_token: str) -> str:
-    return f"{NOTE_PREFIX}: image={image['id']} size={image['size']} flow={flow_token}"
+LOG = logging.getLogger(__name__)
 
 
 class LookupImageCache(task.Task):
@@ -28,12 +22,11 @@ class LookupImageCache(task.Task):
     default_provides = "cached_shadow"
 
     def execute(self, vsphere, image: dict, datastore: dict) -> dict | None:
-        name = cache_vm_name(image["id"], datastore["moref"])
+        name = imagecache.vm_name(image["id"], datastore["moref"])
         vm_id = instances.find(vsphere, name)
         if vm_id is None:
             return None
-        note = instances.annotation(vsphere, vm_id)
-        if not note.startswith(NOTE_PREFIX) or f"image={image['id']} " not in note:
+        if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
             return None
         disk = instances.first_disk(vsphere, vm_id)
         return {"vm": vm_id, "name": name, "disk": disk["path"], "created": False}
@@ -53,10 +46,10 @@ class RegisterShadowVM(task.Task):
             return cached_shadow
         # The imported VM is found by its persisted name, not through the import subflow's
         # results: on a cache hit that subflow is skipped and has no results to read.
-        name = cache_vm_name(image["id"], datastore["moref"])
+        name = imagecache.vm_name(image["id"], datastore["moref"])
         existing = instances.find(vsphere, name)
-        if existing is not None and f"flow={flow_token}" in instances.annotation(vsphere,
-                                                                                existing):
+        if existing is not None and imagecache.made_by(instances.annotation(vsphere, existing),
+                                                       flow_token):
             # We renamed it already and crashed before our result was saved.
             disk = instances.first_disk(vsphere, existing)
             return {"vm": existing, "name": name, "disk": disk["path"], "created": True}
@@ -70,17 +63,22 @@ class RegisterShadowVM(task.Task):
             instances.destroy(vsphere, imported)
             disk = instances.first_disk(vsphere, existing)
             return {"vm": existing, "name": name, "disk": disk["path"], "created": False}
-        instances.rename(vsphere, imported, name, _note(image, flow_token))
+        instances.rename(vsphere, imported, name, imagecache.note(image, flow_token))
         disk = instances.first_disk(vsphere, imported)
         return {"vm": imported, "name": name, "disk": disk["path"], "created": True}
 
     def revert(self, vsphere, image: dict, datastore: dict, flow_token: str, result=None,
                **kwargs) -> None:
-        name = cache_vm_name(image["id"], datastore["moref"])
+        name = imagecache.vm_name(image["id"], datastore["moref"])
         vm_id = instances.find(vsphere, name)
-        if vm_id is None or f"flow={flow_token}" not in instances.annotation(vsphere, vm_id):
+        if vm_id is None or not imagecache.made_by(instances.annotation(vsphere, vm_id),
+                                                   flow_token):
             return  # not ours (or already gone): nothing this flow did to undo
         disk = instances.first_disk(vsphere, vm_id)
-        if instances.linked_children(vsphere, disk["path"]):
-            return  # other instances use it now; it stays as a cache entry
+        children = instances.linked_children(vsphere, disk["path"])
+        if children:
+            LOG.info("kept image cache entry %s: %d instance(s) link to it", name,
+                     len(children))
+            return
         instances.destroy(vsphere, vm_id)
+        LOG.info("removed image cache entry %s (created by this flow)", name)

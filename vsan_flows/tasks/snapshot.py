@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from taskflow import task
 from taskflow.types import failure
 
 from vsan_flows import exceptions
+from vsan_flows.ownership import clone_note
 from vsan_flows.vsphere import exports, instances
 
-
-def clone_note(flow_token: str) -> str:
-    return f"vsan_flows snapshot clone: flow={flow_token}"
+LOG = logging.getLogger(__name__)
 
 
 class ReadInstance(task.Task):
@@ -44,8 +45,11 @@ class ReserveImage(task.Task):
             return
         if meta.status == "active":
             images.delete(image_id)
+            LOG.info("undo: deleted image %s (the snapshot flow was rolled back)", image_id)
         elif meta.status != "killed":
             images.mark_killed(image_id, "the snapshot flow failed and was rolled back")
+            LOG.info("undo: marked image %s killed (the snapshot flow was rolled back)",
+                     image_id)
 
 
 class CreateVmSnapshot(task.Task):
@@ -60,7 +64,8 @@ class CreateVmSnapshot(task.Task):
         return {"snapshot": snap_id, "name": snapshot_name}
 
     def revert(self, vsphere, instance: dict, snapshot_name: str, **kwargs) -> None:
-        exports.remove_snapshot(vsphere, instance["vm"], snapshot_name)
+        if exports.remove_snapshot(vsphere, instance["vm"], snapshot_name):
+            LOG.info("undo: removed VM snapshot %s of %s", snapshot_name, instance["name"])
 
 
 class CloneFromSnapshot(task.Task):
@@ -80,4 +85,5 @@ class CloneFromSnapshot(task.Task):
         return {"vm": vm_id, "name": clone_vm_name}
 
     def revert(self, vsphere, clone_vm_name: str, **kwargs) -> None:
-        instances.destroy_by_name(vsphere, clone_vm_name)
+        if instances.destroy_by_name(vsphere, clone_vm_name):
+            LOG.info("undo: destroyed export clone %s", clone_vm_name)

@@ -26,6 +26,11 @@ class StreamDiskToLease(task.Task):
 
     default_provides = "bytes_sent"
 
+    #: A crash in the middle leaves a partial disk behind a lease that died with the process:
+    #: the runtime fails this task on resume, so its subflow's Retry discards both and starts
+    #: over with a fresh lease, instead of re-running it on the dead one.
+    restart_after_crash = True
+
     def execute(self, vsphere, images, policy, image: dict, datastore: dict,
                 import_lease: dict | None) -> int:
         if import_lease is None:
@@ -61,6 +66,11 @@ class StreamDiskToImage(task.Task):
     """
 
     default_provides = "image_upload"
+
+    #: A crash in the middle leaves a partial disk behind a lease that died with the process:
+    #: the runtime fails this task on resume, so its subflow's Retry discards both and starts
+    #: over with a fresh lease, instead of re-running it on the dead one.
+    restart_after_crash = True
 
     def execute(self, vsphere, images, image_id: str, instance: dict, export_lease: dict,
                 flow_token: str) -> dict:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import instances, transfer, vm
-from vsan_flows.vsphere.imports import _placement
+from vsan_flows.vsphere import home, instances, leases, transfer, vm
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
@@ -50,7 +49,7 @@ def remove_snapshot(ctx: VSphere, vm_id: str, name: str) -> bool:
 
 
 def clone_at_snapshot(ctx: VSphere, vm_id: str, snapshot_id: str, name: str, note: str) -> str:
-    pool, folder = _placement(ctx)
+    pool, folder = home.pool_and_folder(ctx)
     clone = vm.clone_linked(ctx.session, ref(vm_id, "VirtualMachine"),
                             ref(snapshot_id, "VirtualMachineSnapshot"), name=name,
                             folder=folder, pool=pool, annotation=note)
@@ -60,12 +59,7 @@ def clone_at_snapshot(ctx: VSphere, vm_id: str, snapshot_id: str, name: str, not
 def begin_export(ctx: VSphere, vm_id: str) -> str:
     """ExportVm and wait for the lease; a lease that never got ready is aborted here."""
     lease = transfer.create_export_lease(ctx.session, ref(vm_id, "VirtualMachine"))
-    try:
-        transfer.wait_ready(ctx.session, lease)
-    except Exception:
-        transfer.abort(ctx.session, lease)
-        raise
-    return ref_value(lease)
+    return leases.ready_or_aborted(ctx, lease)
 
 
 def open_export(ctx: VSphere, lease_id: str) -> transfer.LeaseDownloadHandle:

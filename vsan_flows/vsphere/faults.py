@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from oslo_vmware import exceptions as vexc
 
+from vsan_flows import exceptions
+
 GONE_FAULTS = ("ManagedObjectNotFound", "FileNotFound")
 
 
@@ -16,3 +18,19 @@ def is_gone(exc: BaseException) -> bool:
     if isinstance(exc, vexc.ManagedObjectNotFoundException | vexc.FileNotFoundException):
         return True
     return any(f in GONE_FAULTS for f in (getattr(exc, "fault_list", None) or []))
+
+
+def to_error(exc: BaseException) -> Exception | None:
+    """Our error for an oslo.vmware exception, or None when ``exc`` is not one.
+
+    Callers above this layer (the runtime translating a flow's failure) see our exception
+    classes only; the Vim fault names survive in the message, which an operator can search.
+    """
+    if isinstance(exc, vexc.VimFaultException):
+        faults = ", ".join(exc.fault_list or []) or "unknown fault"
+        return exceptions.VSphereError(f"vCenter reported {faults}: {exc.msg}")
+    if isinstance(exc, vexc.VimConnectionException):
+        return exceptions.VSphereError(f"lost the connection to vCenter: {exc.msg}")
+    if isinstance(exc, vexc.VimException):
+        return exceptions.VSphereError(f"vCenter call failed: {exc.msg}")
+    return None

@@ -11,20 +11,8 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import disk, inventory, transfer, vm
+from vsan_flows.vsphere import disk, home, inventory, leases, transfer, vm
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
-
-
-def _placement(ctx: VSphere):
-    if "placement" not in ctx.cache:
-        ctx.cache["placement"] = _lookup_placement(ctx)
-    return ctx.cache["placement"]
-
-
-def _lookup_placement(ctx: VSphere):
-    cluster = inventory.cluster_by_name(ctx.session, ctx.cluster_name)
-    return inventory.resource_pool(ctx.session, cluster), inventory.vm_folder(ctx.session,
-                                                                              cluster)
 
 
 def list_datastores(ctx: VSphere) -> list:
@@ -35,28 +23,19 @@ def list_datastores(ctx: VSphere) -> list:
 def begin_import(ctx: VSphere, *, vm_name: str, datastore_name: str, capacity_bytes: int,
                  adapter_type: str | None, guest_id: str | None) -> dict:
     """ImportVApp a disk-only VM and wait for its lease; returns the lease and VM ids."""
-    pool, folder = _placement(ctx)
+    pool, folder = home.pool_and_folder(ctx)
     spec = vm.import_spec(ctx.vim.client.factory, vm_name, datastore_name,
                           (capacity_bytes + 1023) // 1024,
                           adapter_type or vm.DEFAULT_ADAPTER, guest_id or "otherGuest")
     lease = transfer.create_import_lease(ctx.session, pool, folder, spec)
-    lease_id = ref_value(lease)
+    lease_id = leases.ready_or_aborted(ctx, lease)
     try:
-        transfer.wait_ready(ctx.session, lease)
         entity = transfer.lease_entity(ctx.session, lease)
     except Exception:
         # The caller never learns this lease id, so it is released here, not by a revert.
         transfer.abort(ctx.session, lease)
         raise
     return {"lease": lease_id, "vm": ref_value(entity) if entity is not None else None}
-
-
-def abort_lease(ctx: VSphere, lease_id: str) -> bool:
-    return transfer.abort(ctx.session, ref(lease_id, "HttpNfcLease"))
-
-
-def complete_lease(ctx: VSphere, lease_id: str) -> None:
-    transfer.complete(ctx.session, ref(lease_id, "HttpNfcLease"))
 
 
 def upload(ctx: VSphere, lease_id: str, source: BinaryIO, size: int,

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import vm
-from vsan_flows.vsphere.imports import _placement
+from vsan_flows.vsphere import home, vm
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
 def find(ctx: VSphere, name: str) -> str | None:
     """Our VMs (and nova's instances) live in the cluster's datacenter VM folder."""
-    _pool, folder = _placement(ctx)
+    _pool, folder = home.pool_and_folder(ctx)
     found = vm.find_child(ctx.session, folder, name)
     return ref_value(found) if found is not None else None
 
@@ -60,7 +59,7 @@ def linked_children(ctx: VSphere, disk_path: str) -> list[str]:
 
 def create_linked(ctx: VSphere, *, name: str, datastore_name: str, parent_vm_id: str,
                   adapter_type: str | None, guest_id: str | None, note: str) -> str:
-    pool, folder = _placement(ctx)
+    pool, folder = home.pool_and_folder(ctx)
     parent_disks = vm.disks(ctx.session, ref(parent_vm_id, "VirtualMachine"))
     if not parent_disks:
         raise exceptions.VSphereError(f"image cache VM {parent_vm_id} has no disk to link to")

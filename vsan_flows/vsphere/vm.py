@@ -79,20 +79,6 @@ def import_spec(cf, name: str, datastore_name: str, capacity_kb: int,
     return spec
 
 
-def find_by_name(session, name: str):
-    """The VM called ``name`` or None. Names are our persisted identities for VMs."""
-    with vim_util.WithRetrieval(
-        session.vim,
-        session.invoke_api(vim_util, "get_objects", session.vim, "VirtualMachine", 100,
-                           ["name"]),
-    ) as objects:
-        for obj in objects:
-            for prop in getattr(obj, "propSet", []) or []:
-                if prop.name == "name" and prop.val == name:
-                    return obj.obj
-    return None
-
-
 def find_child(session, folder, name: str):
     """The VM called ``name`` directly in ``folder``, or None: one SearchIndex call instead
     of reading every VM's name (which grows with the inventory)."""

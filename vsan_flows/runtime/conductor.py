@@ -1,0 +1,198 @@
+"""Conductors: claim jobs from the ZooKeeper jobboard and run their flows here.
+
+* A conductor claims a job with an *ephemeral* ZooKeeper node, loads the flow from the shared
+  backend, injects the live handles it was given (vSphere session, image service, policy;
+  transient, never persisted) and runs it. A job whose flow ends (SUCCESS, REVERTED, or FAILURE
+  after a failed undo) is consumed; its outcome (the flow's facts, or the error) is written to
+  the flow detail's meta first, for :func:`vsan_flows.runtime.jobs.wait`.
+* A conductor that dies (kill -9, power loss) loses its ZooKeeper session after
+  ``[vsan_flows] jobboard_session_timeout``; the claim node vanishes and another conductor
+  claims the job and resumes the flow with the same semantics as ``runner.resume``: a transfer
+  that was running is failed on purpose so its Retry discards the dead lease and the partial
+  disk and starts over.
+* A conductor asked to stop (SIGTERM, Ctrl-C) lets the running task finish, suspends the flow
+  and releases (abandons) the job, which another conductor then resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from oslo_config import cfg
+from taskflow import states
+from taskflow.conductors.backends.impl_blocking import BlockingConductor
+from taskflow.listeners import base as listener_base
+
+from vsan_flows.runtime import jobs, legacy, persistence, runner
+from vsan_flows.runtime.jobs import FINISHED
+from vsan_flows.runtime.listeners import FlowLogger
+
+LOG = logging.getLogger(__name__)
+
+
+def conductor_name(conf: cfg.ConfigOpts) -> str:
+    return conf.vsan_flows.conductor_name or socket.gethostname()
+
+
+class _OutcomeRecorder(listener_base.Listener):
+    """Writes how a flow ended into its flow detail's meta, before the job is consumed.
+
+    Results are the flow's facts (what ``api.spawn`` returns); an error is kept as its class
+    name and message (our messages carry no secrets by construction).
+    """
+
+    def __init__(self, engine) -> None:
+        super().__init__(engine, task_listen_for=(), retry_listen_for=(),
+                         flow_listen_for=FINISHED)
+
+    def _flow_receiver(self, state, details):
+        try:
+            self._engine.storage.update_flow_metadata({"outcome": outcome_of(self._engine,
+                                                                             state)})
+        except Exception:  # noqa: BLE001 - bookkeeping must not turn into a flow failure
+            LOG.warning("could not record how flow %s ended (%s); `vsan-flows jobs post "
+                        "--wait` will not see it", self._engine.storage.flow_uuid, state,
+                        exc_info=True)
+
+
+def outcome_of(engine, state: str) -> dict[str, Any]:
+    storage = engine.storage
+    if state == states.SUCCESS:
+        return {"state": state, "result": runner.results(engine)}
+    failures = list(storage.get_execute_failures().values()) + \
+        list(storage.get_revert_failures().values())
+    error_type, message = "", f"the flow ended in {state}"
+    for fail in sorted(failures, key=lambda f: f.exception is None):
+        if fail.exception is not None:
+            err = runner.translate(fail.exception)
+            error_type = f"{type(err).__module__}.{type(err).__qualname__}"
+            message = str(err)
+        else:  # restored from the database: only the text survives
+            error_type = (fail.exception_type_names or [""])[0]
+            message = fail.exception_str or message
+        break
+    if state == states.FAILURE:
+        message += " (its undo failed too: see `vsan-flows flows show`, then revert it)"
+    return {"state": state, "error_type": error_type, "error": message}
+
+
+class VsanFlowsConductor(BlockingConductor):
+    """TaskFlow's blocking conductor, with what every vsan_flows conductor adds.
+
+    TaskFlow has no engine factory hook: a conductor builds each job's engine in
+    ``_engine_from_job`` (its documented override point, like ``_listeners_from_job``), so
+    that is where the transient live handles go in and where a taken-over flow is prepared
+    for resume.
+    """
+
+    def __init__(self, name: str, board, *, transients: Mapping[str, Any], persistence,
+                 engine: str, max_workers: int | None = None, wait_timeout: float | None = None,
+                 max_jobs: int | None = None) -> None:
+        options = runner.engine_options(engine, max_workers)
+        super().__init__(name, board, persistence=persistence, engine=options.pop("engine"),
+                         engine_options=options, wait_timeout=wait_timeout)
+        self._transients = dict(transients)
+        self._max_jobs = max_jobs
+        self._dispatched = 0
+
+    def _flow_detail_from_job(self, job):
+        # The book a job object carries is read once and may predate a takeover: reload.
+        fd = super()._flow_detail_from_job(job)
+        with contextlib.closing(self._persistence.get_connection()) as conn:
+            fd = conn.get_flow_details(fd.uuid, lazy=False)
+        return legacy.upgraded(self._persistence, fd)
+
+    def _engine_from_job(self, job):
+        jobs.update_book_meta(self._persistence, job.book_uuid,
+                              {"conductor": self._name, "job": job.uuid})
+        engine = super()._engine_from_job(job)
+        engine.storage.inject(self._transients, transient=True)
+        engine.compile()
+        engine.prepare()
+        # Same resume semantics as runner.resume: a transfer caught RUNNING was cut off.
+        runner.fail_interrupted_transfers(engine)
+        return engine
+
+    def _listeners_from_job(self, job, engine):
+        return [*super()._listeners_from_job(job, engine), _OutcomeRecorder(engine),
+                FlowLogger(engine)]
+
+    def _dispatch_job(self, job):
+        fd = self._flow_detail_from_job(job)
+        if (fd.meta or {}).get("outcome") or fd.state in (states.REVERTED, states.FAILURE):
+            # Finished, but its conductor died before consuming the job. Running it again
+            # would start a reverted flow over (TaskFlow resets REVERTED flows): just consume.
+            LOG.info("Job %s: flow %s already ended (%s); consuming it", job.uuid, fd.uuid,
+                     fd.state)
+            if not (fd.meta or {}).get("outcome"):
+                engine = super()._engine_from_job(job)
+                engine.storage.update_flow_metadata({"outcome": outcome_of(engine, fd.state)})
+            self._count_dispatch()
+            return True
+        LOG.info("Conductor %s runs job %s (%s)", self._name, job.uuid, job.name)
+        try:
+            return super()._dispatch_job(job)
+        finally:
+            self._count_dispatch()
+
+    def _count_dispatch(self) -> None:
+        # TaskFlow's run(max_dispatches=N) dispatches N + 1 jobs (it counts after submitting,
+        # and only stops when the counter overflows on the next job) and then idles on an
+        # empty board; count here and stop once the job is done (it is still consumed).
+        self._dispatched += 1
+        if self._max_jobs is not None and self._dispatched >= self._max_jobs:
+            self.stop()
+
+
+def _count(counts: dict[str, int], key: str, _event: str, details=None) -> None:
+    counts[key] += 1
+
+
+def run_conductor(conf: cfg.ConfigOpts, transients: Mapping[str, Any], *,
+                  stop_event: threading.Event | None = None, max_jobs: int | None = None,
+                  backend=None) -> dict[str, int]:
+    """Claim and run jobs until ``stop_event`` is set or ``max_jobs`` were dispatched.
+
+    ``transients`` are the live handles every job's flow gets, built once by the caller
+    before the first claim (so a wrong vCenter setting fails at start, not job by job). On
+    stop the running task finishes, the flow is suspended and its job released for another
+    conductor. Returns counts of consumed, released and trashed jobs.
+    """
+    name = conductor_name(conf)
+    counts = {"consumed": 0, "released": 0, "trashed": 0}
+    with contextlib.ExitStack() as stack:
+        if backend is None:
+            backend = persistence.open_backend(conf)
+            stack.callback(backend.close)
+        board = stack.enter_context(jobs.connect(conf, backend, name=name))
+        conductor = VsanFlowsConductor(
+            name, board, transients=transients, persistence=backend,
+            engine=conf.vsan_flows.engine, max_workers=conf.vsan_flows.max_workers,
+            wait_timeout=conf.vsan_flows.conductor_wait_timeout, max_jobs=max_jobs)
+        for event, key in (("job_consumed", "consumed"), ("job_abandoned", "released"),
+                           ("job_trashed", "trashed")):
+            conductor.notifier.register(event, functools.partial(_count, counts, key))
+        done = threading.Event()
+        if stop_event is not None:
+            def watch():
+                while not done.is_set():
+                    if stop_event.wait(0.2):
+                        LOG.info("Conductor %s stopping: the current task finishes, then its "
+                                 "job is released", name)
+                        conductor.stop()
+                        return
+            threading.Thread(target=watch, name="conductor-stop", daemon=True).start()
+        LOG.info("Conductor %s serving %s at %s", name, jobs.board_path(conf),
+                 jobs.board_hosts(conf))
+        try:
+            conductor.run()
+        finally:
+            done.set()
+            conductor.wait(5)
+    return counts
