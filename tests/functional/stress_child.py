@@ -32,6 +32,7 @@ from vsan_flows import api  # noqa: E402
 from vsan_flows.images import LocalImageService  # noqa: E402
 from vsan_flows.runtime import persistence  # noqa: E402
 from vsan_flows.vsphere import instances, loops  # noqa: E402
+from vsan_flows.vsphere.session import connect  # noqa: E402
 
 
 def _fds() -> int:
@@ -71,7 +72,7 @@ def main() -> None:
     conf = make_conf(sim, args["wsdl_url"], args["state_dir"],
                      vsan_flows__persistence_connection=args["db_url"])
     images = LocalImageService(args["images_dir"])
-    vsphere = api.connect(conf)
+    vsphere = connect(conf)
     backend = persistence.open_backend(conf)
     image_ids = args["image_ids"]
     _emit(backend=loops.active_backend(), eventlet=loops.eventlet_patched())

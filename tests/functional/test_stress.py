@@ -133,6 +133,7 @@ def test_concurrent_spawns_and_snapshots(kind, mode, simulator, wsdl_url, tmp_pa
     assert head == {"backend": "eventlet" if mode == "eventlet" else "threading",
                     "eventlet": mode == "eventlet"}
     assert len(rounds) == ROUNDS and summary.get("done"), lines
+    print(f"{kind}/{mode}: rounds took {[r['seconds'] for r in rounds]} s")
     failed = [(r["round"], e) for r in rounds for e in r["errors"]]
     assert not failed, f"{len(failed)} of {ROUNDS * THREADS} spawn+snapshot failed: {failed[:5]}"
     # Every image was cached already: concurrent spawns link, they never import.
