@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Callable
 
@@ -47,12 +48,33 @@ OPERATIONS: dict[str, tuple[str, Callable[[str], dict]]] = {
 }
 
 
+#: vSphere's limit on a VM name; the instance VM is named after the instance.
+MAX_INSTANCE_NAME = 80
+#: Image ids are Glance UUIDs or local store names; anything longer is not an id.
+MAX_IMAGE_ID = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_name(what: str, value: object, limit: int) -> None:
+    """Refuse at the edge what vCenter, the image store or the flow database cannot take."""
+    if not isinstance(value, str) or not value.strip():
+        raise exceptions.InvalidInput(what, value, "it must be a non-empty string")
+    if len(value) > limit:
+        raise exceptions.InvalidInput(what, value, f"it is {len(value)} characters long; the "
+                                      f"limit is {limit}")
+    if _CONTROL.search(value):
+        raise exceptions.InvalidInput(what, value, "it contains control characters (a newline "
+                                      "or tab pasted with it?)")
+
+
 def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str,
          **factory_kwargs) -> Plan:
     """The flow for ``operation`` on this instance and image, run here or by a conductor."""
     if operation not in OPERATIONS:
         raise exceptions.FlowError(operation, "is not an operation",
                                    f"Use one of: {', '.join(sorted(OPERATIONS))}.")
+    _check_name("instance name", instance_name, MAX_INSTANCE_NAME)
+    _check_name("image id", image_id, MAX_IMAGE_ID)
     factory, token_names = OPERATIONS[operation]
     token = uuid.uuid4().hex[:12]
     return Plan(

@@ -105,7 +105,7 @@ class VsanFlowsDriver:
         try:
             api.spawn(self.conf, instance.uuid, image_id, handles=self._live(),
                       backend=self._store(), power_on=power_on)
-        except exceptions.InvalidImage as exc:
+        except (exceptions.InvalidImage, exceptions.InvalidInput) as exc:
             raise ImageUnacceptable(image_id=image_id, reason=str(exc)) from exc
         except exceptions.ImageNotFound as exc:
             raise ImageNotFound(image_id=image_id) from exc

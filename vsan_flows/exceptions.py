@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from vsan_flows.redaction import redact
+
 STREAM_OPTIMIZED_FIX = (
     "Convert the disk with `qemu-img convert -O vmdk -o subformat=streamOptimized <source> "
     "<name>.vmdk`, upload it with disk_format=vmdk and set the image property "
@@ -44,9 +46,15 @@ def format_bytes(num_bytes: int | None) -> str:
 
 
 class VsanFlowsError(Exception):
-    """Base of every error this library raises on purpose."""
+    """Base of every error this library raises on purpose.
+
+    Its text is scrubbed of secret-shaped parts (lease URLs carry a transfer ticket; URLs may
+    carry a password) when it is made: an error's text is stored with the failed atom, handed
+    to nova, written to jobboard records and logs, and no later filter sees all of those.
+    """
 
     def __init__(self, message: str) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
 
@@ -267,6 +275,16 @@ class ImageLockTimeout(VsanFlowsError):
             "host to finish; nothing was created. Retry the spawn, or raise [vsan_flows] "
             "image_lock_timeout if imports of this image take longer."
         )
+
+
+class InvalidInput(VsanFlowsError):
+    """A caller's argument cannot be used (refused at the edge, before anything is stored)."""
+
+    def __init__(self, what: str, value: object, rule: str) -> None:
+        self.what = what
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        super().__init__(f"Invalid {what} {shown}: {rule}.")
 
 
 class FlowError(VsanFlowsError):

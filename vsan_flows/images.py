@@ -182,7 +182,7 @@ class LocalImageService:
     # ------------------------------------------------------------------ paths and records
 
     def _paths(self, image_id: str) -> tuple[Path, Path]:
-        if not isinstance(image_id, str) or not _ID_RE.match(image_id):
+        if not isinstance(image_id, str) or not _ID_RE.fullmatch(image_id):
             raise ImageNotFound(str(image_id))
         return self.directory / f"{image_id}.data", self.directory / f"{image_id}.json"
 
@@ -222,7 +222,7 @@ class LocalImageService:
 
     def create(self, meta: Mapping[str, Any]) -> str:
         image_id = str(meta.get("id") or uuid.uuid4())
-        if not _ID_RE.match(image_id):
+        if not _ID_RE.fullmatch(image_id):
             raise ImageError(
                 f"Image id {image_id!r} is not allowed; use letters, digits, '-', '_' or '.' "
                 "(or omit it to get a UUID)."

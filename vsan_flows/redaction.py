@@ -201,17 +201,22 @@ def guard_logger(logger: logging.Logger, secrets: Secrets | None = None) -> None
     _add_filter(logger, secrets)
 
 
-# Library loggers whose own records carry lease URLs (oslo.vmware logs them at DEBUG when
-# it opens, reads or writes a disk URL).
-_URL_LOGGERS = ("oslo_vmware.rw_handles", "oslo_vmware.image_transfer", "oslo_vmware.api",
-                "oslo_vmware.service", "urllib3.connection", "urllib3.connectionpool")
+# Loggers whose own records can carry lease URLs or error texts from vCenter: oslo.vmware logs
+# disk URLs at DEBUG when it opens, reads or writes them; the flow log carries every failure.
+_GUARDED_LOGGERS = ("oslo_vmware.rw_handles", "oslo_vmware.image_transfer", "oslo_vmware.api",
+                    "oslo_vmware.service", "urllib3.connection", "urllib3.connectionpool",
+                    "vsan_flows.flow")
 
 
-def guard_library_logs() -> None:
-    """suds logs whole SOAP envelopes at DEBUG (Login's password, every sessionID): those
-    records never leave its logger. oslo.vmware's lease URLs are redacted at the source."""
+def guard_library_logs(secrets: Secrets | None = None) -> None:
+    """Filter the loggers that can carry secrets, at the source, whoever owns the handlers.
+
+    suds logs whole SOAP envelopes at DEBUG (Login's password, every sessionID): those
+    records never leave its logger. The others are redacted by pattern and, given
+    ``secrets``, by the configured values too (nova, not us, owns the handlers).
+    """
     suds = logging.getLogger("suds")
     if suds.getEffectiveLevel() < logging.INFO:
         suds.setLevel(logging.INFO)
-    for name in _URL_LOGGERS:
-        guard_logger(logging.getLogger(name))
+    for name in _GUARDED_LOGGERS:
+        guard_logger(logging.getLogger(name), secrets)

@@ -8,6 +8,7 @@ the disk size.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,21 +25,32 @@ class StreamTap:
     def __init__(self, source: BinaryIO, header: vmdk.VmdkHeader | None = None,
                  image_id: str | None = None, *, verify_at_eof: bool = False,
                  expected_bytes: int | None = None, timeout_secs: float | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None,
+                 expected_hash: tuple[str, str] | None = None) -> None:
         """``verify_at_eof`` makes the final read raise instead of returning b'' when the
         stream is not whole, so a consumer that pulls until EOF (an image upload) fails
-        before it commits anything. ``timeout_secs`` bounds the whole read."""
+        before it commits anything. ``timeout_secs`` bounds the whole read.
+        ``expected_hash`` (algorithm, hex digest), as the image service recorded it at upload,
+        is checked by :meth:`check_complete`: a disk corrupted at rest is as whole as a good
+        one by structure, and only its hash tells them apart."""
         self._src = source
         self._verify_at_eof = verify_at_eof
         self._expected = expected_bytes
         self._timeout = timeout_secs
         self._deadline = time.monotonic() + timeout_secs if timeout_secs else None
         self._on_progress = on_progress
+        self._expected_hash = expected_hash
+        self._digest = hashlib.new(expected_hash[0]) if expected_hash else None
         self.header = header
         self.image_id = image_id
         # Without a header yet, keep enough to parse one; then keep what its overhead says.
         self._head_limit = header.overhead_bytes if header is not None else _PROBE
         self._head = bytearray()
+        # For files with their grain tables up front: where the last grain sits (known once
+        # the head is in) and its bytes as they pass, so any padding may follow it.
+        self._grain_pos: int | None = None
+        self._grain_known = False
+        self._grain = bytearray()
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self.bytes_read = 0
@@ -54,7 +66,10 @@ class StreamTap:
             return data
         start = self.bytes_read
         self.bytes_read += len(data)
+        if self._digest is not None:
+            self._digest.update(data)
         self._keep_head(data, start)
+        self._keep_last_grain(data, start)
         if self._on_progress is not None:
             self._on_progress(self.bytes_read)
         # Keep references to the last chunks, not copies: the hot loop must not copy bytes.
@@ -75,6 +90,22 @@ class StreamTap:
                 self._head += data[self._head_limit - start : wanted - start]
                 self._head_limit = wanted
 
+    def _keep_last_grain(self, data: bytes, start: int) -> None:
+        if not self._grain_known:
+            if self.header is None or len(self._head) < self._head_limit:
+                return
+            self._grain_known = True
+            if not self.header.gd_at_end:
+                last = vmdk.last_grain_sector(bytes(self._head), self.header)
+                self._grain_pos = None if last is None else last * vmdk.SECTOR
+        pos = self._grain_pos
+        if pos is None:
+            return
+        want = vmdk.last_grain_span(self.header) - len(self._grain)
+        at = pos + len(self._grain)
+        if want > 0 and start <= at < start + len(data):
+            self._grain += data[at - start: at - start + want]
+
     def close(self) -> None:
         self._src.close()
 
@@ -89,5 +120,16 @@ class StreamTap:
         header = self.header or vmdk.read_header(bytes(self._head), image_id=self.image_id)
         tail = b"".join(self._tail)[-vmdk.TAIL_BYTES:]
         vmdk.check_stream_end(tail, header=header, total_bytes=self.bytes_read,
-                              head=bytes(self._head), image_id=self.image_id)
+                              head=bytes(self._head), image_id=self.image_id,
+                              last_grain=bytes(self._grain) if self._grain_pos is not None
+                              else None)
+        if self._digest is not None and self._expected_hash is not None:
+            algo, want = self._expected_hash
+            got = self._digest.hexdigest()
+            if got.lower() != str(want).lower():
+                raise exceptions.InvalidImage(
+                    "the image's data does not match the hash the image service recorded "
+                    "when it was uploaded: it is corrupt where it is stored",
+                    image_id=self.image_id, found=f"{algo} {got}, recorded {want}",
+                    fix="Upload the image again from a good copy.")
         return header

@@ -71,6 +71,9 @@ MAX_GRAIN_SECTORS = 2048
 # Tail to keep from a stream for check_stream_end: the end markers plus one whole worst-case
 # compressed grain (1 MiB grains plus deflate and marker overhead).
 TAIL_BYTES = (1 << 20) + 8 * SECTOR
+# vSphere's largest virtual disk (62 TB): a header claiming more is not a disk vSphere can hold,
+# and every size derived from it (tables, overhead) would be unbounded.
+MAX_CAPACITY_SECTORS = (62 << 40) // 512
 
 # magic, version, flags, capacity, grainSize, descriptorOffset, descriptorSize, numGTEsPerGT,
 # rgdOffset, gdOffset, overHead, uncleanShutdown, 4 newline bytes, compressAlgorithm (+433 pad)
@@ -234,6 +237,9 @@ def _parse_extents(text: str) -> tuple[Extent, ...]:
 
 def _sniff_other_format(head: bytes) -> str:
     """Name what the data is when it is not a sparse VMDK, so the operator knows what to convert."""
+    if head.startswith(b"\x1f\x8b"):
+        return ("gzip-compressed data (decompress it first, e.g. `gunzip disk.vmdk.gz`, and "
+                "upload the .vmdk inside)")
     if head.startswith(b"QFI\xfb"):
         return "a qcow2 image"
     if head.startswith(b"COWD"):
@@ -350,6 +356,22 @@ def read_header(
 # --------------------------------------------------------------------------- validation
 
 
+def max_overhead_sectors(header: VmdkHeader) -> int:
+    """The largest metadata area (``overHead``) this geometry can honestly need.
+
+    Header and descriptor, then the grain directory and every grain table, twice (writers may
+    keep a redundant copy), rounded up to a grain plus one grain of alignment. Readers hold
+    the metadata area in memory, so this bound is also what keeps a lying header from making
+    them allocate without limit.
+    """
+    desc_end = header.descriptor_offset + header.descriptor_sectors
+    gt_sectors = -(-header.num_gtes_per_gt * 4 // SECTOR)
+    gd_sectors = -(-header.num_grain_tables * 4 // SECTOR)
+    tables = 2 * (gd_sectors + header.num_grain_tables * gt_sectors)
+    grain = max(header.grain_sectors, 1)
+    return -(-(max(desc_end, 1) + tables) // grain) * grain + grain
+
+
 def max_file_bytes(header: VmdkHeader) -> int:
     """The largest a streamOptimized file of this geometry can honestly be.
 
@@ -457,7 +479,22 @@ def validate_stream_optimized(
         )
     if header.capacity_sectors == 0:
         raise InvalidImage("the disk's virtual size is 0", found="capacity=0 sectors", **ident)
+    if header.capacity_sectors > MAX_CAPACITY_SECTORS:
+        raise InvalidImage(
+            "the disk's virtual size is larger than vSphere's largest virtual disk (62 TB)",
+            found=f"capacity={header.capacity_sectors} sectors "
+            f"({header.capacity_sectors * SECTOR} bytes)",
+            **ident,
+        )
     desc_end = header.descriptor_offset + header.descriptor_sectors
+    if header.overhead_sectors > max_overhead_sectors(header):
+        raise InvalidImage(
+            "the VMDK header is corrupted: its metadata area is larger than this disk's grain "
+            "directory and tables can need",
+            found=f"overHead={header.overhead_sectors} sectors; at most "
+            f"{max_overhead_sectors(header)} for this geometry",
+            **ident,
+        )
     if header.overhead_sectors < desc_end:
         raise InvalidImage(
             "the VMDK header is corrupted: the grain area starts inside the descriptor",
@@ -494,6 +531,14 @@ def validate_stream_optimized(
                 "header and descriptor: the upload was truncated or the size is wrong",
                 found=f"declared size {declared_size} bytes; header and descriptor alone need "
                 f"{header.header_bytes}",
+                **ident,
+            )
+        if declared_size % SECTOR:
+            raise InvalidImage(
+                "the file is truncated: a streamOptimized file is a whole number of 512-byte "
+                "sectors",
+                found=f"{declared_size} bytes ({declared_size % SECTOR} past the last sector "
+                "boundary)",
                 **ident,
             )
         limit = max_file_bytes(header)
@@ -549,9 +594,10 @@ def read_footer(tail: bytes, *, image_id: str | None = None) -> VmdkFooter:
     eos, footer, marker = sectors[i], sectors[i - 1], sectors[i - 2]
     val, size, mtype = _MARKER.unpack_from(eos)
     if val or size or mtype != MARKER_EOS:
+        # Whatever the last sector holds (grain data, usually) is not worth quoting as a marker.
         raise InvalidImage(
-            "the stream is cut: it does not end with an end-of-stream marker",
-            found=f"last marker val={val} size={size} type={mtype}",
+            "the stream is cut: it ends before its end-of-stream marker",
+            found=f"{len(tail)} bytes at the end examined, no footer and end-of-stream marker",
             **ident,
         )
     val, size, mtype = _MARKER.unpack_from(marker)
@@ -574,6 +620,12 @@ def read_footer(tail: bytes, *, image_id: str | None = None) -> VmdkFooter:
     )
 
 
+def last_grain_span(header: VmdkHeader) -> int:
+    """Bytes from a grain's start that hold all of it: marker, deflate data (a stored block
+    never exceeds the grain by more than a few bytes), rounded up to a sector."""
+    return header.grain_size + 2 * SECTOR
+
+
 def last_grain_sector(head: bytes, header: VmdkHeader) -> int | None:
     """File sector of the last-placed grain, from the GD/GTs qemu-style files keep up front.
 
@@ -586,6 +638,13 @@ def last_grain_sector(head: bytes, header: VmdkHeader) -> int | None:
         raise ValueError(f"need the first {header.overhead_bytes} bytes, got {len(head)}")
     n_gt = header.num_grain_tables
     gd_pos = header.gd_offset * SECTOR
+    if gd_pos + n_gt * 4 > len(head):
+        raise InvalidImage(
+            "the VMDK header is corrupted: its grain directory does not fit in the metadata "
+            "area",
+            found=f"gdOffset={header.gd_offset}, {n_gt} entries, metadata area "
+            f"{len(head)} bytes",
+        )
     gd = struct.unpack_from(f"<{n_gt}I", head, gd_pos)
     last = None
     for gt_sector in gd:
@@ -593,7 +652,10 @@ def last_grain_sector(head: bytes, header: VmdkHeader) -> int | None:
             continue
         pos = gt_sector * SECTOR
         if pos + header.num_gtes_per_gt * 4 > len(head):
-            raise ValueError(f"grain table at sector {gt_sector} lies beyond the metadata area")
+            raise InvalidImage(
+                "the VMDK is corrupted: a grain table lies beyond the metadata area",
+                found=f"grain table at sector {gt_sector}, metadata area {len(head)} bytes",
+            )
         entries = struct.unpack_from(f"<{header.num_gtes_per_gt}I", head, pos)
         top = max(entries)
         if top > 1 and (last is None or top > last):
@@ -607,6 +669,7 @@ def check_stream_end(
     header: VmdkHeader | None = None,
     total_bytes: int | None = None,
     head: bytes | None = None,
+    last_grain: bytes | None = None,
     image_id: str | None = None,
 ) -> None:
     """Raise ``InvalidImage`` if a complete streamOptimized stream was not received.
@@ -615,8 +678,10 @@ def check_stream_end(
     footer marker + footer + end-of-stream marker, and the footer must agree with the header.
     For a qemu-style file (real gdOffset, no footer) the last-placed grain is found through the
     grain tables in ``head`` (the first ``header.overhead_bytes``) and must be whole in the
-    ``tail`` (keep :data:`TAIL_BYTES`): its compressed data must fit in ``total_bytes`` and
-    inflate to its end. A stream cut anywhere after the metadata fails one of these.
+    ``tail`` (keep :data:`TAIL_BYTES`), or in ``last_grain`` (the bytes from the last grain's
+    position on, as a reader that knew it captured them: then any amount of padding may follow
+    it): its compressed data must fit in ``total_bytes`` and inflate to its end. A stream cut
+    anywhere after the metadata fails one of these.
     """
     ident = _describe(image_id)
     if total_bytes is not None and total_bytes % SECTOR:
@@ -654,17 +719,19 @@ def check_stream_end(
     if last is None:
         return
     pos = last * SECTOR
-    tail_start = total_bytes - len(tail)
     if pos + _GRAIN_MARKER.size > total_bytes:
         raise InvalidImage(
             "the stream is cut: its last grain starts beyond the received bytes",
             found=f"{total_bytes} bytes received, last grain at byte {pos}",
             **ident,
         )
-    if pos < tail_start:
-        raise ValueError(f"tail too short: last grain at {pos}, tail starts at {tail_start}")
-    rel = pos - tail_start
-    _lba, size = _GRAIN_MARKER.unpack_from(tail, rel)
+    if last_grain is None:
+        tail_start = total_bytes - len(tail)
+        if pos < tail_start:
+            raise ValueError(f"the last grain (byte {pos}) is before the kept tail "
+                             f"(from byte {tail_start}): pass last_grain=")
+        last_grain = tail[pos - tail_start:]
+    _lba, size = _GRAIN_MARKER.unpack_from(last_grain)
     end = pos + _GRAIN_MARKER.size + size
     if size == 0 or end > total_bytes:
         raise InvalidImage(
@@ -672,7 +739,7 @@ def check_stream_end(
             found=f"{total_bytes} bytes received, last grain needs {end}",
             **ident,
         )
-    data = tail[rel + _GRAIN_MARKER.size : rel + _GRAIN_MARKER.size + size]
+    data = last_grain[_GRAIN_MARKER.size : _GRAIN_MARKER.size + size]
     inflater = zlib.decompressobj()
     try:
         inflater.decompress(data, header.grain_size + 1)

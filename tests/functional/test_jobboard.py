@@ -283,7 +283,7 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
     live = api.open_handles(conf, vsphere=vsphere, images=images).transients()
     missing = jobs.post(conf, api.plan(conf, "spawn", f"nothing-{uuid.uuid4().hex[:6]}",
                                        "no-such-image"))
-    counts = conductor.run_conductor(conf, live, max_jobs=1)
+    counts = conductor.run_conductor(conf, lambda: live, max_jobs=1)
     assert counts == {"consumed": 1, "released": 0, "trashed": 0}
     with pytest.raises(jobs.JobFailed) as failed:
         jobs.wait(conf, missing, 10)
@@ -298,7 +298,7 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
     stop = threading.Event()
     outcome: dict = {}
     worker = threading.Thread(target=lambda: outcome.update(
-        conductor.run_conductor(conf, live, stop_event=stop)))
+        conductor.run_conductor(conf, lambda: live, stop_event=stop)))
     try:
         worker.start()
         _wait_for(lambda: any(sum((lease.get("transferred") or {}).values()) > 0
@@ -311,7 +311,7 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
         with jobs.connect(conf) as board:
             (job,) = [j for j in board.iterjobs(ensure_fresh=True) if j.uuid == job_id]
             assert job.state == "UNCLAIMED"
-        assert conductor.run_conductor(conf, live, max_jobs=1)["consumed"] == 1
+        assert conductor.run_conductor(conf, lambda: live, max_jobs=1)["consumed"] == 1
         result = jobs.wait(conf, job_id, 10)
     finally:
         _forget_after(destroy_after, instance, image_id, control)

@@ -226,3 +226,22 @@ def test_unknown_cluster_is_a_config_error(simulator, wsdl_url, tmp_path, images
     with pytest.raises(exceptions.ConfigError) as err:
         api.spawn(conf, _name(), _add(images, good_vmdk), images=images)
     assert "no-such-cluster" in str(err.value) and "DC0_C0" in str(err.value)
+
+
+def test_image_corrupted_at_rest_never_becomes_a_cache_entry(sim_conf, vsphere, images,
+                                                             control, tmp_path):
+    """4 KiB flipped in the middle of an active image's data (same size, still a whole VMDK
+    by structure): the recorded hash catches it while streaming, the import is rolled back."""
+    path = disks.make_stream_optimized(tmp_path / "rot.vmdk", 64 * MiB, data_mib=8)
+    image_id = _add(images, path)
+    data_file = images.directory / f"{image_id}.data"
+    data = bytearray(data_file.read_bytes())
+    mid = len(data) // 2
+    data[mid: mid + 4096] = bytes(b ^ 0xFF for b in data[mid: mid + 4096])
+    data_file.write_bytes(bytes(data))
+    imports = control.calls("ImportVApp")
+    with pytest.raises(exceptions.InvalidImage, match="does not match the hash"):
+        _spawn(sim_conf, vsphere, images, _name(), image_id)
+    assert control.calls("ImportVApp") == imports + 1, "one import, not retried"
+    assert not [vm for vm in control.status()["vms"]
+                if vm["name"].startswith(imagecache.name_prefix(image_id))]

@@ -57,3 +57,17 @@ def test_filter_cleans_message_and_traceback():
     assert redaction.RedactingFilter(secrets).filter(record)
     assert "s3cr3t-pw" not in record.getMessage() and "aa-bb" not in record.getMessage()
     assert "s3cr3t-pw" not in record.exc_text
+
+
+def test_our_errors_are_scrubbed_where_they_are_made():
+    import pickle
+
+    from vsan_flows import exceptions
+
+    err = exceptions.TransferError(
+        "the disk transfer broke: PUT https://10.0.0.5/nfc/52e1-77aa/disk-0.vmdk refused; "
+        "store mysql://root:hunter22@db/flows")
+    assert "52e1-77aa" not in str(err) and "hunter22" not in str(err)
+    assert "52e1-77aa" not in str(pickle.loads(pickle.dumps(err)))
+    assert "52e1-77aa" not in str(exceptions.IncompleteTransfer(
+        "The upload to https://h/nfc/52e1-77aa/disk", bytes_sent=1, bytes_expected=2))

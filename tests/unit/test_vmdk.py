@@ -255,3 +255,138 @@ def test_all_zero_disk_end_check(d):
     _end_check(data, h)
     with pytest.raises(InvalidImage, match="cut inside its metadata"):
         _end_check(data[:1024], h)
+
+
+# ------------------------------------------------------------------ hostile input (bounded)
+
+
+def _with_header_field(data: bytes, fmt: str, offset: int, value: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+# Byte offsets of header fields (see vmdk._HEADER): capacity 12, grainSize 20, numGTEsPerGT 44,
+# gdOffset 56, overHead 64.
+def test_metadata_area_beyond_what_the_tables_need_is_refused(good):
+    data = good.read_bytes()
+    lying = _with_header_field(data, "<Q", 64, (1 << 30) // 512)  # "1 GiB of metadata"
+    with pytest.raises(InvalidImage, match="metadata area is larger"):
+        vmdk.inspect_stream_optimized(lying, declared_size=len(data))
+
+
+def test_capacity_beyond_vsphere_is_refused_without_allocating(good):
+    data = good.read_bytes()
+    huge = _with_header_field(data, "<Q", 12, 1 << 40)  # 2^40 sectors = 512 TiB
+    with pytest.raises(InvalidImage, match="largest virtual disk"):
+        vmdk.inspect_stream_optimized(huge, declared_size=len(data))
+
+
+def test_gzip_is_named_with_the_fix(d, good):
+    import gzip
+
+    path = d / "good.vmdk.gz"
+    path.write_bytes(gzip.compress(good.read_bytes()[:65536]))
+    err = _invalid(path)
+    assert "gzip-compressed" in str(err) and "gunzip" in str(err)
+
+
+def test_size_that_is_not_whole_sectors_is_truncated_before_any_lease(good):
+    size = os.path.getsize(good) - 100
+    err = _invalid(good, declared_size=size)
+    assert "whole number of 512-byte sectors" in str(err)
+
+
+def test_padding_after_the_last_grain_is_accepted_by_the_stream_tap(good):
+    from vsan_flows.streamcheck import StreamTap
+
+    padded = good.read_bytes() + bytes(2 * MIB)  # more than the tail the tap keeps
+    tap = StreamTap(io.BytesIO(padded))
+    while tap.read(256 * 1024):
+        pass
+    tap.check_complete()
+
+
+def test_cut_stream_is_still_caught_by_the_tap_when_padding_is_allowed(good):
+    from vsan_flows.streamcheck import StreamTap
+
+    data = good.read_bytes()
+    h = vmdk.read_header(data)
+    last = vmdk.last_grain_sector(data[: h.overhead_bytes], h) * 512
+    _lba, size = struct.unpack_from("<QI", data, last)
+    assert size > 512
+    tap = StreamTap(io.BytesIO(data[: last + 512]))  # inside the last grain, sector-aligned
+    while tap.read(65536):
+        pass
+    with pytest.raises(InvalidImage, match="last grain"):
+        tap.check_complete()
+
+
+def test_crafted_grain_directory_is_invalid_image_not_struct_error(good):
+    data = good.read_bytes()
+    h = vmdk.read_header(data)
+    head = bytearray(data[: h.overhead_bytes])
+    struct.pack_into("<I", head, h.gd_offset * 512, 0x7FFFFFFF)  # a table far outside
+    with pytest.raises(InvalidImage, match="grain table lies beyond"):
+        vmdk.last_grain_sector(bytes(head), h)
+    outside = _with_header_field(data, "<Q", 56, h.overhead_sectors)  # GD past the area
+    h2 = vmdk.read_header(outside)
+    with pytest.raises(InvalidImage, match="grain directory does not fit"):
+        vmdk.last_grain_sector(outside[: h2.overhead_bytes], h2)
+
+
+def test_vmware_stream_cut_at_a_sector_boundary_says_so(stream):
+    data = stream.read_bytes()
+    cut = data[: len(data) - 3 * 512]
+    with pytest.raises(InvalidImage, match="ends before its end-of-stream marker") as info:
+        vmdk.check_stream_end(cut[-4096:], total_bytes=len(cut))
+    assert "val=" not in str(info.value)  # no garbage "marker" numbers quoted
+
+
+# Property-based: whatever a file's first bytes are, the parser answers InvalidImage (or a
+# header), within a bounded time and memory, never another exception class.
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@pytest.fixture(scope="module")
+def good_head(good):
+    data = good.read_bytes()
+    return data[: vmdk.read_header(data).overhead_bytes + 4096], len(data)
+
+
+_FIELDS = [("<I", 4), ("<I", 8), ("<Q", 12), ("<Q", 20), ("<Q", 28), ("<Q", 36), ("<I", 44),
+           ("<Q", 48), ("<Q", 56), ("<Q", 64), ("<B", 72), ("<H", 77)]
+
+
+@hypothesis.settings(max_examples=300, deadline=2000,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(
+    edits=st.lists(st.tuples(st.sampled_from(_FIELDS), st.integers(0, 2**64 - 1)), max_size=4),
+    flips=st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), max_size=8),
+    declared=st.one_of(st.none(), st.integers(0, 2**40)),
+)
+def test_any_header_is_a_header_or_invalid_image(good_head, edits, flips, declared):
+    import tracemalloc
+
+    head, _size = good_head
+    data = bytearray(head)
+    for (fmt, offset), value in edits:
+        struct.pack_into(fmt, data, offset, value % (1 << (8 * struct.calcsize(fmt))))
+    for offset, value in flips:
+        data[offset] = value
+    tracemalloc.start()
+    try:
+        try:
+            h = vmdk.inspect_stream_optimized(bytes(data), declared_size=declared)
+        except InvalidImage:
+            return
+        if not h.gd_at_end:
+            try:
+                vmdk.last_grain_sector(bytes(data).ljust(h.overhead_bytes, b"\0"), h)
+            except InvalidImage:
+                pass
+        _cur, peak = tracemalloc.get_traced_memory()
+        assert peak < 64 * MIB, f"parsing this header took {peak} bytes"
+    finally:
+        tracemalloc.stop()

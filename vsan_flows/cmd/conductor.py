@@ -14,6 +14,7 @@ Needs ``[vsan_flows] jobboard_hosts`` and the same ``persistence_connection`` on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -78,10 +79,10 @@ def cmd_conductor(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        # Live handles once, before the first claim: a wrong vCenter setting fails here.
-        with api.open_handles(conf) as handles:
-            counts = conductor.run_conductor(conf, handles.transients(), stop_event=stop,
-                                             max_jobs=args.max_jobs)
+        with contextlib.ExitStack() as stack:
+            counts = conductor.run_conductor(
+                conf, lambda: stack.enter_context(api.open_handles(conf)).transients(),
+                stop_event=stop, max_jobs=args.max_jobs)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -21,7 +21,7 @@ import functools
 import logging
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from oslo_config import cfg
@@ -89,7 +89,8 @@ class VsanFlowsConductor(BlockingConductor):
     TaskFlow has no engine factory hook: a conductor builds each job's engine in
     ``_engine_from_job`` (its documented override point, like ``_listeners_from_job``), so
     that is where the transient live handles go in and where a taken-over flow is prepared
-    for resume.
+    for resume. Our attributes carry a ``_vsan_`` prefix: TaskFlow's conductors keep private
+    state under plain names (``_dispatched`` is theirs).
     """
 
     def __init__(self, name: str, board, *, transients: Mapping[str, Any], persistence,
@@ -98,10 +99,10 @@ class VsanFlowsConductor(BlockingConductor):
         options = runner.engine_options(engine, max_workers)
         super().__init__(name, board, persistence=persistence, engine=options.pop("engine"),
                          engine_options=options, wait_timeout=wait_timeout)
-        self._transients = dict(transients)
-        self._max_jobs = max_jobs
-        self._dispatched = 0
-        self._tokens: dict[str, str] = {}  # job -> its flow's token, while it runs here
+        self._vsan_transients = dict(transients)
+        self._vsan_max_jobs = max_jobs
+        self._vsan_dispatched = 0
+        self._vsan_tokens: dict[str, str] = {}  # job -> its flow's token, while it runs here
 
     def _flow_detail_from_job(self, job):
         # The book a job object carries is read once and may predate a takeover: reload.
@@ -114,13 +115,13 @@ class VsanFlowsConductor(BlockingConductor):
         jobs.update_book_meta(self._persistence, job.book_uuid,
                               {"conductor": self._name, "job": job.uuid})
         engine = super()._engine_from_job(job)
-        engine.storage.inject(self._transients, transient=True)
+        engine.storage.inject(self._vsan_transients, transient=True)
         engine.compile()
         engine.prepare()
         # Same resume semantics as runner.resume: a transfer caught RUNNING was cut off.
         runner.fail_interrupted_transfers(engine)
         with contextlib.suppress(Exception):  # a flow without a token holds no image lock
-            self._tokens[job.uuid] = engine.storage.fetch(names.FLOW_TOKEN)
+            self._vsan_tokens[job.uuid] = engine.storage.fetch(names.FLOW_TOKEN)
         return engine
 
     def _listeners_from_job(self, job, engine):
@@ -145,8 +146,8 @@ class VsanFlowsConductor(BlockingConductor):
         finally:
             # However the flow stopped here, the image import locks it took in this process
             # go (a flow that runs again takes them again).
-            token = self._tokens.pop(job.uuid, None)
-            locks = self._transients.get(names.IMAGE_LOCKS)
+            token = self._vsan_tokens.pop(job.uuid, None)
+            locks = self._vsan_transients.get(names.IMAGE_LOCKS)
             if token and locks is not None:
                 locks.release_owner(token)
             self._count_dispatch()
@@ -155,8 +156,8 @@ class VsanFlowsConductor(BlockingConductor):
         # TaskFlow's run(max_dispatches=N) dispatches N + 1 jobs (it counts after submitting,
         # and only stops when the counter overflows on the next job) and then idles on an
         # empty board; count here and stop once the job is done (it is still consumed).
-        self._dispatched += 1
-        if self._max_jobs is not None and self._dispatched >= self._max_jobs:
+        self._vsan_dispatched += 1
+        if self._vsan_max_jobs is not None and self._vsan_dispatched >= self._vsan_max_jobs:
             self.stop()
 
 
@@ -164,15 +165,16 @@ def _count(counts: dict[str, int], key: str, _event: str, details=None) -> None:
     counts[key] += 1
 
 
-def run_conductor(conf: cfg.ConfigOpts, transients: Mapping[str, Any], *,
+def run_conductor(conf: cfg.ConfigOpts, make_transients: Callable[[], Mapping[str, Any]], *,
                   stop_event: threading.Event | None = None, max_jobs: int | None = None,
                   backend=None) -> dict[str, int]:
     """Claim and run jobs until ``stop_event`` is set or ``max_jobs`` were dispatched.
 
-    ``transients`` are the live handles every job's flow gets, built once by the caller
-    before the first claim (so a wrong vCenter setting fails at start, not job by job). On
-    stop the running task finishes, the flow is suspended and its job released for another
-    conductor. Returns counts of consumed, released and trashed jobs.
+    ``make_transients`` builds the live handles every job's flow gets; it is called once,
+    after the board is reached and before the first claim (so an unreachable ZooKeeper or a
+    wrong vCenter setting fails at start, not job by job). On stop the running task finishes,
+    the flow is suspended and its job released for another conductor. Returns counts of
+    consumed, released and trashed jobs.
     """
     name = conductor_name(conf)
     counts = {"consumed": 0, "released": 0, "trashed": 0}
@@ -182,7 +184,7 @@ def run_conductor(conf: cfg.ConfigOpts, transients: Mapping[str, Any], *,
             stack.callback(backend.close)
         board = stack.enter_context(jobs.connect(conf, backend, name=name))
         conductor = VsanFlowsConductor(
-            name, board, transients=transients, persistence=backend,
+            name, board, transients=make_transients(), persistence=backend,
             engine=conf.vsan_flows.engine, max_workers=conf.vsan_flows.max_workers,
             wait_timeout=conf.vsan_flows.conductor_wait_timeout, max_jobs=max_jobs)
         for event, key in (("job_consumed", "consumed"), ("job_abandoned", "released"),

@@ -97,7 +97,11 @@ def parse_age(text: str) -> dt.timedelta:
     if not match:
         raise ValueError(f"{text!r} is not an age; use a number with s, m, h, d or w "
                          "(e.g. 2h, 3d)")
-    return dt.timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2).lower()])
+    try:
+        return dt.timedelta(seconds=float(match.group(1)) * _AGE_UNITS[match.group(2).lower()])
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long ago to compute; the largest age is about "
+                         f"{dt.timedelta.max.days // 7} weeks") from None
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -125,7 +129,7 @@ def failure_info(failure: tf_failure.Failure | Mapping | None) -> dict | None:
     """Type, message and traceback of a TaskFlow Failure (or its dict form), scrubbed.
 
     A failure restored from the store carries no exception object, only its type names and
-    text (DESIGN: "a restored failure may carry no exception"); that is all we need here.
+    text (a restored failure may carry no exception object); that is all we need here.
     """
     if failure is None:
         return None

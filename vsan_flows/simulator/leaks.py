@@ -1,6 +1,6 @@
 """Find what a piece of work left behind in the simulator: VMs, datastore files, open leases.
 
-"A leaked VM, disk file or lease is a bug" (DESIGN.md). The functional suite takes a snapshot
+"A leaked VM, disk file or lease is a bug". The functional suite takes a snapshot
 before every test and compares after it; anything new that the test did not declare as meant
 to stay is a leak and fails the test.
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from taskflow import task
 
 from vsan_flows import exceptions, vmdk
@@ -40,6 +42,8 @@ class ValidateStreamOptimizedImage(task.Task):
             "virtual_size": header.capacity_bytes,
             "adapter_type": props.get("vmware_adaptertype") or _adapter(header.adapter_type),
             "os_type": props.get("vmware_ostype") or "otherGuest",
+            # What the store recorded at upload; the stream is checked against it.
+            "hash": _recorded_hash(meta),
         }
 
     @staticmethod
@@ -56,6 +60,14 @@ class ValidateStreamOptimizedImage(task.Task):
                 "the file is truncated: its grain tables place data beyond its end",
                 image_id=image_id,
                 found=f"{size} bytes, last grain at byte {last * vmdk.SECTOR}")
+
+
+def _recorded_hash(meta) -> list[str] | None:
+    """(algorithm, hex digest) the image service recorded, if hashlib knows the algorithm."""
+    algo, value = getattr(meta, "os_hash_algo", None), getattr(meta, "os_hash_value", None)
+    if algo and value and algo.lower() in hashlib.algorithms_available:
+        return [algo.lower(), value]
+    return None
 
 
 def _adapter(descriptor_value: str | None) -> str:

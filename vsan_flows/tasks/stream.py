@@ -18,10 +18,12 @@ PROGRESS_INTERVAL = 1.0
 class StreamDiskToLease(task.Task):
     """Stream the image to the import lease and prove every byte landed.
 
-    Proof is threefold: vCenter answers the PUT with success, the stream we sent is a complete
-    streamOptimized disk (end structure checked on the bytes that went by), and the datastore
-    holds at least as many bytes as we sent. Any miss raises, and the import subflow's revert
-    aborts the lease and destroys the half-imported VM.
+    Proof is fourfold: vCenter answers the PUT with success, the stream we sent is a complete
+    streamOptimized disk (end structure checked on the bytes that went by), its hash is the
+    one the image service recorded at upload (a disk corrupted at rest would otherwise become
+    the cached base disk of every later instance), and the datastore holds at least as many
+    bytes as we sent. Any miss raises before the lease is completed, and the import subflow's
+    revert aborts the lease and destroys the half-imported VM.
     """
 
     default_provides = "bytes_sent"
@@ -45,7 +47,9 @@ class StreamDiskToLease(task.Task):
                 self.update_progress(done / size if size else 1.0)
 
         with images.open(image["id"]) as source:
-            tap = StreamTap(source, image_id=image["id"])
+            recorded = image.get("hash")  # absent in flows stored before it was recorded
+            tap = StreamTap(source, image_id=image["id"],
+                            expected_hash=tuple(recorded) if recorded else None)
             sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress)
         tap.check_complete()
         if policy.verify_stored_size and import_lease.get("vm"):

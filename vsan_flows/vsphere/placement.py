@@ -1,7 +1,8 @@
 """Pure datastore choice: candidates + policy + size -> one datastore, or every reason why not.
 
 Kept free of SOAP so the policy can be tested exhaustively and explained: inventory.py reads the
-facts from vCenter, this module decides. Compared with nova (see notes/nova-baseline.md):
+facts from vCenter, this module decides. Compared with nova 34 (its ds_util/vmops choose the largest
+free datastore among VMFS/NFS/NFS41/vsan whose name ``re.match``-es datastore_regex):
 
 * the allowed types come from configuration and default to vsan only (nova allows VMFS, NFS,
   NFS41 and vsan for streamOptimized and never requires vsan);

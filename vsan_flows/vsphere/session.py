@@ -74,7 +74,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         raise exceptions.ConfigError("[vmware] host_ip", "is not set",
                                      "Set it to the vCenter server's address.")
     _probe(v.host_ip, v.host_port)
-    redaction.guard_library_logs()
+    redaction.guard_library_logs(redaction.Secrets.from_conf(conf))
     if v.insecure and not v.ca_file:
         # The operator chose this once in config; one warning here instead of urllib3's
         # warning on every request (hundreds per spawn).
