@@ -498,6 +498,9 @@ NOT_OPTIONS = {
     "adapter_type", "resume_unfinished", "init_host", "REVERT_FAILURE",
     # architecture.md names code, not options
     "cached_shadow", "is_gone", "oslo_vmware",
+    # concurrency.md names code, CPython internals and an environment variable
+    "invoke_api", "release_owner", "HEAD_LOCK", "local_clear", "take_gil",
+    "VSAN_FLOWS_STRESS_ROUNDS",
 }
 
 
