@@ -28,7 +28,9 @@ concurrency  ``--concurrency`` warm spawns (distinct names, ``--images`` cached 
              worker threads spend their time) of the threaded runs.
 
 Every VM made is destroyed, the simulator is stopped, the work directory removed (unless
---keep), and a leak check is printed.
+--keep), and a leak check is printed (the harness that does this is benchmarks/common.py).
+``--smoke`` runs every section at tiny sizes once, to prove the benchmark still runs;
+tests/functional/test_benchmarks_smoke.py does.
 """
 
 from __future__ import annotations
@@ -41,19 +43,18 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import traceback
 import uuid
 from pathlib import Path
 
-import stream as sb  # benchmarks/stream.py: simulator, fixtures, conf, timing helpers
+import common  # benchmarks/common.py: the simulator harness and helpers both benchmarks use
+from common import fmt, log, make_conf, parse_size, size_label, timing_listener
 
-MiB = sb.MiB
+# When this interpreter got to run the benchmark's own code: a child's "interpreter+imports".
+T_START = time.monotonic()
 OVERHEAD_GOAL = 1.10
 RESUME_GOAL_S = 10.0
 CONCURRENCY_GOAL = 5.0
@@ -68,13 +69,7 @@ CUES = ([f"{a}:before" for a in SPAWN_ATOMS[:5]] + ["transfer"]
         + [f"{a}:before" for a in SPAWN_ATOMS[5:]] + ["CloneLinkedDisk:after"])
 
 
-def log(msg: str) -> None:
-    sb.log(msg)
-
-
-def med(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+med = common.median
 
 
 def r3(v: float | None) -> float | None:
@@ -82,7 +77,7 @@ def r3(v: float | None) -> float | None:
 
 
 def sql_conf(sim_info: dict, wsdl: str, state_dir: str, db: str, **flows):
-    conf = sb.make_conf(sim_info, wsdl, state_dir)
+    conf = make_conf(sim_info, wsdl, state_dir)
     url = db if db.startswith("memory://") else f"sqlite:///{db}"
     conf.set_override("persistence_connection", url, "vsan_flows")
     for name, value in flows.items():
@@ -145,9 +140,8 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
             sent = imports.upload(vsphere, lease["lease"], tap, image["size"])
         tap.check_complete()
         if policy.verify_stored_size and lease.get("vm"):
-            _path, stored = imports.stored_disk(vsphere, lease["vm"], chosen.moref)
-            if stored is not None and stored < sent:
-                raise RuntimeError(f"stored {stored} < sent {sent}")
+            imports.check_imported_disk(vsphere, lease["lease"], lease["vm"], chosen.name,
+                                        image["virtual_size"])
         # CompleteLease
         leases.complete(vsphere, lease["lease"])
         # RegisterShadowVM
@@ -251,7 +245,7 @@ class StackSampler(threading.Thread):
     def _site(frame) -> str:
         code = frame.f_code
         parts = code.co_filename.split("/site-packages/")
-        path = parts[-1] if len(parts) > 1 else os.path.relpath(code.co_filename, sb.ROOT)
+        path = parts[-1] if len(parts) > 1 else os.path.relpath(code.co_filename, common.ROOT)
         return f"{path}:{frame.f_lineno} {code.co_name}"
 
     @staticmethod
@@ -509,21 +503,16 @@ def child_worker(spec: dict) -> None:
 
 # --------------------------------------------------------------------------------- bench
 
-class FlowBench(sb.Bench):
+class FlowBench(common.Harness):
+    """The flow sections on the shared harness (one simulator, fixtures, leak check)."""
+
+    SCRIPT = Path(__file__).resolve()
+
     def __init__(self, args, workdir: Path) -> None:
         super().__init__(args, workdir)
         self.results = {"overhead": {}, "resume": {}, "concurrency": {}}
-
-    def spec(self, **extra) -> dict:
-        return {"sim": self.sim_info, "wsdl": self.wsdl_url, "state_dir": str(self.state_dir),
-                "images_dir": str(self.images.directory), **extra}
-
-    def run_child(self, mode: str, spec: dict, timeout: float = 1800) -> tuple[int, dict, str]:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                               json.dumps({"mode": mode, **spec})],
-                              capture_output=True, text=True, timeout=timeout)
-        lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
-        return proc.returncode, (json.loads(lines[-1]) if lines else {}), proc.stderr
+        for sub in ("overhead", "concurrency"):
+            (workdir / sub).mkdir()
 
     def more_images(self, fx: dict, n: int) -> list[str]:
         """``n`` image ids with the fixture's bytes (distinct ids = distinct cache entries)."""
@@ -537,15 +526,6 @@ class FlowBench(sb.Bench):
 
         t = psutil.Process(self.sim.process.pid).cpu_times()
         return t.user + t.system
-
-    def destroy_quiet(self, names) -> None:
-        from vsan_flows.vsphere import instances
-
-        for name in names:
-            try:
-                instances.destroy_by_name(self.vsphere, name)
-            except Exception as exc:  # noqa: BLE001 - report, keep cleaning
-                self.errors.append(f"destroy {name}: {exc}")
 
     # ---------------------------------------------------------------- overhead
 
@@ -567,7 +547,7 @@ class FlowBench(sb.Bench):
             a = meter.snapshot()
             t = time.monotonic()
             res = api.spawn(conf, name, image_id, vsphere=self.vsphere, images=self.images,
-                            backend=backend, listeners=(sb._timing_listener(durations),))
+                            backend=backend, listeners=(timing_listener(durations),))
             secs = time.monotonic() - t
             d = StorageMeter.delta(a, meter.snapshot())
             tasks = sum(v for k, v in durations.items() if k != "spawn")
@@ -633,7 +613,7 @@ class FlowBench(sb.Bench):
                      "cues": dict(collections.Counter(c for _, _, c in plan))}
         log(f"  resume: creating {n} interrupted spawns in a child that SIGKILLs itself")
         t = time.monotonic()
-        rc, made, err = self.run_child("create", self.spec(db=str(db), plan=plan))
+        rc, made, err = self.run_child(self.spec(mode="create", db=str(db), plan=plan))
         out["create_s"] = round(time.monotonic() - t, 2)
         if rc != -signal.SIGKILL or not made:
             raise RuntimeError(f"create child ended with {rc}: {err[-2000:]}")
@@ -648,13 +628,13 @@ class FlowBench(sb.Bench):
             src = Path(str(db) + suffix)
             if src.exists():
                 shutil.copy2(src, pdir / src.name)
-        rc, probe, err = self.run_child("probe", self.spec(db=str(pdir / db.name)))
+        rc, probe, err = self.run_child(self.spec(mode="probe", db=str(pdir / db.name)))
         if rc != 0:
             raise RuntimeError(f"probe child failed ({rc}): {err[-2000:]}")
         out["probe"] = probe
         log(f"  resume probe: found {probe['found']} in {probe['find_s']:.2f}s, "
             f"load+decide {probe['load_decide_s']:.2f}s")
-        rc, full, err = self.run_child("resume", self.spec(db=str(db)))
+        rc, full, err = self.run_child(self.spec(mode="resume", db=str(db)))
         if rc != 0:
             raise RuntimeError(f"resume child failed ({rc}): {err[-2000:]}")
         out["full"] = full
@@ -813,9 +793,9 @@ class FlowBench(sb.Bench):
     def processes(self, p: list, db: str) -> dict:
         procs = []
         for name, img in p:
-            spec = {"mode": "worker", **self.spec(db=db, plan=[(name, img)])}
+            spec = self.spec(mode="worker", db=db, plan=[(name, img)])
             procs.append(subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                [sys.executable, str(self.SCRIPT), "--child", json.dumps(spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True))
         try:
@@ -886,25 +866,25 @@ def print_report(res: dict) -> None:
         for v in ("cold", "warm"):
             s = ov[v]
             b = s["flow_breakdown"]
-            print(f"{v:>8} {sb._fmt(s['seconds']['proc']['median'], '.3f'):>8} "
-                  f"{sb._fmt(s['seconds']['flow']['median'], '.3f'):>8} "
-                  f"{sb._fmt(s['seconds']['flow_open']['median'], '.3f'):>10} "
-                  f"{sb._fmt(s['ratio']['flow'], '.3f'):>10} "
-                  f"{sb._fmt(s['ratio']['flow_open'], '.3f'):>10} "
-                  f"{sb._fmt(b['storage_s'], '.3f'):>8} {sb._fmt(b['storage_calls'], '.0f'):>6} "
-                  f"{sb._fmt(b['sql_exec_s'], '.3f'):>9} {sb._fmt(b['sql_statements'], '.0f'):>6}")
+            print(f"{v:>8} {fmt(s['seconds']['proc']['median'], '.3f'):>8} "
+                  f"{fmt(s['seconds']['flow']['median'], '.3f'):>8} "
+                  f"{fmt(s['seconds']['flow_open']['median'], '.3f'):>10} "
+                  f"{fmt(s['ratio']['flow'], '.3f'):>10} "
+                  f"{fmt(s['ratio']['flow_open'], '.3f'):>10} "
+                  f"{fmt(b['storage_s'], '.3f'):>8} {fmt(b['storage_calls'], '.0f'):>6} "
+                  f"{fmt(b['sql_exec_s'], '.3f'):>9} {fmt(b['sql_statements'], '.0f'):>6}")
         print(f"  goal: flow/proc <= {OVERHEAD_GOAL:.2f}.  flow = api.spawn with a backend "
               "opened once; flow_open = api.spawn opening the backend\n  from conf itself "
-              f"(open_backend alone: {sb._fmt(ov['open_backend_s'], '.3f')}s median). storage ="
+              f"(open_backend alone: {fmt(ov['open_backend_s'], '.3f')}s median). storage ="
               " time in the backend's connection calls\n  during one flow spawn (sql exec = "
               "statement execution inside it; the rest is commit/fsync, SQLAlchemy, models).")
         for v in ("cold", "warm"):
             b = ov[v]["flow_breakdown"]
             print(f"  {v}: per run proc "
-                  f"{', '.join(sb._fmt(x, '.3f') for x in ov[v]['seconds']['proc']['runs'])}; "
-                  f"flow {', '.join(sb._fmt(x, '.3f') for x in ov[v]['seconds']['flow']['runs'])}")
+                  f"{', '.join(fmt(x, '.3f') for x in ov[v]['seconds']['proc']['runs'])}; "
+                  f"flow {', '.join(fmt(x, '.3f') for x in ov[v]['seconds']['flow']['runs'])}")
             print(f"  {v}: engine other than storage "
-                  f"{sb._fmt(b['engine_other_s (flow - proc - storage)'], '.3f')}s; storage by "
+                  f"{fmt(b['engine_other_s (flow - proc - storage)'], '.3f')}s; storage by "
                   "method: " + ", ".join(f"{m} {b['per_method_calls'][m]:.0f}x "
                                          f"{b['per_method_s'][m]:.3f}s"
                                          for m in b["per_method_s"]))
@@ -937,12 +917,12 @@ def print_report(res: dict) -> None:
         print(f"{'mode':>24} {'ok':>4} {'wall s':>8} {'spawns/s':>9} {'x serial':>9} "
               f"{'lat med':>8} {'lat max':>8} {'our cpu':>8} {'sim cpu':>8}")
         for name, m in cc["modes"].items():
-            print(f"{name:>24} {m['ok']:>4} {sb._fmt(m['wall_s'], '.2f'):>8} "
-                  f"{sb._fmt(m['throughput_per_s'], '.2f'):>9} "
-                  f"{sb._fmt(cc['ratio_to_serial'][name], '.2f'):>9} "
-                  f"{sb._fmt(m['latency_median_s'], '.2f'):>8} "
-                  f"{sb._fmt(m['latency_max_s'], '.2f'):>8} {sb._fmt(m['cpu_s'], '.2f'):>8} "
-                  f"{sb._fmt(m['sim_cpu_s'], '.2f'):>8}")
+            print(f"{name:>24} {m['ok']:>4} {fmt(m['wall_s'], '.2f'):>8} "
+                  f"{fmt(m['throughput_per_s'], '.2f'):>9} "
+                  f"{fmt(cc['ratio_to_serial'][name], '.2f'):>9} "
+                  f"{fmt(m['latency_median_s'], '.2f'):>8} "
+                  f"{fmt(m['latency_max_s'], '.2f'):>8} {fmt(m['cpu_s'], '.2f'):>8} "
+                  f"{fmt(m['sim_cpu_s'], '.2f'):>8}")
             for e in m["errors"]:
                 print(f"      error: {e}")
         print(f"  goal: >= {CONCURRENCY_GOAL:.0f}x serial.  CPU per serial spawn: ours "
@@ -973,31 +953,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true",
                    help="small: 3 runs, 20 flows to resume, 8 concurrent spawns")
-    p.add_argument("--runs", type=int, help="runs per overhead figure (median), default 5")
-    p.add_argument("--size", default="64M", help="image size for overhead/concurrency (64M)")
-    p.add_argument("--resume-size", default="16M", help="image size of the resume flows (16M)")
-    p.add_argument("--flows", type=int, help="interrupted flows to resume (default 100)")
-    p.add_argument("--concurrency", type=int, help="spawns, serial and concurrent (20)")
-    p.add_argument("--images", type=int, default=4, help="distinct images (concurrency, 4)")
-    p.add_argument("--data-fraction", type=float, default=0.25)
-    p.add_argument("--workdir", help="parent of the temporary work directory")
-    p.add_argument("--fixture-dir", help="keep and reuse the generated VMDKs here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, help="runs per overhead figure (median), default 5 "
+                   "(1 with --smoke)")
+    p.add_argument("--size", help="image size for overhead/concurrency (64M; 4M with --smoke)")
+    p.add_argument("--resume-size", help="image size of the resume flows (16M; 4M with --smoke)")
+    p.add_argument("--flows", type=int, help=f"interrupted flows to resume (default 100; "
+                   f"{len(CUES)} with --smoke: one per cue)")
+    p.add_argument("--concurrency", type=int, help="spawns, serial and concurrent (20; 2 with "
+                   "--smoke)")
+    p.add_argument("--images", type=int, help="distinct images (concurrency, 4; 2 with --smoke)")
+    common.add_harness_args(p)
     args = p.parse_args(argv)
-    args.runs = args.runs or (3 if args.quick else 5)
-    args.flows = args.flows or (20 if args.quick else 100)
-    args.concurrency = args.concurrency or (8 if args.quick else 20)
-    args.size = sb.parse_size(args.size)
-    args.resume_size = sb.parse_size(args.resume_size)
+    if args.smoke and args.quick:
+        p.error("--smoke and --quick are two different sizes: choose one")
+
+    def pick(default, quick, smoke):
+        return smoke if args.smoke else quick if args.quick else default
+
+    args.runs = args.runs or pick(5, 3, 1)
+    args.flows = args.flows or pick(100, 20, len(CUES))
+    args.concurrency = args.concurrency or pick(20, 8, 2)
+    args.images = args.images or pick(4, 4, 2)
+    args.size = parse_size(args.size or pick("64M", "64M", "4M"))
+    args.resume_size = parse_size(args.resume_size or pick("16M", "16M", "4M"))
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if set(args.sections) - set(SECTIONS):
         p.error(f"unknown section(s): {set(args.sections) - set(SECTIONS)}")
     return args
 
 
-def child_main(spec: dict, t_start: float) -> None:
-    sb._quiet()
+def args_summary(args: argparse.Namespace) -> dict:
+    return {"runs": args.runs, "size": size_label(args.size),
+            "resume_size": size_label(args.resume_size), "flows": args.flows,
+            "concurrency": args.concurrency, "images": args.images}
+
+
+def child_main(spec: dict) -> None:
+    t_start = T_START
     mode = spec["mode"]
     if mode == "create":
         child_create(spec)
@@ -1009,55 +1001,8 @@ def child_main(spec: dict, t_start: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    t_start = time.monotonic()
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    sb._quiet()
-    if args.child:
-        child_main(json.loads(args.child), t_start)
-        return 0
-    workdir = Path(tempfile.mkdtemp(prefix="vsan-flows-ovh-", dir=args.workdir))
-    for sub in ("overhead", "concurrency"):
-        (workdir / sub).mkdir()
-    bench = FlowBench(args, workdir)
-    t0 = time.monotonic()
-    leaks: list[str] = []
-    failed = False
-    try:
-        bench.start()
-        for section in SECTIONS:
-            if section in args.sections:
-                log(f"{section} section")
-                try:
-                    getattr(bench, f"section_{section}")()
-                except Exception:  # noqa: BLE001 - report, go on with the next section
-                    failed = True
-                    bench.errors.append(f"{section}: {traceback.format_exc()}")
-                    bench.cleanup_all()
-    except Exception:  # noqa: BLE001
-        failed = True
-        bench.errors.append(traceback.format_exc())
-    finally:
-        try:
-            leaks = bench.stop()
-        except Exception:  # noqa: BLE001
-            failed = True
-            bench.errors.append(traceback.format_exc())
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results = {**bench.results, "leaks": leaks, "errors": bench.errors,
-               "elapsed_seconds": round(time.monotonic() - t0, 1),
-               "args": {"runs": args.runs, "size": sb.size_label(args.size),
-                        "resume_size": sb.size_label(args.resume_size), "flows": args.flows,
-                        "concurrency": args.concurrency, "images": args.images,
-                        "sections": args.sections},
-               "env": sb.environment(Path(args.workdir or tempfile.gettempdir()))}
-    print_report(results)
-    print(f"\nleak check: {'; '.join(leaks) if leaks else 'nothing left behind'}; "
-          f"{results['elapsed_seconds']:.0f}s in all")
-    for err in bench.errors:
-        print(f"ERROR: {err}", file=sys.stderr)
-    print(json.dumps(results, sort_keys=True, default=str))
-    return 1 if failed or bench.errors else 0
+    return common.main(FlowBench, parse_args, child_main, print_report, args_summary,
+                       prefix="vsan-flows-ovh-", argv=argv)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,18 @@ memory  Peak RSS (ru_maxrss) of a fresh child interpreter per measurement, again
         spawn that hits the image cache, so everything but the stream) and ``spawn`` (a cold
         spawn that streams the image). Reported per --mem-sizes size, with the growth of
         ``spawn`` from the smallest to the largest size.
-export  For each image size, a shadow VM is imported (untimed), then N runs of an ExportVm
-        lease read through ``transfer.LeaseDownloadHandle`` in oslo's copy loop (``handle``)
-        against a bare ``http.client`` GET of the same lease URL. New export paths (the
-        snapshot flow) go in EXPORT_PATHS.
+export  For each image size, an instance is spawned (untimed), then N runs of the whole
+        ``api.snapshot`` (its StreamDiskToImage step timed by a listener) against readers of
+        an ExportVm lease of a snapshot clone of the instance (what the flow exports): a bare
+        ``http.client`` GET, the same GET piped into the image store, and
+        ``transfer.LeaseDownloadHandle`` in oslo's copy loop (``handle``). More lease
+        readers go in EXPORT_PATHS.
+export-memory  Peak RSS of a fresh child running ``api.snapshot``, per --mem-sizes size.
 
 Every VM the benchmark creates is destroyed, the simulator is stopped, and the work directory
-removed (unless --keep); a leak check over VMs, datastore files and leases is printed.
+removed (unless --keep); a leak check over VMs, datastore files and leases is printed (the
+harness that does this is benchmarks/common.py). ``--smoke`` runs every section at tiny sizes
+once, to prove the benchmark still runs; tests/functional/test_benchmarks_smoke.py does.
 """
 
 from __future__ import annotations
@@ -33,95 +38,44 @@ import argparse
 import contextlib
 import http.client
 import json
-import os
-import platform
 import resource
-import shutil
 import ssl
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import urllib.parse
 import uuid
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-MiB = 1 << 20
-GiB = 1 << 30
-MB = 1e6
-ROOT = Path(__file__).resolve().parents[1]
+import common  # benchmarks/common.py: the simulator harness and helpers both benchmarks use
+from common import (
+    DATASTORE,
+    MB,
+    MiB,
+    fmt,
+    log,
+    make_conf,
+    mbps,
+    median,
+    parse_size,
+    rounded,
+    size_label,
+    timing_listener,
+)
 
 DEFAULT_SIZES = "256M,2G"
 DEFAULT_MEM_SIZES = "256M,2G"
 QUICK_SIZES = "64M"
 QUICK_MEM_SIZES = "32M,64M"
 QUICK_RUNS = 2
-DATASTORE = "vsanDatastore"
+SMOKE_SIZES = "4M"
+SMOKE_MEM_SIZES = "4M"  # one child per measurement: each logs in (~3 s of CPU)
 RATIO_GOAL = 0.90
 RSS_FLAT_GOAL_MIB = 20.0
 SECTIONS = ("import", "memory", "export", "export-memory")
 
 
 # --------------------------------------------------------------------------------- helpers
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    units = {"K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
-
-def size_label(n: int) -> str:
-    if n % GiB == 0:
-        return f"{n // GiB}G"
-    if n % MiB == 0:
-        return f"{n // MiB}M"
-    return str(n)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def mbps(nbytes: int, seconds: float) -> float:
-    return nbytes / MB / seconds if seconds > 0 else float("nan")
-
-
-def median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def make_conf(sim: dict, wsdl_url: str, state_dir: str):
-    """A ConfigOpts for the simulator, as tests/functional/conftest.py's make_conf builds it."""
-    from oslo_config import cfg
-
-    from vsan_flows import conf as vconf
-
-    c = cfg.ConfigOpts()
-    vconf.register_opts(c)
-    c([], project="vsan-flows", default_config_files=[])
-    values = {
-        ("vmware", "host_ip"): sim["host"],
-        ("vmware", "host_port"): sim["port"],
-        ("vmware", "host_username"): sim["username"],
-        ("vmware", "host_password"): sim["password"],
-        ("vmware", "insecure"): True,
-        ("vmware", "wsdl_location"): wsdl_url,
-        ("vmware", "task_poll_interval"): 0.05,
-        ("vmware", "api_retry_count"): 2,
-        ("vsan_flows", "state_dir"): state_dir,
-        ("vsan_flows", "import_retries"): 0,
-    }
-    for (group, name), value in values.items():
-        c.set_override(name, value, group)
-    return c
-
 
 def cookie_header(vsphere) -> str | None:
     """The vCenter session cookie, as oslo's handles send it with a lease URL request."""
@@ -181,17 +135,6 @@ def bare_get(url: str, cookie: str | None, chunk: int) -> tuple[int, int]:
         conn.close()
 
 
-def _timing_listener(sink: dict) -> Callable:
-    """A listener factory for api.spawn(listeners=...): task/flow name -> seconds."""
-    from taskflow.listeners import timing
-
-    class _Durations(timing.DurationListener):
-        def _record_ending(self, timer, item_type, item_name, state):
-            sink[item_name.rsplit(".", 1)[-1]] = timer.elapsed()
-
-    return _Durations
-
-
 # --------------------------------------------------------------------------------- child
 
 def _proc_status_kib(field: str) -> int | None:
@@ -223,7 +166,6 @@ def child_main(spec: dict) -> None:
     measured as the floor; then the spawn runs, with the peak RSS reset just before it so
     that its own peak is known apart from the login's (suds parsing the WSDL peaks high).
     """
-    _quiet()
     t0 = time.monotonic()
     from vsan_flows import api
     from vsan_flows.flows import spawn as _spawn_flow  # noqa: F401 - what spawn imports
@@ -244,7 +186,7 @@ def child_main(spec: dict) -> None:
     reset = _reset_peak_rss()
     durations: dict = {}
     result = api.spawn(conf, spec["instance"], spec["image_id"], vsphere=vsphere,
-                       images=images, listeners=(_timing_listener(durations),))
+                       images=images, listeners=(timing_listener(durations),))
     out["spawn_peak_kib"] = _proc_status_kib("VmHWM") if reset else None
     out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["instance"] = result["instance_vm"]["name"]
@@ -268,7 +210,7 @@ def _child_snapshot(spec: dict, conf, vsphere, images, t0: float) -> None:
     reset = _reset_peak_rss()
     durations: dict = {}
     result = api.snapshot(conf, spec["instance"], spec["target_image"], vsphere=vsphere,
-                          images=images, listeners=(_timing_listener(durations),))
+                          images=images, listeners=(timing_listener(durations),))
     out["spawn_peak_kib"] = _proc_status_kib("VmHWM") if reset else None
     out["maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["bytes_sent"] = (result.get("image_upload") or {}).get("size")
@@ -279,127 +221,24 @@ def _child_snapshot(spec: dict, conf, vsphere, images, t0: float) -> None:
     print(json.dumps(out), flush=True)
 
 
-def _quiet() -> None:
-    # The lease URLs are fetched without TLS verification on purpose (a simulator).
-    warnings.filterwarnings("ignore", message="Unverified HTTPS request")
-    warnings.filterwarnings("ignore", message=r"\s*eventlet is deprecated")
-    warnings.filterwarnings("ignore", message=r"HTTPSConnection\.set_cert\(\) is deprecated")
-
-
 # --------------------------------------------------------------------------------- bench
 
-class Bench:
+class Bench(common.Harness):
+    """The stream sections on the shared harness (one simulator, fixtures, leak check)."""
+
+    SCRIPT = Path(__file__).resolve()
+
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
-        self.args = args
-        self.workdir = workdir
-        self.sim = None
-        self.vsphere = None
-        self.images = None
-        self.fixtures: dict[int, dict] = {}
-        self.results: dict = {"import": {}, "memory": {}, "export": {}, "export_memory": {}}
-        self.errors: list[str] = []
+        super().__init__(args, workdir)
+        self.results = {"import": {}, "memory": {}, "export": {}, "export_memory": {}}
 
-    # ---------------------------------------------------------------- setup / teardown
+    def environment(self) -> dict:
+        env = super().environment()
+        with contextlib.suppress(Exception):
+            from vsan_flows import conf as vconf
 
-    def start(self) -> None:
-        from vsan_flows.images import LocalImageService
-        from vsan_flows.simulator import launcher, wsdl
-        from vsan_flows.simulator.leaks import LeakChecker
-        from vsan_flows.vsphere.session import connect
-
-        t0 = time.monotonic()
-        self.sim = launcher.start(self.workdir / "vcsim", timeout=90)
-        out = Path(os.environ.get("VSAN_FLOWS_BUILD_DIR") or ROOT / ".build") / "wsdl"
-        self.wsdl_url = "file://" + str(wsdl.generate(out))
-        self.sim_info = {"host": self.sim.host, "port": self.sim.port,
-                         "username": self.sim.username, "password": self.sim.password}
-        self.state_dir = self.workdir / "state"
-        self.state_dir.mkdir(exist_ok=True)
-        self.conf = make_conf(self.sim_info, self.wsdl_url, str(self.state_dir))
-        self.vsphere = connect(self.conf)
-        self.images = LocalImageService(self.workdir / "images")
-        self.checker = LeakChecker(self.sim.control)
-        self.before = self.checker.snapshot()
-        log(f"simulator pid {self.sim.process.pid} at {self.sim.host}:{self.sim.port} ready "
-            f"in {time.monotonic() - t0:.1f}s; work dir {self.workdir}")
-
-    def stop(self) -> list[str]:
-        leaks: list[str] = []
-        if self.sim is None:
-            return leaks
-        try:
-            if self.vsphere is not None:
-                self.cleanup_all()
-                leaks = self.checker.leaks(self.before)
-                with contextlib.suppress(Exception):
-                    self.vsphere.close()
-        finally:
-            self.sim.stop()
-        return leaks
-
-    def cleanup_all(self) -> None:
-        """Abort every open lease and destroy every VM that was not there at the start."""
-        from vsan_flows.vsphere import instances, leases
-
-        status = self.sim.control.status()
-        for lease in status.get("leases") or []:
-            if lease.get("state") not in ("done",):
-                with contextlib.suppress(Exception):
-                    leases.abort(self.vsphere, lease["moref"])
-        names = [vm["name"] for vm in status.get("vms") or []
-                 if vm["name"] not in self.before.vms]
-        # Linked clones (instances) before the shadow VMs they hang from.
-        names.sort(key=lambda n: n.startswith("vsanflows-image-"))
-        for name in names:
-            try:
-                instances.destroy_by_name(self.vsphere, name)
-            except Exception as exc:  # noqa: BLE001 - report, keep cleaning
-                self.errors.append(f"cleanup of VM {name}: {exc}")
-
-    def destroy(self, *names: str | None) -> None:
-        from vsan_flows.vsphere import instances
-
-        for name in names:
-            if name:
-                instances.destroy_by_name(self.vsphere, name)
-
-    # ---------------------------------------------------------------- fixtures
-
-    def fixture(self, size: int) -> dict:
-        """A streamOptimized image of virtual size ``size`` registered in the image store."""
-        if size in self.fixtures:
-            return self.fixtures[size]
-        from vsan_flows.simulator import disks
-        from vsan_flows.tasks.image import ValidateStreamOptimizedImage
-
-        data_mib = max(3, int(size / MiB * self.args.data_fraction))
-        fdir = Path(self.args.fixture_dir) if self.args.fixture_dir else self.workdir / "disks"
-        fdir.mkdir(parents=True, exist_ok=True)
-        path = fdir / f"bench-{size_label(size)}-d{data_mib}.vmdk"
-        t0 = time.monotonic()
-        if not path.exists():
-            tmp = path.with_name(path.name + ".tmp")
-            disks.make_stream_optimized(tmp, size, data_mib=data_mib)
-            tmp.rename(path)
-        made = time.monotonic() - t0
-        image_id = self.images.add_file(path, name=path.name)
-        image = ValidateStreamOptimizedImage().execute(self.images, image_id)
-        fx = {"size": size, "label": size_label(size), "path": path, "image_id": image_id,
-              "file_bytes": image["size"], "image": image, "data_mib": data_mib}
-        # The file every path reads: warm the page cache once so no path pays a cold read.
-        with self.images.open(image_id) as f:
-            while f.read(8 * MiB):
-                pass
-        log(f"fixture {fx['label']}: {fx['file_bytes'] / MB:.0f} MB file "
-            f"({data_mib} MiB of data), ready in {time.monotonic() - t0:.1f}s "
-            f"(made in {made:.1f}s)")
-        self.fixtures[size] = fx
-        return fx
-
-    def store_path(self, fx: dict) -> Path:
-        """The image store's copy of the fixture (what spawn reads)."""
-        with self.images.open(fx["image_id"]) as f:
-            return Path(f.name)
+            env["persistence"] = vconf.persistence_url(self.conf).split(":", 1)[0]
+        return env
 
     # ---------------------------------------------------------------- leases
 
@@ -433,7 +272,7 @@ class Bench:
         t0 = time.monotonic()
         try:
             result = api.spawn(self.conf, name, fx["image_id"], vsphere=self.vsphere,
-                               images=self.images, listeners=(_timing_listener(durations),))
+                               images=self.images, listeners=(timing_listener(durations),))
             total = time.monotonic() - t0
         finally:
             # Instance (a linked clone) first, then the shadow VM: the next run imports again.
@@ -478,7 +317,8 @@ class Bench:
             raise RuntimeError(f"bare PUT: HTTP {status}, {sent} of {fx['file_bytes']} bytes")
         return {"seconds": secs, "mbps": mbps(sent, secs), "bytes": sent}
 
-    def section_import(self, sizes: list[int]) -> None:
+    def section_import(self) -> None:
+        sizes = self.args.sizes
         chunk = self.args.bare_chunk
         kinds: dict[str, Callable[[dict], dict]] = {
             "spawn": self.run_spawn,
@@ -505,19 +345,16 @@ class Bench:
     # ---------------------------------------------------------------- memory section
 
     def child(self, mode: str, fx: dict, **extra) -> dict:
-        spec = {"mode": mode, "sim": self.sim_info, "wsdl": self.wsdl_url,
-                "state_dir": str(self.state_dir), "images_dir": str(self.images.directory),
-                "image_id": fx["image_id"], "instance": f"bench-mem-{uuid.uuid4().hex[:8]}",
-                **extra}
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                               json.dumps(spec)], capture_output=True, text=True, timeout=900)
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode != 0 or not lines:
+        spec = self.spec(**{"mode": mode, "image_id": fx["image_id"],
+                            "instance": f"bench-mem-{uuid.uuid4().hex[:8]}", **extra})
+        rc, out, err = self.run_child(spec, timeout=900)
+        if rc != 0 or not out:
             raise RuntimeError(f"memory child ({mode}, {fx['label']}) failed with "
-                               f"{proc.returncode}: {proc.stderr.strip()[-2000:]}")
-        return json.loads(lines[-1])
+                               f"{rc}: {err.strip()[-2000:]}")
+        return out
 
-    def section_memory(self, sizes: list[int]) -> None:
+    def section_memory(self) -> None:
+        sizes = self.args.mem_sizes
         per_size = {}
         keys = ("floor", "warm", "spawn", "warm_in_spawn", "spawn_in_spawn")
         for size in sizes:
@@ -549,14 +386,14 @@ class Bench:
                         samples[k].append(v / 1024)
                 mib = {k: (v / 1024 if v is not None else None) for k, v in kib.items()}
                 log(f"  memory {fx['label']} run {i + 1}: ru_maxrss floor "
-                    f"{mib['floor']:.1f} MiB, warm {_fmt(mib['warm'])} MiB, spawn "
+                    f"{mib['floor']:.1f} MiB, warm {fmt(mib['warm'])} MiB, spawn "
                     f"{mib['spawn']:.1f} MiB; peak above the pre-spawn RSS: warm "
-                    f"{_fmt(mib.get('warm_in_spawn'))} MiB, spawn "
-                    f"{_fmt(mib.get('spawn_in_spawn'))} MiB (streamed "
+                    f"{fmt(mib.get('warm_in_spawn'))} MiB, spawn "
+                    f"{fmt(mib.get('spawn_in_spawn'))} MiB (streamed "
                     f"{cold['bytes_sent'] / MB:.0f} MB in {cold['stream_s'] or 0:.2f}s)")
             per_size[fx["label"]] = {
                 "virtual_bytes": size, "file_bytes": fx["file_bytes"],
-                **{f"{k}_mib": _round(median(v)) for k, v in samples.items()},
+                **{f"{k}_mib": rounded(median(v)) for k, v in samples.items()},
                 "runs": {k: [round(x, 1) for x in v] for k, v in samples.items()},
             }
         labels = [size_label(s) for s in sizes]
@@ -564,9 +401,9 @@ class Bench:
         if len(labels) >= 2:
             lo, hi = per_size[labels[0]], per_size[labels[-1]]
             out["growth_from"], out["growth_to"] = labels[0], labels[-1]
-            out["spawn_growth_mib"] = _round(hi["spawn_mib"] - lo["spawn_mib"])
+            out["spawn_growth_mib"] = rounded(hi["spawn_mib"] - lo["spawn_mib"])
             if hi["spawn_in_spawn_mib"] is not None and lo["spawn_in_spawn_mib"] is not None:
-                out["spawn_in_spawn_growth_mib"] = _round(hi["spawn_in_spawn_mib"]
+                out["spawn_in_spawn_growth_mib"] = rounded(hi["spawn_in_spawn_mib"]
                                                           - lo["spawn_in_spawn_mib"])
         self.results["memory"] = out
 
@@ -627,16 +464,6 @@ class Bench:
         finally:
             exports.remove_snapshot(self.vsphere, vm_id, snap_name)
 
-    def new_image(self, prefix: str) -> str:
-        return self.images.create({"name": f"{prefix}-{uuid.uuid4().hex[:8]}",
-                                   "disk_format": "vmdk", "container_format": "bare"})
-
-    def drop_image(self, image_id: str) -> None:
-        from vsan_flows import exceptions
-
-        with contextlib.suppress(exceptions.ImageNotFound):
-            self.images.delete(image_id)
-
     def run_snapshot(self, instance: str) -> dict:
         """The whole ``api.snapshot`` into a fresh empty image; its StreamDiskToImage task timed
         by a listener. The image is deleted afterwards (it is as big as the export)."""
@@ -647,7 +474,7 @@ class Bench:
         try:
             t0 = time.monotonic()
             result = api.snapshot(self.conf, instance, image_id, vsphere=self.vsphere,
-                                  images=self.images, listeners=(_timing_listener(durations),))
+                                  images=self.images, listeners=(timing_listener(durations),))
             total = time.monotonic() - t0
             nbytes = self.images.show(image_id).size
         finally:
@@ -685,14 +512,14 @@ class Bench:
             conn.close()
             self.drop_image(image_id)
 
-    def section_export(self, sizes: list[int]) -> None:
+    def section_export(self) -> None:
         """Per size: an instance is spawned (untimed); per run, rotating: ``api.snapshot`` of it
         (whole flow + its StreamDiskToImage step), and lease readers on an ExportVm lease of a
         snapshot clone of it (what the flow exports): bare GET, bare GET into the image store,
         and every EXPORT_PATHS reader."""
         from vsan_flows import api
 
-        for size in sizes:
+        for size in self.args.sizes:
             fx = self.fixture(size)
             name = f"bench-exp-{uuid.uuid4().hex[:8]}"
             result = api.spawn(self.conf, name, fx["image_id"], vsphere=self.vsphere,
@@ -732,10 +559,11 @@ class Bench:
 
     # ---------------------------------------------------------------- export memory section
 
-    def section_export_memory(self, sizes: list[int]) -> None:
+    def section_export_memory(self) -> None:
         """Peak RSS of ``api.snapshot`` in a fresh child per size (the memory section's method)."""
         from vsan_flows import api
 
+        sizes = self.args.mem_sizes
         per_size = {}
         for size in sizes:
             fx = self.fixture(size)
@@ -759,11 +587,11 @@ class Bench:
                 log(f"  export memory {fx['label']} run {i + 1}: ru_maxrss floor "
                     f"{kib['floor'] / 1024:.1f} MiB, snapshot {kib['snapshot'] / 1024:.1f} MiB; "
                     f"peak above the pre-snapshot RSS "
-                    f"{_fmt(kib.get('snapshot_in_snapshot', 0) / 1024)} MiB (exported "
+                    f"{fmt(kib.get('snapshot_in_snapshot', 0) / 1024)} MiB (exported "
                     f"{(r.get('bytes_sent') or 0) / MB:.0f} MB in {r['stream_s'] or 0:.2f}s)")
             per_size[fx["label"]] = {
                 "virtual_bytes": size, "file_bytes": fx["file_bytes"],
-                **{f"{k}_mib": _round(median(v)) for k, v in samples.items()},
+                **{f"{k}_mib": rounded(median(v)) for k, v in samples.items()},
                 "runs": {k: [round(x, 1) for x in v] for k, v in samples.items()},
             }
         labels = [size_label(s) for s in sizes]
@@ -771,10 +599,10 @@ class Bench:
         if len(labels) >= 2:
             lo, hi = per_size[labels[0]], per_size[labels[-1]]
             out["growth_from"], out["growth_to"] = labels[0], labels[-1]
-            out["snapshot_growth_mib"] = _round(hi["snapshot_mib"] - lo["snapshot_mib"])
+            out["snapshot_growth_mib"] = rounded(hi["snapshot_mib"] - lo["snapshot_mib"])
             if hi["snapshot_in_snapshot_mib"] is not None and \
                     lo["snapshot_in_snapshot_mib"] is not None:
-                out["snapshot_in_snapshot_growth_mib"] = _round(
+                out["snapshot_in_snapshot_growth_mib"] = rounded(
                     hi["snapshot_in_snapshot_mib"] - lo["snapshot_in_snapshot_mib"])
         self.results["export_memory"] = out
 
@@ -879,14 +707,6 @@ def summarize_export(fx: dict, runs: dict[str, list[dict]], export_bytes: int | 
     return out
 
 
-def _round(v: float | None, nd: int = 1) -> float | None:
-    return None if v is None else round(v, nd)
-
-
-def _fmt(v, spec=".1f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def print_report(results: dict) -> None:
     imp = results.get("import") or {}
     if imp:
@@ -897,21 +717,21 @@ def print_report(results: dict) -> None:
         for label, s in imp.items():
             m = s["mbps"]
             print(f"{label:>6} {s['file_bytes'] / MB:8.1f} "
-                  + " ".join(f"{_fmt(m.get(c, {}).get('median')):>8}" for c in cols)
-                  + f" {_fmt(s['ratio'].get('stream'), '.3f'):>11}"
-                  f" {_fmt(s['ratio'].get('upload'), '.3f'):>11}"
-                  f" {_fmt(s['ratio'].get('spawn'), '.3f'):>10}")
+                  + " ".join(f"{fmt(m.get(c, {}).get('median')):>8}" for c in cols)
+                  + f" {fmt(s['ratio'].get('stream'), '.3f'):>11}"
+                  f" {fmt(s['ratio'].get('upload'), '.3f'):>11}"
+                  f" {fmt(s['ratio'].get('spawn'), '.3f'):>10}")
         print(f"  goal: stream/bare >= {RATIO_GOAL:.2f}.  spawn = whole api.spawn; stream = its "
               "StreamDiskToLease task; upload = imports.upload alone;")
         print(f"  bare = http.client PUT in {size_label(next(iter(imp.values()))['bare_chunk'])}"
               " chunks; bare64k = the same in 64 KiB chunks (oslo's copy-loop chunk).")
         for label, s in imp.items():
             print(f"  {label} per run MB/s: "
-                  + "; ".join(f"{k} {', '.join(_fmt(v) for v in s['mbps'][k]['runs'])}"
+                  + "; ".join(f"{k} {', '.join(fmt(v) for v in s['mbps'][k]['runs'])}"
                               for k in cols if k in s["mbps"]))
             print(f"  {label} per run ratio: stream/bare "
-                  f"{', '.join(_fmt(v, '.3f') for v in s['ratio_runs']['stream'])}; upload/bare "
-                  f"{', '.join(_fmt(v, '.3f') for v in s['ratio_runs']['upload'])}")
+                  f"{', '.join(fmt(v, '.3f') for v in s['ratio_runs']['stream'])}; upload/bare "
+                  f"{', '.join(fmt(v, '.3f') for v in s['ratio_runs']['upload'])}")
             tasks = ", ".join(f"{k} {v:.3f}s" for k, v in s["spawn_task_seconds_median"].items())
             print(f"  {label} spawn task/flow seconds (median): {tasks}")
     mem = results.get("memory") or {}
@@ -920,9 +740,9 @@ def print_report(results: dict) -> None:
         print(f"{'size':>6} {'file MB':>8} {'floor':>8} {'warm':>8} {'spawn':>8} "
               f"{'warm +peak':>11} {'spawn +peak':>11}")
         for label, s in mem["sizes"].items():
-            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} {_fmt(s['floor_mib']):>8} "
-                  f"{_fmt(s['warm_mib']):>8} {_fmt(s['spawn_mib']):>8} "
-                  f"{_fmt(s['warm_in_spawn_mib']):>11} {_fmt(s['spawn_in_spawn_mib']):>11}")
+            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} {fmt(s['floor_mib']):>8} "
+                  f"{fmt(s['warm_mib']):>8} {fmt(s['spawn_mib']):>8} "
+                  f"{fmt(s['warm_in_spawn_mib']):>11} {fmt(s['spawn_in_spawn_mib']):>11}")
         print("  floor/warm/spawn = ru_maxrss of the child: floor = after imports + login + "
               "image validation; warm = a whole spawn\n  on an image cache hit (everything but"
               " the stream); spawn = a cold spawn that streams the image. '+peak' = the\n  "
@@ -932,7 +752,7 @@ def print_report(results: dict) -> None:
         if "spawn_growth_mib" in mem:
             print(f"  {mem['growth_from']} -> {mem['growth_to']}: spawn ru_maxrss "
                   f"{mem['spawn_growth_mib']:+.1f} MiB, spawn +peak "
-                  f"{_fmt(mem.get('spawn_in_spawn_growth_mib'), '+.1f')} MiB (goal: flat "
+                  f"{fmt(mem.get('spawn_in_spawn_growth_mib'), '+.1f')} MiB (goal: flat "
                   f"within {RSS_FLAT_GOAL_MIB:.0f} MB)")
     exp = results.get("export") or {}
     if exp:
@@ -944,9 +764,9 @@ def print_report(results: dict) -> None:
               + f" {'stream/bare_store':>17}")
         for label, s in exp.items():
             print(f"{label:>6} {(s['export_bytes'] or 0) / MB:8.1f} "
-                  + " ".join(f"{_fmt(s['mbps'][k]['median']):>10}" for k in kinds) + " "
-                  + " ".join(f"{_fmt(s['ratio'][k], '.3f'):>15}" for k in ratios)
-                  + f" {_fmt(s['ratio']['stream/bare_store'], '.3f'):>17}")
+                  + " ".join(f"{fmt(s['mbps'][k]['median']):>10}" for k in kinds) + " "
+                  + " ".join(f"{fmt(s['ratio'][k], '.3f'):>15}" for k in ratios)
+                  + f" {fmt(s['ratio']['stream/bare_store'], '.3f'):>17}")
         print(f"  goal: stream/bare >= {RATIO_GOAL:.2f}.  snapshot = whole api.snapshot; stream ="
               " its StreamDiskToImage task (TaskFlow listener);\n  the others read an ExportVm "
               "lease of a snapshot clone of the same instance (what the flow exports; lease\n"
@@ -956,10 +776,10 @@ def print_report(results: dict) -> None:
               "reads) into a sink that drops the bytes.")
         for label, s in exp.items():
             print(f"  {label} per run MB/s: "
-                  + "; ".join(f"{k} {', '.join(_fmt(v) for v in s['mbps'][k]['runs'])}"
+                  + "; ".join(f"{k} {', '.join(fmt(v) for v in s['mbps'][k]['runs'])}"
                               for k in kinds))
             print(f"  {label} per run ratio: "
-                  + "; ".join(f"{k}/bare {', '.join(_fmt(v, '.3f') for v in vs)}"
+                  + "; ".join(f"{k}/bare {', '.join(fmt(v, '.3f') for v in vs)}"
                               for k, vs in s["ratio_runs"].items()))
             tasks = ", ".join(f"{k} {v:.3f}s"
                               for k, v in s["snapshot_task_seconds_median"].items())
@@ -969,26 +789,16 @@ def print_report(results: dict) -> None:
         print("\n== Export memory: peak RSS of a fresh child running api.snapshot, MiB ==")
         print(f"{'size':>6} {'file MB':>8} {'floor':>8} {'snapshot':>9} {'snapshot +peak':>15}")
         for label, s in emem["sizes"].items():
-            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} {_fmt(s['floor_mib']):>8} "
-                  f"{_fmt(s['snapshot_mib']):>9} {_fmt(s['snapshot_in_snapshot_mib']):>15}")
+            print(f"{label:>6} {s['file_bytes'] / MB:8.1f} {fmt(s['floor_mib']):>8} "
+                  f"{fmt(s['snapshot_mib']):>9} {fmt(s['snapshot_in_snapshot_mib']):>15}")
         print("  floor = ru_maxrss after imports + login; snapshot = ru_maxrss after "
               "api.snapshot; '+peak' = peak RSS during\n  api.snapshot above the RSS just "
               "before it (VmHWM reset first), as in the memory section.")
         if "snapshot_growth_mib" in emem:
             print(f"  {emem['growth_from']} -> {emem['growth_to']}: snapshot ru_maxrss "
                   f"{emem['snapshot_growth_mib']:+.1f} MiB, snapshot +peak "
-                  f"{_fmt(emem.get('snapshot_in_snapshot_growth_mib'), '+.1f')} MiB (goal: flat "
+                  f"{fmt(emem.get('snapshot_in_snapshot_growth_mib'), '+.1f')} MiB (goal: flat "
                   f"within {RSS_FLAT_GOAL_MIB:.0f} MB)")
-
-
-def environment(workdir: Path) -> dict:
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    fs = subprocess.run(["df", "--output=fstype", str(workdir)], capture_output=True,
-                        text=True).stdout.split()[-1:]
-    return {"python": platform.python_version(), "cpus": os.cpu_count(),
-            "machine": platform.machine(), "commit": commit or None,
-            "workdir_fs": fs[0] if fs else None}
 
 
 # --------------------------------------------------------------------------------- main
@@ -997,32 +807,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", help=f"image (virtual) sizes for import/export, default "
-                   f"{DEFAULT_SIZES} ({QUICK_SIZES} with --quick)")
+                   f"{DEFAULT_SIZES} ({QUICK_SIZES} with --quick, {SMOKE_SIZES} with --smoke)")
     p.add_argument("--mem-sizes", help=f"virtual sizes for the memory section, default "
-                   f"{DEFAULT_MEM_SIZES} ({QUICK_MEM_SIZES} with --quick)")
+                   f"{DEFAULT_MEM_SIZES} ({QUICK_MEM_SIZES} with --quick, {SMOKE_MEM_SIZES} "
+                   "with --smoke)")
     p.add_argument("--runs", type=int, help=f"runs per figure (median), default 3 "
-                   f"({QUICK_RUNS} with --quick)")
+                   f"({QUICK_RUNS} with --quick, 1 with --smoke)")
     p.add_argument("--mem-runs", type=int, default=1, help="memory measurements per size")
     p.add_argument("--quick", action="store_true", help="small sizes: runs in under a minute")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--export", action="store_true",
                    help="only the export direction: --sections export,export-memory")
-    p.add_argument("--data-fraction", type=float, default=0.25,
-                   help="share of the virtual size that holds (incompressible) data; the "
-                   "streamOptimized file is about this big (default 0.25)")
     p.add_argument("--bare-chunk", default="1M", help="chunk of the bare PUT/GET (default 1M)")
-    p.add_argument("--workdir", help="parent of the temporary work directory (simulator "
-                   "datastores, image store); default: the system temp dir")
-    p.add_argument("--fixture-dir", help="keep and reuse the generated VMDKs here")
-    p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    common.add_harness_args(p)
     args = p.parse_args(argv)
-    args.sizes = [parse_size(s) for s in (args.sizes or (QUICK_SIZES if args.quick
-                                                          else DEFAULT_SIZES)).split(",")]
-    args.mem_sizes = [parse_size(s) for s in (args.mem_sizes or (
-        QUICK_MEM_SIZES if args.quick else DEFAULT_MEM_SIZES)).split(",")]
-    args.runs = args.runs or (QUICK_RUNS if args.quick else 3)
+    if args.smoke and args.quick:
+        p.error("--smoke and --quick are two different sizes: choose one")
+
+    def quick_or_smoke(default, quick, smoke):
+        return smoke if args.smoke else quick if args.quick else default
+
+    args.sizes = [parse_size(s) for s in (
+        args.sizes or quick_or_smoke(DEFAULT_SIZES, QUICK_SIZES, SMOKE_SIZES)).split(",")]
+    args.mem_sizes = [parse_size(s) for s in (args.mem_sizes or quick_or_smoke(
+        DEFAULT_MEM_SIZES, QUICK_MEM_SIZES, SMOKE_MEM_SIZES)).split(",")]
+    args.runs = args.runs or quick_or_smoke(3, QUICK_RUNS, 1)
     args.bare_chunk = parse_size(args.bare_chunk)
     args.warm = not args.quick  # --quick skips the cache-hit child to stay under a minute
     if args.export:
@@ -1037,62 +847,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    _quiet()
-    if args.child:
-        child_main(json.loads(args.child))
-        return 0
-    workdir = Path(tempfile.mkdtemp(prefix="vsan-flows-bench-", dir=args.workdir))
-    bench = Bench(args, workdir)
-    t0 = time.monotonic()
-    leaks: list[str] = []
-    failed = False
-    try:
-        bench.start()
-        if "import" in args.sections:
-            log("import section")
-            bench.section_import(args.sizes)
-        if "memory" in args.sections:
-            log("memory section")
-            bench.section_memory(args.mem_sizes)
-        if "export" in args.sections:
-            log("export section")
-            bench.section_export(args.sizes)
-        if "export-memory" in args.sections:
-            log("export memory section")
-            bench.section_export_memory(args.mem_sizes)
-    except Exception:  # noqa: BLE001 - report what we have, then clean up
-        failed = True
-        bench.errors.append(traceback.format_exc())
-    finally:
-        try:
-            leaks = bench.stop()
-        except Exception:  # noqa: BLE001
-            failed = True
-            bench.errors.append(traceback.format_exc())
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-    env = environment(Path(args.workdir or tempfile.gettempdir()))
-    with contextlib.suppress(Exception):
-        from vsan_flows import conf as vconf
+def args_summary(args: argparse.Namespace) -> dict:
+    return {"sizes": [size_label(s) for s in args.sizes],
+            "mem_sizes": [size_label(s) for s in args.mem_sizes],
+            "runs": args.runs, "mem_runs": args.mem_runs, "data_fraction": args.data_fraction,
+            "bare_chunk": args.bare_chunk}
 
-        env["persistence"] = vconf.persistence_url(bench.conf).split(":", 1)[0]
-    results = {**bench.results, "leaks": leaks, "errors": bench.errors,
-               "elapsed_seconds": round(time.monotonic() - t0, 1),
-               "args": {"sizes": [size_label(s) for s in args.sizes],
-                        "mem_sizes": [size_label(s) for s in args.mem_sizes],
-                        "runs": args.runs, "mem_runs": args.mem_runs,
-                        "data_fraction": args.data_fraction,
-                        "bare_chunk": args.bare_chunk, "sections": args.sections},
-               "env": env}
-    print_report(results)
-    print(f"\nleak check: {'; '.join(leaks) if leaks else 'nothing left behind'}; "
-          f"{results['elapsed_seconds']:.0f}s in all")
-    for err in bench.errors:
-        print(f"ERROR: {err}", file=sys.stderr)
-    print(json.dumps(results, sort_keys=True))
-    return 1 if failed or bench.errors else 0
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main(Bench, parse_args, child_main, print_report, args_summary,
+                       prefix="vsan-flows-bench-", argv=argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ cd "$top"
 log() { printf 'test-setup: %s\n' "$*" >&2; }
 
 # 1. Debian packages (bindep.txt lists them for humans and bindep users).
-pkgs=(golang-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev qemu-utils
+pkgs=(golang-go golang-github-vmware-govmomi-dev golang-github-google-uuid-dev qemu-utils python3-vmdkstream
       zookeeper graphviz)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -136,9 +136,11 @@ flows_opts = [
     cfg.BoolOpt(
         "verify_stored_size",
         default=True,
-        help="After an import, ask the datastore browser how many bytes the disk file holds "
-        "and fail (rolling back) when it is fewer than were sent. Hosts that store the stream "
-        "as sent (the simulator) or expand it (ESXi) pass; a short file means lost bytes.",
+        help="After an import, check what vSAN offers as proof the disk landed, and fail "
+        "(rolling back) when it disagrees: the import lease is still ready (the host fails it "
+        "when writing the disk fails) and the VM's disk sits on the chosen datastore with the "
+        "image's capacity. vSAN has no data file whose byte count could be read; the host's "
+        "answer to the upload is always checked.",
     ),
     cfg.StrOpt(
         "image_store_dir",

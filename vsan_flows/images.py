@@ -12,6 +12,8 @@ once the flow gives up), never an active image with half a disk in it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -251,6 +253,34 @@ class LocalImageService:
         meta: Mapping[str, Any] | None = None,
     ) -> ImageMeta:
         data_path, _ = self._paths(image_id)
+        with self._writer(image_id):
+            return self._upload(image_id, data_path, data, meta)
+
+    @contextlib.contextmanager
+    def _writer(self, image_id: str):
+        """Be the one writer of ``image_id`` for the whole upload, or refuse at once.
+
+        An advisory lock on ``<id>.lock``, which the kernel drops when its holder dies: a
+        crashed upload never blocks the next one, and two live ones never interleave (the
+        slower would replace, or on failure reset, the faster one's finished image).
+        """
+        lock_path = self.directory / f"{image_id}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ImageAlreadyHasData(
+                    image_id, "saving (another upload is writing it right now)") from None
+            # Whatever a crashed writer left half-written is nobody's any more.
+            for part in self.directory.glob(f"{image_id}.*.part"):
+                part.unlink(missing_ok=True)
+            yield
+        finally:
+            os.close(fd)
+
+    def _upload(self, image_id: str, data_path: Path, data: Iterable[bytes] | BinaryIO,
+                meta: Mapping[str, Any] | None) -> ImageMeta:
         with self._lock:
             current = self._load(image_id)
             if current.status == STATUS_ACTIVE:
@@ -280,7 +310,11 @@ class LocalImageService:
                     bytes_expected=expected,
                     bytes_stored=0,
                 )
-            os.replace(tmp, data_path)
+            with self._lock:  # checked again at commit, not only at the start
+                status = self._load(image_id).status
+                if status != STATUS_SAVING:
+                    raise ImageAlreadyHasData(image_id, status)
+                os.replace(tmp, data_path)
             _fsync_dir(self.directory)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -319,6 +353,7 @@ class LocalImageService:
             for part in self.directory.glob(f"{image_id}.*.part"):
                 part.unlink(missing_ok=True)
             meta_path.unlink()
+            (self.directory / f"{image_id}.lock").unlink(missing_ok=True)
 
     def mark_killed(self, image_id: str, reason: str) -> None:
         """Mark an image that will never get data, keeping the reason for the operator."""

@@ -8,7 +8,9 @@ done twice with a visible effect, and the leak check must come out clean.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 import subprocess
 import sys
 import uuid
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import make_conf
-from vsan_flows import api, imagecache
+from vsan_flows import api, exceptions, imagecache
 from vsan_flows.simulator import disks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +41,53 @@ def vmdk(tmp_path_factory):
     path = tmp_path_factory.mktemp("disks") / "crash.vmdk"
     disks.make_stream_optimized(path, 64 * MiB, data_mib=16)
     return path
+
+
+# What the guest writes before the snapshot: unaligned, inside and outside the image's data.
+WRITES_A = [(3 * MiB + 511, random.Random(11).randbytes(64 * 1024)),
+            (50 * MiB + 1, random.Random(12).randbytes(4096))]
+
+
+@pytest.fixture(scope="module")
+def vmdk_raw(vmdk, tmp_path_factory) -> bytes:
+    raw = tmp_path_factory.mktemp("raw") / "crash.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(vmdk), str(raw)],
+                   check=True)
+    return raw.read_bytes()
+
+
+def _sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+# Written while the killed service is down, once the VM snapshot exists: never in the image,
+# never lost from the instance.
+WRITES_B = [(3 * MiB + 511 + 1000, random.Random(13).randbytes(8192)),
+            (30 * MiB, random.Random(14).randbytes(4096))]
+AFTER_VM_SNAPSHOT = {"CloneFromSnapshot:before", "CreateExportLease:before",
+                     "StreamDiskToImage:before", "CompleteLease:before", "transfer",
+                     "Cleanup:before", "Cleanup:after"}
+
+
+def _with(content: bytes, writes) -> bytes:
+    out = bytearray(content)
+    for offset, data in writes:
+        out[offset:offset + len(data)] = data
+    return bytes(out)
+
+
+def _with_a(content: bytes) -> bytes:
+    return _with(content, WRITES_A)
+
+
+def _image_raw(images, image_id, tmp_path) -> bytes:
+    vmdk, raw = tmp_path / "image.vmdk", tmp_path / "image.raw"
+    with images.open(image_id) as src, open(vmdk, "wb") as dst:
+        while chunk := src.read(MiB):
+            dst.write(chunk)
+    subprocess.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(vmdk), str(raw)],
+                   check=True)
+    return raw.read_bytes()
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
@@ -111,12 +160,14 @@ def test_spawn_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsph
 
 @pytest.mark.parametrize("cue", SNAPSHOT_CUES)
 def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
-                                   images, control, vmdk, destroy_after, sim_conf):
+                                   images, control, vmdk, vmdk_raw, destroy_after, sim_conf):
     base = images.add_file(vmdk, name="base")
     instance = "snapcrash-" + uuid.uuid4().hex[:8]
     destroy_after.append(instance)
     result = api.spawn(sim_conf, instance, base, vsphere=vsphere, images=images)
     destroy_after.append(result["shadow_vm"]["name"])
+    for offset, data in WRITES_A:  # the guest wrote A: the image must hold exactly that
+        control.guest_write(instance, offset, data)
     image_id = images.create({"name": "snap"})
     exports_before = control.calls("ExportVm")
     if cue == "transfer":
@@ -124,6 +175,9 @@ def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, v
     _run_child(simulator, wsdl_url, tmp_path, db_url, "snapshot", instance, image_id, images,
                cue)
     control.reset()
+    if cue in AFTER_VM_SNAPSHOT:  # the guest goes on writing while the service is down
+        for offset, data in WRITES_B:
+            control.guest_write(instance, offset, data)
     outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
                                      vsphere=vsphere, images=images)
     if cue != "Cleanup:after":
@@ -134,6 +188,56 @@ def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, v
     assert not [v for v in control.status()["vms"] if v["name"].startswith("vsanflows-export")]
     exported = control.calls("ExportVm") - exports_before
     assert exported == (2 if cue in RESTARTS_TRANSFER else 1), exported
+    with_a = _with_a(vmdk_raw)
+    assert _sha(_image_raw(images, image_id, tmp_path)) == _sha(with_a), \
+        "the image is not the instance's disk with A (as at the VM snapshot)"
+    expected = _with(with_a, WRITES_B) if cue in AFTER_VM_SNAPSHOT else with_a
+    assert _sha(control.guest_read(instance)) == _sha(expected), \
+        "the instance lost writes (A, or B made after the VM snapshot)"
+
+
+@pytest.mark.parametrize("cue", ["CloneFromSnapshot:before", "StreamDiskToImage:before",
+                                 "transfer", "Cleanup:before"])
+def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_url, tmp_path,
+                                                          vsphere, images, control, vmdk,
+                                                          vmdk_raw, destroy_after, sim_conf):
+    """Killed, then reverted: no image with data is left, the instance's disk is as it was."""
+    import contextlib
+
+    from vsan_flows.runtime import persistence
+
+    db_url = _db_url("sqlite", tmp_path)
+    base = images.add_file(vmdk, name="base")
+    instance = "snaprevert-" + uuid.uuid4().hex[:8]
+    destroy_after.append(instance)
+    result = api.spawn(sim_conf, instance, base, vsphere=vsphere, images=images)
+    destroy_after.append(result["shadow_vm"]["name"])
+    for offset, data in WRITES_A:
+        control.guest_write(instance, offset, data)
+    image_id = images.create({"name": "snap"})
+    if cue == "transfer":
+        control.throttle_nfc(2 * MiB, direction="download")
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "snapshot", instance, image_id, images,
+               cue)
+    control.reset()
+    backend = persistence.backend_from_url(db_url)
+    with contextlib.closing(backend.get_connection()) as conn:
+        for book in conn.get_logbooks():
+            book.meta["on_restart"] = "revert"
+            conn.save_logbook(book)
+    outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
+                                     vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["reverted (its flow asks for that)"]
+    try:
+        assert images.show(image_id).status == "killed"
+    except exceptions.ImageNotFound:
+        pass  # it had gone active: deleted
+    status = control.status()
+    assert next(v for v in status["vms"] if v["name"] == instance)["snapshots"] == 0
+    assert not [v for v in status["vms"] if v["name"].startswith("vsanflows-export")]
+    assert not status["leases"]
+    assert _sha(control.guest_read(instance)) == _sha(_with_a(vmdk_raw)), \
+        "the instance's disk changed"
 
 
 def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp_path,

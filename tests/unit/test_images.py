@@ -90,7 +90,9 @@ def test_a_failing_stream_leaves_no_active_image_and_no_partial_file(svc):
     with pytest.raises(OSError, match="reset"):
         svc.upload(image_id, gen())
     assert svc.show(image_id).status == "queued"
-    assert sorted(p.name for p in svc.directory.iterdir()) == [f"{image_id}.json"]
+    # (the writer's lock file stays: removing a lock file others may open is a race)
+    assert sorted(p.name for p in svc.directory.iterdir()) == [f"{image_id}.json",
+                                                                f"{image_id}.lock"]
     with pytest.raises(ImageError, match="status queued"):
         svc.open(image_id)
     # the retry can upload again
@@ -171,3 +173,77 @@ def test_duplicate_id_is_refused(svc):
 def test_meta_round_trips_through_dict():
     m = ImageMeta(id="i", name="n", properties={"vmware_disktype": "streamOptimized"}, size=5)
     assert ImageMeta.from_dict(m.to_dict()) == m
+
+
+def test_one_writer_per_image_a_second_upload_is_refused_at_once(svc):
+    import threading
+
+    image_id = svc.create({"name": "raced"})
+    started, release = threading.Event(), threading.Event()
+
+    def slow():
+        yield b"a" * MIB
+        started.set()
+        release.wait(10)
+        yield b"a" * MIB
+
+    results = {}
+    writer = threading.Thread(target=lambda: results.setdefault(
+        "slow", svc.upload(image_id, slow())))
+    writer.start()
+    assert started.wait(10)
+    with pytest.raises(ImageAlreadyHasData, match="another upload"):
+        svc.upload(image_id, [b"b" * 10])
+    release.set()
+    writer.join(10)
+    assert results["slow"].status == "active" and results["slow"].size == 2 * MIB
+    assert svc.open(image_id).read(1) == b"a"  # the refused writer changed nothing
+
+
+def test_a_failed_late_upload_never_resets_an_active_image(svc):
+    image_id = svc.create({"name": "late"})
+    svc.upload(image_id, [b"good"])
+
+    def failing():
+        yield b"x"
+        raise OSError("cut")
+
+    with pytest.raises(ImageAlreadyHasData):
+        svc.upload(image_id, failing())
+    assert svc.show(image_id).status == "active"
+    assert svc.open(image_id).read() == b"good"
+
+
+def test_a_dead_writer_leaves_no_lock_and_its_part_file_goes(svc, tmp_path):
+    import subprocess
+    import sys
+
+    image_id = svc.create({"name": "crashed"})
+    child = (
+        "import os, signal, sys\n"
+        "from vsan_flows.images import LocalImageService\n"
+        f"svc = LocalImageService({str(svc.directory)!r})\n"
+        "def gen():\n"
+        "    yield b'z' * 65536\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"svc.upload({image_id!r}, gen())\n")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    assert list(svc.directory.glob(f"{image_id}.*.part")), "the crash left a part file"
+    assert svc.upload(image_id, [b"again"]).status == "active"  # the lock died with it
+    assert not list(svc.directory.glob(f"{image_id}.*.part"))
+
+
+def test_snapshot_revert_deletes_only_an_image_this_flow_wrote(svc):
+    from vsan_flows.tasks.snapshot import ReserveImage
+
+    theirs = svc.create({"name": "theirs"})
+    svc.upload(theirs, [b"good"], {"vsan_flows_flow": "other-flow"})
+    ReserveImage().revert(images=svc, image_id=theirs, flow_token="this-flow")
+    assert svc.show(theirs).status == "active"
+
+    mine = svc.create({"name": "mine"})
+    svc.upload(mine, [b"half-verified"], {"vsan_flows_flow": "this-flow"})
+    ReserveImage().revert(images=svc, image_id=mine, flow_token="this-flow")
+    with pytest.raises(ImageNotFound):
+        svc.show(mine)

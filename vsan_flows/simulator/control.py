@@ -6,8 +6,10 @@ expired sessions) and the views to prove that a flow left nothing behind.
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -24,16 +26,22 @@ class SimulatorControl:
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> Any:
+    def _call(self, method: str, path: str, body: dict | None = None, *,
+              raw: bool = False) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
         try:
             with _OPENER.open(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+                payload = resp.read()
+                return payload if raw else json.loads(payload or b"null")
         except urllib.error.HTTPError as exc:
-            raise ControlError(f"{method} {path}: HTTP {exc.code}: "
-                               f"{exc.read().decode(errors='replace').strip()}") from None
+            text = exc.read().decode(errors="replace").strip()
+            try:
+                text = json.loads(text)["error"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise ControlError(f"{method} {path.split('?')[0]}: HTTP {exc.code}: {text}") from None
 
     # Views -----------------------------------------------------------------------------
     def status(self) -> dict:
@@ -71,3 +79,22 @@ class SimulatorControl:
 
     def reset(self) -> None:
         self._call("POST", "/reset", {})
+
+    def announce_export_length(self, on: bool) -> None:
+        """Export leases give fileSize and downloads Content-Length (vCenter does not)."""
+        self._call("POST", "/export", {"announce_length": on})
+
+    # The guest --------------------------------------------------------------------------
+    def guest_write(self, vm: str, offset: int, data: bytes, *, disk: int = 0) -> None:
+        """Write ``data`` at ``offset`` of the VM's current disk (the top of its chain), as
+        its guest would. ``vm`` is a name or moref; ``disk`` a device key (0: the first)."""
+        self._call("POST", "/vm/write", {"vm": vm, "disk": disk, "offset": offset,
+                                         "data": base64.b64encode(data).decode()})
+
+    def guest_read(self, vm: str, offset: int = 0, length: int | None = None, *,
+                   disk: int = 0) -> bytes:
+        """The VM disk's content (its whole chain flattened), or ``length`` bytes of it."""
+        query = {"vm": vm, "disk": disk, "offset": offset}
+        if length is not None:
+            query["length"] = length
+        return self._call("GET", "/vm/read?" + urllib.parse.urlencode(query), raw=True)

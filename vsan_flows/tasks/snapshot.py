@@ -36,7 +36,7 @@ class ReserveImage(task.Task):
         if meta.status in ("active", "killed") or meta.size:
             raise exceptions.ImageAlreadyHasData(image_id, meta.status)
 
-    def revert(self, images, image_id: str, result=None, **kwargs) -> None:
+    def revert(self, images, image_id: str, flow_token: str, result=None, **kwargs) -> None:
         if isinstance(result, failure.Failure):
             return  # execute refused the image: it is not ours to kill
         try:
@@ -44,6 +44,12 @@ class ReserveImage(task.Task):
         except exceptions.ImageNotFound:
             return
         if meta.status == "active":
+            if meta.properties.get("vsan_flows_flow") != flow_token:
+                # Someone else's upload made it active (nova retried, a second snapshot
+                # raced us): a good image that is not ours to delete.
+                LOG.warning("undo: image %s is active with data this flow did not write; "
+                            "left as it is", image_id)
+                return
             images.delete(image_id)
             LOG.info("undo: deleted image %s (the snapshot flow was rolled back)", image_id)
         elif meta.status != "killed":

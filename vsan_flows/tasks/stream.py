@@ -21,9 +21,11 @@ class StreamDiskToLease(task.Task):
     Proof is fourfold: vCenter answers the PUT with success, the stream we sent is a complete
     streamOptimized disk (end structure checked on the bytes that went by), its hash is the
     one the image service recorded at upload (a disk corrupted at rest would otherwise become
-    the cached base disk of every later instance), and the datastore holds at least as many
-    bytes as we sent. Any miss raises before the lease is completed, and the import subflow's
-    revert aborts the lease and destroys the half-imported VM.
+    the cached base disk of every later instance), and what vSAN offers after the upload
+    agrees (the lease still ready, the VM's disk on the datastore with the image's capacity;
+    vSAN has no data file whose size could be read). Any miss raises before the lease is
+    completed, and the import subflow's revert aborts the lease and destroys the half-imported
+    VM.
     """
 
     default_provides = "bytes_sent"
@@ -53,11 +55,8 @@ class StreamDiskToLease(task.Task):
             sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress)
         tap.check_complete()
         if policy.verify_stored_size and import_lease.get("vm"):
-            path, stored = imports.stored_disk(vsphere, import_lease["vm"], datastore["moref"])
-            if stored is not None and stored < sent:
-                raise exceptions.IncompleteTransfer(
-                    f"The import to {path}", bytes_sent=sent, bytes_expected=size,
-                    bytes_stored=stored)
+            imports.check_imported_disk(vsphere, import_lease["lease"], import_lease["vm"],
+                                        datastore["name"], image["virtual_size"])
         return sent
 
 
@@ -84,12 +83,16 @@ class StreamDiskToImage(task.Task):
         last = [0.0]
         reader = exports.open_export(vsphere, export_lease["lease"])
         total = reader.content_length
+        # vCenter announces no export length (the stream is generated as it goes): progress
+        # is then an estimate against the disk's capacity, held below 1.0 until the end.
+        estimate = total or instance.get("capacity_bytes")
+        ceiling = 1.0 if total else 0.99
 
         def on_progress(done: int) -> None:
             now = time.monotonic()
-            if total and now - last[0] >= PROGRESS_INTERVAL:
+            if estimate and now - last[0] >= PROGRESS_INTERVAL:
                 last[0] = now
-                self.update_progress(min(done / total, 1.0))
+                self.update_progress(min(done / estimate, ceiling))
 
         tap = StreamTap(reader, image_id=image_id, verify_at_eof=True, expected_bytes=total,
                         timeout_secs=vsphere.transfer_timeout, on_progress=on_progress)

@@ -57,11 +57,32 @@ def upload(ctx: VSphere, lease_id: str, source: BinaryIO, size: int,
     return reader.bytes_read
 
 
-def stored_disk(ctx: VSphere, vm_id: str, datastore_id: str) -> tuple[str, int | None]:
-    """(datastore path, bytes stored) of the VM's first disk, as the datastore reports it."""
-    vm_ref = ref(vm_id, "VirtualMachine")
-    disks = vm.disks(ctx.session, vm_ref)
+def check_imported_disk(ctx: VSphere, lease_id: str, vm_id: str, datastore_name: str,
+                        capacity_bytes: int) -> None:
+    """Insist on the evidence vSAN offers that an import landed, or raise.
+
+    vSAN keeps disk data in objects that only NFC reaches: no datastore file holds the
+    bytes, so nothing can tell how many were stored. What it does offer: the host answers the
+    PUT only after writing (checked by :func:`upload`), it fails the lease when writing the
+    disk fails (the lease must still be ready), and the VM's own disk device names the disk
+    on the chosen datastore with the capacity the image needs.
+    """
+    lease = ref(lease_id, "HttpNfcLease")
+    state = transfer.lease_state(ctx.session, lease)
+    if state != "ready":
+        raise exceptions.LeaseError(
+            f"import lease {lease_id} went to state {state} after the upload: "
+            f"{transfer.lease_error(ctx.session, lease)}")
+    disks = vm.disks(ctx.session, ref(vm_id, "VirtualMachine"))
     if not disks:
-        raise exceptions.VSphereError(f"VM {vm_id} has no disk")
+        raise exceptions.VSphereError(f"the imported VM {vm_id} has no virtual disk")
     path = disks[0].backing.fileName
-    return path, disk.file_size(ctx.session, ref(datastore_id, "Datastore"), path)
+    ds_name, _rel = disk.split_path(path)
+    if ds_name != datastore_name:
+        raise exceptions.VSphereError(
+            f"the imported disk {path} is not on the chosen datastore {datastore_name}")
+    capacity = int(disks[0].capacityInKB) * 1024
+    if capacity < capacity_bytes:
+        raise exceptions.VSphereError(
+            f"the imported disk {path} has {capacity} bytes of capacity; the image needs "
+            f"{capacity_bytes}")

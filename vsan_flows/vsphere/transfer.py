@@ -48,6 +48,9 @@ class LeaseDevice:
     thumbprint: str | None
     target_id: str | None
     file_size: int | None
+    # The lease's total disk capacity: what an export's progress is measured against when
+    # vCenter announces no length (it generates the stream as it goes).
+    capacity_bytes: int | None = None
 
 
 def lease_state(session, lease) -> str:
@@ -64,8 +67,17 @@ def wait_ready(session, lease) -> None:
     try:
         session.wait_for_lease_ready(lease)
     except vexc.VimException as exc:
+        # oslo.vmware's message for a lease in error embeds the whole lease object over
+        # several lines; the lease's own localized error says why in one.
+        reason = exc.msg
+        try:
+            if lease_state(session, lease) == "error":
+                reason = lease_error(session, lease)
+        except vexc.VimException:
+            pass
+        reason = " ".join(str(reason).split())
         raise exceptions.LeaseError(
-            f"lease {vim_util.get_moref_value(lease)} did not become ready: {exc.msg}"
+            f"lease {vim_util.get_moref_value(lease)} did not become ready: {reason}"
         ) from None
 
 
@@ -79,6 +91,8 @@ def disk_device(session, lease, host: str, port: int) -> LeaseDevice:
                 thumbprint=getattr(dev, "sslThumbprint", None),
                 target_id=getattr(dev, "targetId", None),
                 file_size=getattr(dev, "fileSize", None),
+                capacity_bytes=int(getattr(info, "totalDiskCapacityInKB", 0) or 0) * 1024
+                or None,
             )
     raise exceptions.LeaseError(
         f"lease {vim_util.get_moref_value(lease)} offers no disk URL; the VM has no disk to "
@@ -189,6 +203,11 @@ class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
                  cacerts: bool | str = False) -> None:
         # Deliberately not calling VmdkReadHandle.__init__: it would create a second lease.
         self._vmdk_size = size or device.file_size or 0
+        # No length announced: progress (which keeps the lease alive) is estimated against
+        # the disk's capacity and held below 100% until the stream ends.
+        self._estimated = not self._vmdk_size
+        if self._estimated:
+            self._vmdk_size = device.capacity_bytes or 0
         self._bytes_read = 0
         self._conn = self._create_read_connection(
             device.url, cookies=session.vim.client.cookiejar, cacerts=cacerts,
@@ -204,9 +223,13 @@ class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
                 f"(HTTP {resp.status})")
         length = resp.headers.get("Content-Length")
         self.content_length = int(length) if length is not None else None
-        if not self._vmdk_size and self.content_length:
-            self._vmdk_size = self.content_length
+        if self._estimated and self.content_length:
+            self._vmdk_size, self._estimated = self.content_length, False
         rw_handles.VmdkHandle.__init__(self, session, lease, device.url, resp)
+
+    def _get_progress(self) -> float:
+        progress = super()._get_progress()
+        return min(progress, 99.0) if self._estimated else progress
 
     def read(self, chunk_size: int = rw_handles.READ_CHUNKSIZE) -> bytes:
         # Not oslo's read(): it logs and raises with the lease URL in the message, and the

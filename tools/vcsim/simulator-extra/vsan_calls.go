@@ -132,18 +132,7 @@ func failCall(ctx *Context, method *Method, mf *methodFault) soap.HasFault {
 	if !mf.inTask {
 		return &serverFaultBody{Reason: Fault(msg, fault)}
 	}
-	obj := ctx.Map.Get(method.This)
-	if obj == nil {
-		return &serverFaultBody{Reason: Fault("managed object not found", &types.ManagedObjectNotFound{Obj: method.This})}
-	}
-	name := strings.TrimSuffix(method.Name, vTaskSuffix)
-	name = strings.ToLower(name[:1]) + name[1:] + sTaskSuffix
-	task := CreateTask(obj, name, func(*Task) (types.AnyType, types.BaseMethodFault) {
-		return nil, fault
-	})
-	ref := task.Run()
-	task.Info.Error.LocalizedMessage = msg
-	return &genericBody{Res: &taskResponse{name: method.Name + "Response", Returnval: ref}}
+	return failTask(ctx, method, fault, msg)
 }
 
 // taskResponse encodes as <{Method}Response><returnval type="Task">...;
@@ -220,9 +209,14 @@ func vsanCallHook(ctx *Context, method *Method, next func() soap.HasFault) soap.
 	if mf := takeMethodFault(method.Name); mf != nil {
 		res = failCall(ctx, method, mf)
 		injected = " (injected)"
+	} else if refused := vsanRefuse(ctx, method); refused != nil {
+		res = refused
+		injected = " (vSAN rule)"
 	} else {
+		after := diskPreCall(method)
 		res = next()
 		runAfterCall(ctx)
+		diskPostCall(method, res, after)
 	}
 
 	status := "ok"

@@ -7,11 +7,13 @@ package simulator
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
@@ -32,6 +34,9 @@ func NewControlHandler() http.Handler {
 	c.mux.HandleFunc("/sessions/terminate", post(c.terminateSessions))
 	c.mux.HandleFunc("/datastore", post(c.datastore))
 	c.mux.HandleFunc("/reset", post(c.reset))
+	c.mux.HandleFunc("/vm/write", post(c.guestWrite))
+	c.mux.HandleFunc("/vm/read", c.guestRead)
+	c.mux.HandleFunc("/export", post(c.export))
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
 	})
@@ -403,6 +408,109 @@ func (c *controlAPI) datastore(r *http.Request) (interface{}, error) {
 	}}, nil
 }
 
+// --- guest disk I/O
+
+func (c *controlAPI) guestWrite(r *http.Request) (interface{}, error) {
+	var req struct {
+		VM     string `json:"vm"`
+		Disk   int32  `json:"disk"`
+		Offset *int64 `json:"offset"`
+		Data   []byte `json:"data"` // base64 in JSON
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.VM == "" {
+		return nil, fmt.Errorf("vm is required (a VM name or moref)")
+	}
+	if req.Offset == nil {
+		return nil, fmt.Errorf("offset is required")
+	}
+	size, err := GuestWrite(req.VM, req.Disk, *req.Offset, req.Data)
+	if err != nil {
+		return nil, err
+	}
+	return jsonObj{"ok": true, "vm": req.VM, "offset": *req.Offset, "written": len(req.Data), "capacity": size}, nil
+}
+
+// guestRead answers GET /vm/read?vm=NAME[&disk=KEY][&offset=N&length=N]
+// with the raw content of the disk's whole chain (or a range of it).
+func (c *controlAPI) guestRead(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		fail(w, http.StatusMethodNotAllowed, "%s needs GET", r.URL.Path)
+		return
+	}
+	q := r.URL.Query()
+	num := func(name string, def int64) (int64, error) {
+		v := q.Get(name)
+		if v == "" {
+			return def, nil
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%s must be a whole number >= 0, not %q", name, v)
+		}
+		return n, nil
+	}
+	key, err := num("disk", 0)
+	var offset, length int64
+	if err == nil {
+		offset, err = num("offset", 0)
+	}
+	if err == nil {
+		length, err = num("length", -1)
+	}
+	if err == nil && q.Get("vm") == "" {
+		err = fmt.Errorf("vm is required (a VM name or moref)")
+	}
+	var raw string
+	if err == nil {
+		raw, err = FlattenDisk(q.Get("vm"), int32(key))
+	}
+	if err != nil {
+		status := http.StatusBadRequest
+		if he, ok := err.(*httpError); ok {
+			status = he.status
+		}
+		fail(w, status, "%s", err.Error())
+		return
+	}
+	defer os.Remove(raw)
+	f, err := os.Open(raw)
+	if err != nil {
+		fail(w, http.StatusInternalServerError, "%s", err.Error())
+		return
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	if offset > fi.Size() {
+		fail(w, http.StatusBadRequest, "offset %d is beyond the end of the disk (%d bytes)", offset, fi.Size())
+		return
+	}
+	if length < 0 || offset+length > fi.Size() {
+		length = fi.Size() - offset
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", fmt.Sprint(length))
+	w.Header().Set("X-Disk-Capacity", fmt.Sprint(fi.Size()))
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.Copy(w, io.NewSectionReader(f, offset, length))
+}
+
+func (c *controlAPI) export(r *http.Request) (interface{}, error) {
+	var req struct {
+		AnnounceLength *bool `json:"announce_length"`
+	}
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	if req.AnnounceLength == nil {
+		return nil, fmt.Errorf("announce_length (true or false) is required")
+	}
+	SetExportAnnounceLength(*req.AnnounceLength)
+	return jsonObj{"ok": true, "announce_length": *req.AnnounceLength}, nil
+}
+
 func (c *controlAPI) reset(r *http.Request) (interface{}, error) {
 	ResetKnobs()
 	return jsonObj{"ok": true}, nil
@@ -413,4 +521,5 @@ func ResetKnobs() {
 	resetMethodFaults()
 	resetLeaseFaults()
 	resetNFCFaults()
+	SetExportAnnounceLength(false)
 }

@@ -34,9 +34,9 @@ type HttpNfcLease struct {
 
 	// files maps the last element of a device URL to the local file.
 	files map[string]string
-	// chains maps an export URL name to the disk's backing chain (leaf
-	// first, local paths); the first file with data is served.
-	chains map[string][]string
+	// streams maps an export URL name to the streamOptimized VMDK made
+	// from the disk's chain when the lease was created (a temporary file).
+	streams map[string]string
 	// bytes counts bytes transferred per URL name (last transfer).
 	bytes  map[string]int64
 	export bool
@@ -76,7 +76,7 @@ func NewHttpNfcLease(ctx *Context, entity types.ManagedObjectReference) *HttpNfc
 			Capabilities: types.HttpNfcLeaseCapabilities{CorsSupported: false},
 		},
 		files:   make(map[string]string),
-		chains:  make(map[string][]string),
+		streams: make(map[string]string),
 		bytes:   make(map[string]int64),
 		created: time.Now(),
 	}
@@ -189,6 +189,11 @@ func destroyVM(vm *VirtualMachine) error {
 func (l *HttpNfcLease) release() {
 	nfcLease.Delete(l.Self)
 	Map.Remove(l.Self)
+	nfcMu.Lock()
+	for _, f := range l.streams {
+		_ = os.Remove(f)
+	}
+	nfcMu.Unlock()
 }
 
 func (l *HttpNfcLease) stateFault() *soap.Fault {
@@ -246,20 +251,28 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 	lease.export = true
 
 	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	announce := announceLength()
 	var total int64
+	var failure error
 	n := 0
 	for _, d := range devices.SelectByType((*types.VirtualDisk)(nil)) {
 		disk := d.(*types.VirtualDisk)
-		chain := vm.diskChain(disk)
-		if len(chain) == 0 {
-			continue
-		}
 		name := fmt.Sprintf("disk-%d.vmdk", n)
 		key := fmt.Sprintf("/%s/%s:%d", vm.Self.Value, devices.Type(d), n)
 		n++
-		lease.files[name] = chain[0]
-		lease.chains[name] = chain
-		_, size := pickChainFile(chain)
+		stream, err := vm.exportStream(disk, adapterOf(devices, disk))
+		if err != nil {
+			failure = fmt.Errorf("disk %d of %s: %s", disk.Key, vm.Name, err)
+			break
+		}
+		var size int64
+		if announce {
+			if fi, err := os.Stat(stream); err == nil {
+				size = fi.Size()
+			}
+		}
+		lease.files[name] = stream
+		lease.streams[name] = stream
 		total += disk.CapacityInKB
 		lease.Info.DeviceUrl = append(lease.Info.DeviceUrl, types.HttpNfcLeaseDeviceUrl{
 			Key:       key,
@@ -275,9 +288,33 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 		})
 	}
 	lease.Info.TotalDiskCapacityInKB = total
+	if failure != nil {
+		// The host cannot read the disk: the lease fails, it never serves
+		// a short stream.
+		msg := fmt.Sprintf("Cannot read the virtual disk: %s", failure)
+		lease.Info.DeviceUrl = nil
+		lease.State = types.HttpNfcLeaseStateError
+		lease.Error = &types.LocalizedMethodFault{
+			Fault:            &types.FileNotFound{FileFault: types.FileFault{File: failure.Error()}},
+			LocalizedMessage: msg,
+		}
+		log.Printf("lease %s (export of %s) -> error: %s", lease.Self.Value, vm.Name, failure)
+	}
 
 	body.Res = &types.ExportVmResponse{Returnval: lease.Self}
 	return body
+}
+
+// adapterOf names the disk's controller type as qemu-img's vmdk
+// adapter_type does.
+func adapterOf(devices object.VirtualDeviceList, disk *types.VirtualDisk) string {
+	switch devices.FindByKey(disk.ControllerKey).(type) {
+	case *types.VirtualIDEController:
+		return "ide"
+	case *types.VirtualBusLogicController:
+		return "buslogic"
+	}
+	return "lsilogic"
 }
 
 // diskChain returns the local files of disk's backing chain, leaf first.
@@ -320,20 +357,6 @@ func datastoreByName(name string) *Datastore {
 		}
 	}
 	return nil
-}
-
-// pickChainFile returns the nearest file of the chain that has data (what
-// vCenter exports for a linked child is the flattened chain).
-func pickChainFile(chain []string) (string, int64) {
-	for _, p := range chain {
-		if fi, err := os.Stat(p); err == nil && fi.Size() > 0 {
-			return p, fi.Size()
-		}
-	}
-	if len(chain) == 0 {
-		return "", 0
-	}
-	return chain[0], 0
 }
 
 func takeNFCFault(direction string) *nfcFault {
@@ -558,7 +581,9 @@ func planDesc(plan *nfcFault) string {
 func serveUpload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name, file string) {
 	plan := takeNFCFault("upload")
 	start := time.Now()
-	f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0600)
+	upload := file + ".upload"
+	defer os.Remove(upload)
+	f, err := os.OpenFile(upload, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0600)
 	if err != nil {
 		log.Printf("nfc %s %s: %s -> 500", r.Method, file, err)
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -573,6 +598,9 @@ func serveUpload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name, 
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = cerr
+	}
+	if err == nil {
+		err = importUpload(upload, file)
 	}
 	nfcMu.Lock()
 	l.bytes[name] = n
@@ -593,7 +621,7 @@ func serveUpload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name, 
 }
 
 func serveDownload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name string) {
-	file, size := pickChainFile(l.chains[name])
+	file := l.streams[name]
 	f, err := os.Open(file)
 	if err != nil {
 		log.Printf("nfc GET %s: %s -> 404", file, err)
@@ -601,26 +629,37 @@ func serveDownload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name
 		return
 	}
 	defer f.Close()
+	var size int64 = -1
+	if announceLength() {
+		if fi, err := f.Stat(); err == nil {
+			size = fi.Size()
+		}
+	}
 	plan := takeNFCFault("download")
 	start := time.Now()
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", fmt.Sprint(size))
+	if size >= 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(size))
+	}
 	w.WriteHeader(http.StatusOK)
 	var flush func()
 	if fl, ok := w.(http.Flusher); ok {
 		flush = fl.Flush
+		if size < 0 {
+			flush() // chunked from the first byte: the length is not known up front
+		}
 	}
-	n, err := transfer(w, io.LimitReader(f, size), plan, l, flush)
+	n, err := transfer(w, f, plan, l, flush)
 	nfcMu.Lock()
 	l.bytes[name] = n
 	nfcMu.Unlock()
 	switch {
 	case err == errCut || err == errLeaseGone:
-		log.Printf("nfc GET %s bytes=%d/%d status=dropped: %s%s", file, n, size, err, planDesc(plan))
+		log.Printf("nfc GET %s bytes=%d status=dropped: %s%s", name, n, err, planDesc(plan))
 		dropConnection(w)
 	case err != nil:
-		log.Printf("nfc GET %s bytes=%d/%d status=failed: %s%s", file, n, size, err, planDesc(plan))
+		log.Printf("nfc GET %s bytes=%d status=failed: %s%s", name, n, err, planDesc(plan))
 	default:
-		log.Printf("nfc GET %s bytes=%d status=200 %.2fs%s", file, n, time.Since(start).Seconds(), planDesc(plan))
+		log.Printf("nfc GET %s bytes=%d status=200 %.2fs%s", name, n, time.Since(start).Seconds(), planDesc(plan))
 	}
 }

@@ -5,7 +5,6 @@ package simulator
 // and Destroy_Task deletes what vCenter would delete.
 
 import (
-	"io"
 	"log"
 	"os"
 	"path/filepath"
@@ -132,32 +131,20 @@ func (vm *VirtualMachine) cloneDiskData(clone *VirtualMachine, req *types.CloneV
 		if src == nil || !ok {
 			continue
 		}
-		from, size := pickChainFile(vm.diskChain(src))
 		to := clone.localPath(fb.GetVirtualDeviceFileBackingInfo().FileName)
-		if size == 0 || to == "" {
+		if to == "" {
 			continue
 		}
-		if err := copyFile(from, to); err != nil {
-			log.Printf("clone %s: copying %s to %s: %s", clone.Name, from, to, err)
+		diskMu.Lock()
+		leaf, err := vm.leafData(src)
+		if err == nil {
+			err = makeBase(to, 0, leaf, "qcow2")
+		}
+		diskMu.Unlock()
+		if err != nil {
+			log.Printf("clone %s: copying the data of %s: %s", clone.Name, vm.Name, err)
 		}
 	}
-}
-
-func copyFile(from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0600)
-	if err != nil {
-		return err
-	}
-	if _, err = io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 func flatName(p string) string {
@@ -173,6 +160,7 @@ func filesInUse(skip types.ManagedObjectReference) map[string]bool {
 			for _, p := range vm.diskChain(d.(*types.VirtualDisk)) {
 				used[p] = true
 				used[flatName(p)] = true
+				used[deltaName(p)] = true
 			}
 		}
 	}
@@ -255,6 +243,7 @@ func (vm *VirtualMachine) deleteFiles(dc *Datacenter) {
 		}
 		remove(p)
 		remove(flatName(p))
+		remove(deltaName(p))
 	}
 
 	if dir == "" || dir == filepath.Dir(dir) {
@@ -310,4 +299,14 @@ func vdmMissingFlat(dc *types.ManagedObjectReference, name, candidate string) bo
 func (vm *VirtualMachine) diskUsedElsewhere(name string) bool {
 	p := vm.localPath(name)
 	return p != "" && filesInUse(vm.Self)[p]
+}
+
+// vdmDiskFiles are the files Delete/Move/CopyVirtualDisk act on for disk
+// name: its data file (-flat for a base, -delta for a child) and itself.
+func vdmDiskFiles(name string) []string {
+	return []string{
+		strings.Replace(name, ".vmdk", "-flat.vmdk", 1),
+		strings.Replace(name, ".vmdk", "-delta.vmdk", 1),
+		name,
+	}
 }
