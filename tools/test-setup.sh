@@ -41,6 +41,31 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 3. The vCenter simulator (skips the Go build when its sources did not change).
+# 2b. nova (the compute driver's host, vsan_flows/nova/) and the glance-api its tests run.
+# They install beside our requirements without changing any version (pip check).
+if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn' 2>/dev/null; then
+  log "installing nova 34.0.0 and glance into .venv"
+  .venv/bin/pip install -q -r nova-requirements.txt
+fi
+# nova 34 loads compute_driver only as 'nova.virt.<name>': this one-line .pth installs the
+# alias that makes 'vsan_flows.nova.driver.VsanVCDriver' loadable (vsan_flows/nova/alias.py).
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo 'import vsan_flows.nova.alias' > "$site/vsan_flows_nova.pth"
+
+# 3. glance-api for the Glance tests, in its own virtualenv (.glance-venv): the server pins
+#    much of OpenStack that the project's .venv need not carry; the tests start it under
+#    gunicorn (tests/functional/glance_api.py). Pinned so its behaviour (format inspector,
+#    status codes) is the one the tests were written against.
+glance_pins=(glance==33.0.0 gunicorn==23.0.0)
+gstamp=.glance-venv/.vsan-flows-pins
+if [ ! -f "$gstamp" ] || [ "$(cat "$gstamp")" != "${glance_pins[*]}" ]; then
+  log "installing ${glance_pins[*]} into .glance-venv"
+  [ -x .glance-venv/bin/python ] || "$py" -m venv .glance-venv
+  .glance-venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
+  .glance-venv/bin/pip install -q "${glance_pins[@]}"
+  echo "${glance_pins[*]}" > "$gstamp"
+fi
+
+# 4. The vCenter simulator (skips the Go build when its sources did not change).
 bash tools/vcsim/build.sh
 log "ready"

@@ -30,9 +30,20 @@ __all__ = ["Handles", "Plan", "open_handles", "plan", "resume_unfinished", "snap
 
 SPAWN_FACTORY = "vsan_flows.flows.spawn.make_spawn_flow"
 SNAPSHOT_FACTORY = "vsan_flows.flows.snapshot.make_snapshot_flow"
+ROOT_DISK_FACTORY = "vsan_flows.flows.root_disk.make_root_disk_flow"
 
 
-def image_service(conf: cfg.ConfigOpts) -> ImageService:
+def image_service(conf: cfg.ConfigOpts, context=None) -> ImageService:
+    """The configured image service ([vsan_flows] image_service); the one place that chooses.
+
+    ``context`` (a user's request context or token) is used by Glance for the calls of this
+    run; without one, Glance is used as the [glance] service user, which is what a resumed flow
+    or a conductor has. The local store has no users and ignores it.
+    """
+    if conf.vsan_flows.image_service == "glance":
+        from vsan_flows.glance import GlanceImageService  # glanceclient only when configured
+
+        return GlanceImageService.from_conf(conf, context)
     return LocalImageService(vconf.image_store_dir(conf))
 
 
@@ -45,6 +56,9 @@ OPERATIONS: dict[str, tuple[str, Callable[[str], dict]]] = {
     "snapshot": (SNAPSHOT_FACTORY,
                  lambda token: {names.SNAPSHOT_NAME: f"vsanflows-snapshot-{token}",
                                 names.CLONE_VM_NAME: f"vsanflows-export-{token}"}),
+    # nova's spawn on vSAN (vsan_flows.nova): nova builds the VM, we cache and link its disk.
+    "nova-root-disk": (ROOT_DISK_FACTORY,
+                       lambda token: {names.IMPORT_VM_NAME: f"vsanflows-import-{token}"}),
 }
 
 
@@ -67,9 +81,13 @@ def _check_name(what: str, value: object, limit: int) -> None:
                                       "or tab pasted with it?)")
 
 
-def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str,
-         **factory_kwargs) -> Plan:
-    """The flow for ``operation`` on this instance and image, run here or by a conductor."""
+def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str, *,
+         on_restart: str = "resume", **factory_kwargs) -> Plan:
+    """The flow for ``operation`` on this instance and image, run here or by a conductor.
+
+    ``on_restart`` says what a restarted host does with it if it was interrupted: "resume"
+    (finish it) or "revert" (roll it back: nova, for one, gives up on what it was building).
+    """
     if operation not in OPERATIONS:
         raise exceptions.FlowError(operation, "is not an operation",
                                    f"Use one of: {', '.join(sorted(OPERATIONS))}.")
@@ -83,7 +101,7 @@ def plan(conf: cfg.ConfigOpts, operation: str, instance_name: str, image_id: str
         store={names.INSTANCE_NAME: instance_name, names.IMAGE_ID: image_id,
                names.FLOW_TOKEN: token, **token_names(token)},
         book_meta={"operation": operation, "instance": instance_name, "image": image_id,
-                   "on_restart": "resume"})
+                   "on_restart": on_restart})
 
 
 # --------------------------------------------------------------------------- live handles
@@ -141,26 +159,28 @@ def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
 def spawn(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
           vsphere: VSphere | None = None, images: ImageService | None = None,
           handles: Handles | None = None, backend=None, listeners: tuple = (),
-          power_on: bool = False) -> dict:
+          power_on: bool = False, context=None) -> dict:
     """Deploy ``image_id`` as the VM ``instance_name``; returns the flow's facts.
 
     Raises a VsanFlowsError subclass when it cannot; by then everything the flow created has
     been rolled back.
     """
     return _run(conf, plan(conf, "spawn", instance_name, image_id, power_on=power_on),
-                handles, vsphere, images, backend, listeners)
+                handles, vsphere, images, backend, listeners, context)
 
 
 def snapshot(conf: cfg.ConfigOpts, instance_name: str, image_id: str, *,
              vsphere: VSphere | None = None, images: ImageService | None = None,
-             handles: Handles | None = None, backend=None, listeners: tuple = ()) -> dict:
+             handles: Handles | None = None, backend=None, listeners: tuple = (),
+             context=None) -> dict:
     """Export ``instance_name``'s disk into the existing empty image ``image_id``.
 
     On failure everything temporary is removed and the image is marked killed (or deleted),
-    so it can never be mistaken for a usable snapshot.
+    so it can never be mistaken for a usable snapshot (Glance cannot mark it killed: it is
+    deleted there).
     """
     return _run(conf, plan(conf, "snapshot", instance_name, image_id), handles, vsphere,
-                images, backend, listeners)
+                images, backend, listeners, context)
 
 
 @contextlib.contextmanager
@@ -176,10 +196,15 @@ def _backend(conf: cfg.ConfigOpts, backend):
         own.close()
 
 
-def _run(conf, p: Plan, handles, vsphere, images, backend, listeners) -> dict:
+def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=None) -> dict:
     with contextlib.ExitStack() as stack:
+        if images is None and context is not None:
+            # A user's context makes a per-run image service: Glance is called as that user.
+            images = image_service(conf, context)
         if handles is None:
             handles = stack.enter_context(open_handles(conf, vsphere=vsphere, images=images))
+        elif images is not None:
+            handles = Handles(handles.vsphere, images, handles.policy)  # owns nothing
         store = stack.enter_context(_backend(conf, backend))
         # However the engine ends (done, reverted, suspended, crashed in here), the locks its
         # flow took are not needed by anyone in this process any more.

@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 import re
 
+from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 from vsan_flows.exceptions import ConfigError
 
 VMWARE_GROUP = "vmware"
 FLOWS_GROUP = "vsan_flows"
+GLANCE_GROUP = "glance"
+GLANCE_SERVICE_TYPE = "image"
 
 DEFAULT_STATE_DIR = "/var/lib/vsan-flows"
 
@@ -143,6 +146,23 @@ flows_opts = [
         "answer to the upload is always checked.",
     ),
     cfg.StrOpt(
+        "image_service",
+        default="local",
+        choices=[
+            ("local", "a directory of images (image_store_dir): the demo and offline setups"),
+            ("glance", "Glance, reached with the [glance] options (endpoint, service user, CA)"),
+        ],
+        help="Where spawn reads images and snapshots are stored.",
+    ),
+    cfg.StrOpt(
+        "glance_hash_algorithm",
+        default="sha512",
+        help="hashlib algorithm computed over every snapshot uploaded to Glance and compared "
+        "with the os_hash_value Glance reports. Must equal glance-api's [DEFAULT] "
+        "hashing_algorithm (sha512 unless changed there); a mismatch fails the upload with "
+        "an error naming both.",
+    ),
+    cfg.StrOpt(
         "image_store_dir",
         help="Directory of the local image service (images as <id>.data + <id>.json). Unset "
         "means <state_dir>/images.",
@@ -182,15 +202,84 @@ flows_opts = [
 ]
 
 
+# Under nova (vsan_flows.nova), nova owns [vmware] and its values are the source of truth; the
+# few settings nova has no equivalent for live in our own group instead.
+nova_opts = [
+    cfg.ListOpt(
+        "datastore_types",
+        default=["vsan"],
+        help="Datastore summary.type values on which nova's streamOptimized spawns and their "
+        "snapshots run through vsan_flows' flows (compared case-insensitively); every other "
+        "datastore keeps nova's own path.",
+    ),
+    cfg.IntOpt(
+        "image_transfer_timeout_secs",
+        default=7200,
+        min=1,
+        help="Seconds one image transfer (import into or export from vCenter) may run before "
+        "it is aborted and its lease released.",
+    ),
+    cfg.StrOpt(
+        "nova_image_service",
+        default="glance",
+        choices=[
+            ("glance", "nova's image API (Glance) with the request's credentials"),
+            ("local", "the local image store under image_store_dir (test rigs)"),
+        ],
+        help="Where the flows read images and write snapshots when running inside nova.",
+    ),
+]
+
+
+def register_nova_opts(conf: cfg.ConfigOpts) -> None:
+    """Register our options on nova's ConfigOpts: [vsan_flows] only, never [vmware].
+
+    Registering twice is harmless (oslo.config ignores an identical option), so the driver can
+    call this on every start.
+    """
+    conf.register_opts(flows_opts, group=FLOWS_GROUP)
+    conf.register_opts(nova_opts, group=FLOWS_GROUP)
+
+
+def list_nova_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """oslo-config-generator namespace ``vsan_flows.nova``: what nova.conf gains."""
+    return [(FLOWS_GROUP, [*flows_opts, *nova_opts])]
+
+
 def register_opts(conf: cfg.ConfigOpts) -> None:
     """Register our groups on a ConfigOpts the caller owns (see the module docstring)."""
     conf.register_opts(vmware_opts, group=VMWARE_GROUP)
     conf.register_opts(flows_opts, group=FLOWS_GROUP)
+    register_glance_opts(conf)
+
+
+def register_glance_opts(conf: cfg.ConfigOpts) -> None:
+    """``[glance]`` as nova and cinder have it: keystoneauth's own session, auth and adapter
+    options (endpoint_override or catalog lookup, service user, cafile), nothing of ours, so
+    the same section works in nova.conf and registering it on nova's CONF is harmless."""
+    ks_loading.register_session_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_auth_conf_options(conf, GLANCE_GROUP)
+    ks_loading.register_adapter_conf_options(conf, GLANCE_GROUP)
+    conf.set_default("service_type", GLANCE_SERVICE_TYPE, group=GLANCE_GROUP)
+
+
+def _glance_list_opts() -> list[cfg.Opt]:
+    opts = (ks_loading.get_session_conf_options() + ks_loading.get_auth_common_conf_options()
+            + ks_loading.get_auth_plugin_conf_options("password")
+            + ks_loading.get_adapter_conf_options(include_deprecated=False))
+    seen: dict[str, cfg.Opt] = {}
+    for opt in opts:
+        seen.setdefault(opt.dest, opt)
+    for opt in seen.values():
+        if opt.dest == "service_type":
+            opt.default = GLANCE_SERVICE_TYPE
+    return sorted(seen.values(), key=lambda o: o.dest)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """Options for oslo-config-generator; copies so the generator cannot mutate ours."""
-    return [(VMWARE_GROUP, list(vmware_opts)), (FLOWS_GROUP, list(flows_opts))]
+    return [(VMWARE_GROUP, list(vmware_opts)), (FLOWS_GROUP, list(flows_opts)),
+            (GLANCE_GROUP, _glance_list_opts())]
 
 
 def datastore_pattern(conf: cfg.ConfigOpts) -> re.Pattern[str] | None:

@@ -1,5 +1,10 @@
 """A nova-shaped façade: nova's spawn/snapshot signatures in, flows run, nova-like errors out.
 
+Inside nova, use the real compute driver instead: :mod:`vsan_flows.nova.driver` (nova builds the
+VM, our flows cache the image and link its root disk, nova's exception classes). This façade
+stays for callers without nova (scripts, the standalone library tests); it creates the whole VM
+itself, without nova's identity, so nova could not manage what it makes.
+
 It works with any objects carrying nova's attribute names (``instance.uuid``,
 ``image_meta.id``...) and imports nothing from nova, so the vmwareapi driver can delegate to
 it and tests can call it with plain objects. Like nova's vmwareapi driver, the VM of an
@@ -104,7 +109,8 @@ class VsanFlowsDriver:
         image_id = _image_id(image_meta)
         try:
             api.spawn(self.conf, instance.uuid, image_id, handles=self._live(),
-                      backend=self._store(), power_on=power_on)
+                      backend=self._store(), power_on=power_on,
+                      context=context)  # Glance is called as the requesting user
         except (exceptions.InvalidImage, exceptions.InvalidInput) as exc:
             raise ImageUnacceptable(image_id=image_id, reason=str(exc)) from exc
         except exceptions.ImageNotFound as exc:
@@ -118,7 +124,7 @@ class VsanFlowsDriver:
         try:
             api.snapshot(self.conf, instance.uuid, image_id, handles=self._live(),
                          backend=self._store(),
-                         listeners=(_on_upload_start(update_task_state),))
+                         listeners=(_on_upload_start(update_task_state),), context=context)
         except exceptions.InstanceNotFound as exc:
             raise InstanceNotFound(instance_id=instance.uuid) from exc
         except exceptions.ImageNotFound as exc:

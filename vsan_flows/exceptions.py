@@ -135,6 +135,38 @@ class ImageAlreadyHasData(ImageError):
         )
 
 
+class ImageServiceRefused(ImageError):
+    """The image service answered with a refusal that retrying cannot change (4xx).
+
+    ``status`` is the HTTP status Glance gave, ``detail`` its own words; the message adds
+    what the operator can do, which differs per status.
+    """
+
+    def __init__(self, image_id: str | None, operation: str, status: int, detail: str,
+                 fix: str) -> None:
+        self.image_id = image_id
+        self.operation = operation
+        self.status = status
+        self.detail = detail
+        subject = f"image {image_id}" if image_id else "an image"
+        super().__init__(
+            f"Glance refused to {operation} {subject} (HTTP {status}: {detail}). {fix}")
+
+
+class ImageServiceUnavailable(ImageError):
+    """The image service could not be reached or failed (5xx, connection lost): retryable."""
+
+    def __init__(self, image_id: str | None, operation: str, reason: str) -> None:
+        self.image_id = image_id
+        self.operation = operation
+        self.reason = reason
+        subject = f"image {image_id}" if image_id else "an image"
+        super().__init__(
+            f"Glance failed to {operation} {subject}: {reason}. Transfers are retried with "
+            "[vsan_flows] import_retries; if it persists, check that glance-api is running and "
+            "reachable at the [glance] endpoint (endpoint_override or the service catalog).")
+
+
 # --------------------------------------------------------------------------- placement
 
 

@@ -90,8 +90,12 @@ class ImageService(Protocol):
 
     def show(self, image_id: str) -> ImageMeta: ...
 
-    def open(self, image_id: str) -> BinaryIO:
-        """A binary file-like over an active image's data; the caller closes it."""
+    def open(self, image_id: str, length: int | None = None) -> BinaryIO:
+        """A binary file-like over an active image's data; the caller closes it.
+
+        ``length`` says only the first bytes are wanted (a header peek): a remote service
+        fetches just those (Glance: a ranged GET) instead of opening a whole download.
+        """
         ...
 
     def create(self, meta: Mapping[str, Any]) -> str:
@@ -109,7 +113,10 @@ class ImageService(Protocol):
 
     def delete(self, image_id: str) -> None: ...
 
-    def mark_killed(self, image_id: str, reason: str) -> None: ...
+    def mark_killed(self, image_id: str, reason: str) -> None:
+        """Make an image that will never get data unusable for good: marked killed where the
+        service lets a client do that (the local store), deleted where it does not (Glance)."""
+        ...
 
     def list(self) -> list[ImageMeta]: ...
 
@@ -206,7 +213,8 @@ class LocalImageService:
     def show(self, image_id: str) -> ImageMeta:
         return self._load(image_id)
 
-    def open(self, image_id: str) -> BinaryIO:
+    def open(self, image_id: str, length: int | None = None) -> BinaryIO:
+        # A local file costs nothing to leave unread: ``length`` needs no special handling.
         meta = self._load(image_id)
         if meta.status != STATUS_ACTIVE:
             raise ImageError(

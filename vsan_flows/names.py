@@ -71,3 +71,9 @@ LEGACY_ATOM_NAMES = {
     }.items()
     for cls in classes
 }
+
+# --------------------------------------------------------------------------- nova's spawn
+# nova builds the VM; this flow caches the image and gives the VM its root disk.
+NOVA_ROOT_DISK_FLOW = "nova-root-disk"
+LOCATE_INSTANCE_VM = "LocateInstanceVM"
+ATTACH_LINKED_ROOT_DISK = "AttachLinkedRootDisk"

@@ -83,6 +83,11 @@ def pytest_runtest_makereport(item, call):
     sim = getattr(pytest, "vsan_flows_simulator", None)
     if report.failed and sim is not None:
         report.sections.append(("vcsim log (tail)", sim.log_tail(40)))
+    glance = getattr(pytest, "vsan_flows_glance", None)
+    if report.failed and glance is not None and "glance_api" in item.fixturenames:
+        report.sections.append(("glance-api log (tail)", glance.log_tail(30)))
+        report.sections.append(("glance-api requests (tail)",
+                                "\n".join(glance.access_lines()[-20:])))
 
 
 def make_conf(simulator, wsdl_url, state_dir, **overrides):
@@ -93,6 +98,7 @@ def make_conf(simulator, wsdl_url, state_dir, **overrides):
 
     c = cfg.ConfigOpts()
     vconf.register_opts(c)
+    _register_glance_test_auth(c)
     c([], project="vsan-flows", default_config_files=[])
     values = {
         ("vmware", "host_ip"): simulator.host,
@@ -114,6 +120,55 @@ def make_conf(simulator, wsdl_url, state_dir, **overrides):
     return c
 
 
+def _register_glance_test_auth(c) -> None:
+    """The test glance-api has no keystone: the service user is keystoneauth's admin_token
+    plugin (a fixed token and endpoint). Its options are registered here so overrides can set
+    them; keystoneauth registers the same ones itself when it loads the plugin."""
+    from keystoneauth1 import loading as ks_loading
+
+    c.register_opts(ks_loading.get_auth_plugin_conf_options("admin_token"), group="glance")
+
+
+SERVICE_TOKEN = "vsan-flows-service-token"
+
+
+def glance_overrides(glance, token: str = SERVICE_TOKEN) -> dict:
+    """make_conf overrides that select Glance with a configured service user."""
+    return {"vsan_flows__image_service": "glance", "glance__auth_type": "admin_token",
+            "glance__endpoint": glance.url, "glance__token": token, "glance__timeout": 60}
+
+
+def glance_conf(glance, **overrides):
+    """A ConfigOpts with only the image-service options, as a Glance-only caller has."""
+    from oslo_config import cfg
+
+    from vsan_flows import conf as vconf
+
+    c = cfg.ConfigOpts()
+    vconf.register_opts(c)
+    _register_glance_test_auth(c)
+    c([], project="vsan-flows", default_config_files=[])
+    for key, value in {**glance_overrides(glance), **overrides}.items():
+        group, _, name = key.partition("__")
+        c.set_override(name, value, group)
+    return c
+
+
+@pytest.fixture(scope="session")
+def glance_api(tmp_path_factory):
+    """One glance-api for the session, with ONE sync worker: a request we leave open would
+    stall the next one, so every Glance test also proves we close what we open."""
+    from tests.functional import glance_api as launcher_g
+
+    try:
+        g = launcher_g.start(tmp_path_factory.mktemp("glance"))
+    except launcher_g.GlanceError as exc:
+        pytest.fail(f"glance-api did not start: {exc}", pytrace=False)
+    pytest.vsan_flows_glance = g  # for the report hook
+    yield g
+    g.stop()
+
+
 @pytest.fixture(scope="session")
 def sim_conf(simulator, wsdl_url, tmp_path_factory):
     return make_conf(simulator, wsdl_url, tmp_path_factory.mktemp("state"))
@@ -127,10 +182,38 @@ def vsphere(sim_conf):
 
 
 @pytest.fixture
-def images(tmp_path):
-    from vsan_flows.images import LocalImageService
+def images(request, tmp_path):
+    """The local store; modules that parametrise ``images`` indirectly with "glance" get the
+    session's glance-api instead, emptied after each test once nothing half-written is found."""
+    if getattr(request, "param", "local") == "local":
+        from vsan_flows.images import LocalImageService
 
-    return LocalImageService(tmp_path / "images")
+        yield LocalImageService(tmp_path / "images")
+        return
+    from vsan_flows.glance import GlanceImageService
+
+    glance = request.getfixturevalue("glance_api")
+    service = GlanceImageService.from_conf(glance_conf(glance))
+    yield service
+    left = service.list()
+    half = [f"{m.id} ({m.status})" for m in left if m.status not in ("active", "queued")]
+    for m in left:
+        service.delete(m.id)
+    orphans = [p.name for p in glance.stored_files()]  # data no image record owns any more
+    if half or orphans:
+        pytest.fail(f"Glance leak check: images half-written {half}, stored files left "
+                    f"after deleting every image {orphans}", pytrace=False)
+
+
+def discarded(images, image_id: str) -> bool:
+    """A failed snapshot's image is unusable: killed in the local store, deleted in Glance
+    (which has no settable killed status)."""
+    from vsan_flows import exceptions
+
+    try:
+        return images.show(image_id).status == "killed"
+    except exceptions.ImageNotFound:
+        return True
 
 
 @pytest.fixture

@@ -70,15 +70,17 @@ def main() -> None:
     sim = SimpleNamespace(**json.load(open(args["sim_state"])))
     conf = make_conf(sim, args["wsdl_url"], args["state_dir"],
                      vsan_flows__persistence_connection=args["db_url"],
-                     vsan_flows__import_retries=2)
-    images = LocalImageService(args["images_dir"])
+                     vsan_flows__import_retries=2, **args.get("conf", {}))
+    # Without an images_dir the configured service is used (Glance), as the caller's user.
+    images = LocalImageService(args["images_dir"]) if args.get("images_dir") else None
     if args["cue"] == "transfer":
         listeners = (_kill_mid_transfer,)
     else:
         atom, when = args["cue"].split(":")
         listeners = (_kill_on_atom(atom, when),)
     op = api.spawn if args["op"] == "spawn" else api.snapshot
-    op(conf, args["instance"], args["image_id"], images=images, listeners=listeners)
+    op(conf, args["instance"], args["image_id"], images=images, listeners=listeners,
+       context=args.get("context"))
     print("FINISHED WITHOUT BEING KILLED")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import make_conf
+from tests.functional.conftest import SERVICE_TOKEN, glance_overrides, make_conf
 from vsan_flows import api, exceptions, imagecache
 from vsan_flows.simulator import disks
 
@@ -108,34 +108,49 @@ def _db_url(kind, tmp_path):
     return f"mysql+pymysql://root@127.0.0.1:3306/{name}"
 
 
-def _run_child(simulator, wsdl_url, tmp_path, db_url, op, instance, image_id, images, cue):
+USER_TOKEN = "user-token-of-the-crashed-request"
+
+
+def _run_child(simulator, wsdl_url, tmp_path, db_url, op, instance, image_id, images, cue,
+               glance=None):
     args = {"sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
             "state_dir": str(tmp_path / "state"), "db_url": db_url, "op": op,
-            "instance": instance, "image_id": image_id,
-            "images_dir": str(images.directory), "cue": cue}
+            "instance": instance, "image_id": image_id, "cue": cue}
+    if glance is None:
+        args["images_dir"] = str(images.directory)
+    else:  # the child reaches Glance with a user's token, as nova's request would
+        args["conf"] = glance_overrides(glance)
+        args["context"] = USER_TOKEN
     proc = subprocess.run([sys.executable, "-m", "tests.functional.crash_child",
                            json.dumps(args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -9, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
 
 
-def _conf(simulator, wsdl_url, tmp_path, db_url):
+def _conf(simulator, wsdl_url, tmp_path, db_url, glance=None):
     return make_conf(simulator, wsdl_url, tmp_path / "state",
-                     vsan_flows__persistence_connection=db_url, vsan_flows__import_retries=2)
+                     vsan_flows__persistence_connection=db_url, vsan_flows__import_retries=2,
+                     **(glance_overrides(glance) if glance is not None else {}))
+
+
+def _resume(simulator, wsdl_url, tmp_path, db_url, vsphere, images, glance=None):
+    """A restarted service: with Glance it has nothing but its config (no user, no handle)."""
+    return api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url, glance),
+                                 vsphere=vsphere, images=images if glance is None else None)
 
 
 def _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere, images,
-                            control, vmdk, destroy_after):
+                            control, vmdk, destroy_after, glance=None):
     image_id = images.add_file(vmdk, name="crash")
     instance = "crash-" + uuid.uuid4().hex[:8]
     destroy_after.append(instance)
     before = control.calls("ImportVApp")
     if cue == "transfer":
         control.throttle_nfc(2 * MiB, direction="upload")
-    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images, cue)
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images, cue,
+               glance)
     control.reset()
-    outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
-                                     vsphere=vsphere, images=images)
+    outcomes = _resume(simulator, wsdl_url, tmp_path, db_url, vsphere, images, glance)
     if cue == "CloneLinkedDisk:after":
         assert len(outcomes) <= 1  # finished or nearly so when it died
     else:
@@ -149,6 +164,7 @@ def _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
     assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
     imports = control.calls("ImportVApp") - before
     assert imports == (2 if cue in RESTARTS_TRANSFER else 1), imports
+    return image_id
 
 
 @pytest.mark.parametrize("cue", SPAWN_CUES)
@@ -161,6 +177,12 @@ def test_spawn_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsph
 @pytest.mark.parametrize("cue", SNAPSHOT_CUES)
 def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
                                    images, control, vmdk, vmdk_raw, destroy_after, sim_conf):
+    _crash_and_resume_snapshot(cue, simulator, wsdl_url, tmp_path, db_url, vsphere, images,
+                               control, vmdk, vmdk_raw, destroy_after, sim_conf)
+
+
+def _crash_and_resume_snapshot(cue, simulator, wsdl_url, tmp_path, db_url, vsphere, images,
+                               control, vmdk, vmdk_raw, destroy_after, sim_conf, glance=None):
     base = images.add_file(vmdk, name="base")
     instance = "snapcrash-" + uuid.uuid4().hex[:8]
     destroy_after.append(instance)
@@ -173,13 +195,12 @@ def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, v
     if cue == "transfer":
         control.throttle_nfc(2 * MiB, direction="download")
     _run_child(simulator, wsdl_url, tmp_path, db_url, "snapshot", instance, image_id, images,
-               cue)
+               cue, glance)
     control.reset()
     if cue in AFTER_VM_SNAPSHOT:  # the guest goes on writing while the service is down
         for offset, data in WRITES_B:
             control.guest_write(instance, offset, data)
-    outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
-                                     vsphere=vsphere, images=images)
+    outcomes = _resume(simulator, wsdl_url, tmp_path, db_url, vsphere, images, glance)
     if cue != "Cleanup:after":
         assert [o[2] for o in outcomes] == ["completed"], outcomes
     assert images.show(image_id).status == "active"
@@ -194,6 +215,8 @@ def test_snapshot_survives_sigkill(cue, simulator, wsdl_url, tmp_path, db_url, v
     expected = _with(with_a, WRITES_B) if cue in AFTER_VM_SNAPSHOT else with_a
     assert _sha(control.guest_read(instance)) == _sha(expected), \
         "the instance lost writes (A, or B made after the VM snapshot)"
+
+    return image_id
 
 
 @pytest.mark.parametrize("cue", ["CloneFromSnapshot:before", "StreamDiskToImage:before",
@@ -238,6 +261,45 @@ def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_u
     assert not status["leases"]
     assert _sha(control.guest_read(instance)) == _sha(_with_a(vmdk_raw)), \
         "the instance's disk changed"
+
+
+def _tokens(glance, image_id, *, ranged: bool | None = None, method: str = "GET") -> list[str]:
+    """The token of each request on this image's data, in order (from glance's access log)."""
+    out = []
+    for line in glance.access_lines():
+        if not line.startswith(f"{method} /images/{image_id}/file "):
+            continue
+        if ranged is not None and ("range=-" not in line) != ranged:
+            continue
+        out.append(line.rsplit("token=", 1)[1])
+    return out
+
+
+@pytest.mark.parametrize("images", ["glance"], indirect=True)
+def test_spawn_from_glance_killed_mid_stream_resumes_on_config_alone(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, vmdk, destroy_after,
+        glance_api):
+    """The child streams as the user; the restarted service has only [glance] config."""
+    image_id = _crash_and_resume_spawn(
+        "transfer", simulator, wsdl_url, tmp_path, _db_url("sqlite", tmp_path), vsphere,
+        images, control, vmdk, destroy_after, glance=glance_api)
+    # One whole read cut by the kill (the user's), one whole read after the restart.
+    assert _tokens(glance_api, image_id, ranged=False) == [USER_TOKEN, SERVICE_TOKEN]
+
+
+@pytest.mark.parametrize("images", ["glance"], indirect=True)
+def test_snapshot_into_glance_killed_mid_upload_resumes_on_config_alone(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, vmdk, vmdk_raw,
+        destroy_after, sim_conf, glance_api):
+    """Glance puts the image cut by the kill back to queued; the resumed flow uploads it."""
+    image_id = _crash_and_resume_snapshot(
+        "transfer", simulator, wsdl_url, tmp_path, _db_url("sqlite", tmp_path), vsphere,
+        images, control, vmdk, vmdk_raw, destroy_after, sim_conf, glance=glance_api)
+    assert _tokens(glance_api, image_id, method="PUT") == [USER_TOKEN, SERVICE_TOKEN]
+    meta = images.show(image_id)
+    with images.open(image_id) as f:  # a whole read checks Glance's sha512 at its end
+        received = sum(len(chunk) for chunk in iter(lambda: f.read(MiB), b""))
+    assert received == meta.size
 
 
 def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp_path,

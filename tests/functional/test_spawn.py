@@ -1,7 +1,8 @@
 """Spawn on vSAN against the simulator: success, the image cache, and every bad input.
 
 Each failing case asserts the error a user sees and, through the autouse leak check, that the
-flow rolled back everything it created.
+flow rolled back everything it created. Every test runs with the local image store and with a
+real glance-api (one worker: a download left open would stall the next request).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import uuid
 import pytest
 
 from vsan_flows import api, exceptions, imagecache
+from vsan_flows.glance import GlanceImageService
 from vsan_flows.simulator import disks
 
 MiB = 1024 * 1024
+
+pytestmark = pytest.mark.parametrize("images", ["local", "glance"], indirect=True)
 
 
 def _name(prefix="inst"):
@@ -75,12 +79,25 @@ BAD = {
 }
 
 
+# What glance-api 33's format inspector refuses on upload as disk_format=vmdk.
+GLANCE_REFUSES = {"flat", "raw-renamed"}
+
+
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_bad_image_is_rejected_before_any_lease(kind, sim_conf, vsphere, images, control,
                                                 good_vmdk, tmp_path):
     path = BAD[kind](good_vmdk, tmp_path / f"{kind}.vmdk")
-    image_id = _add(images, path)
     before = control.calls("ImportVApp")
+    try:
+        image_id = _add(images, path)
+    except exceptions.ImageServiceRefused as err:
+        # Glance's format inspector refuses data that is not a VMDK at all (raw, a
+        # descriptor text) before it is stored: refused even earlier, and said so.
+        assert isinstance(images, GlanceImageService) and kind in GLANCE_REFUSES, err
+        assert err.status == 415 and "disk_format" in str(err)
+        assert control.calls("ImportVApp") == before
+        return
+    assert not (isinstance(images, GlanceImageService) and kind in GLANCE_REFUSES)
     with pytest.raises(exceptions.InvalidImage) as err:
         _spawn(sim_conf, vsphere, images, _name(), image_id)
     assert image_id in str(err.value)
@@ -228,20 +245,32 @@ def test_unknown_cluster_is_a_config_error(simulator, wsdl_url, tmp_path, images
     assert "no-such-cluster" in str(err.value) and "DC0_C0" in str(err.value)
 
 
-def test_image_corrupted_at_rest_never_becomes_a_cache_entry(sim_conf, vsphere, images,
-                                                             control, tmp_path):
-    """4 KiB flipped in the middle of an active image's data (same size, still a whole VMDK
-    by structure): the recorded hash catches it while streaming, the import is rolled back."""
+@pytest.mark.parametrize(("where", "error", "says"), [
+    # bit rot the disk format cannot notice: only the recorded hash tells
+    ("descriptor", exceptions.InvalidImage, "does not match the hash"),
+    # 4 KiB flipped inside the compressed grains: vCenter refuses to store it, or the hash
+    ("grains", exceptions.VsanFlowsError, ""),
+])
+def test_image_corrupted_at_rest_never_becomes_a_cache_entry(where, error, says, sim_conf,
+                                                             vsphere, images, control,
+                                                             tmp_path):
+    """An active image whose stored bytes changed after upload (same size): the spawn fails
+    and is rolled back before the import VM can become a cache entry."""
     path = disks.make_stream_optimized(tmp_path / "rot.vmdk", 64 * MiB, data_mib=8)
     image_id = _add(images, path)
     data_file = images.directory / f"{image_id}.data"
     data = bytearray(data_file.read_bytes())
-    mid = len(data) // 2
-    data[mid: mid + 4096] = bytes(b ^ 0xFF for b in data[mid: mid + 4096])
+    if where == "descriptor":
+        at = data.index(b"# Disk DescriptorFile") + len("# Disk Descriptor")
+        data[at] ^= 0x20  # "File" -> "file": still a valid descriptor
+    else:
+        mid = len(data) // 2
+        data[mid: mid + 4096] = bytes(b ^ 0xFF for b in data[mid: mid + 4096])
     data_file.write_bytes(bytes(data))
     imports = control.calls("ImportVApp")
-    with pytest.raises(exceptions.InvalidImage, match="does not match the hash"):
+    with pytest.raises(error, match=says):
         _spawn(sim_conf, vsphere, images, _name(), image_id)
-    assert control.calls("ImportVApp") == imports + 1, "one import, not retried"
+    if where == "descriptor":
+        assert control.calls("ImportVApp") == imports + 1, "one import, not retried"
     assert not [vm for vm in control.status()["vms"]
                 if vm["name"].startswith(imagecache.name_prefix(image_id))]

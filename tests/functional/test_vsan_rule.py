@@ -16,7 +16,7 @@ import urllib3
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import vim_util
 
-from tests.functional.test_simulator import _import_lease, _upload, placement_for
+from tests.functional.test_simulator import _find_vm, _import_lease, _upload, placement_for
 from vsan_flows.simulator import disks
 from vsan_flows.vsphere import transfer, vm
 
@@ -38,7 +38,7 @@ def imported(vim_session, simulator, tmp_path_factory):
         made[kind] = (name, ds)
     yield made
     for name, _ds in made.values():
-        ref = vm.find_by_name(vim_session, name)
+        ref = _find_vm(vim_session, name)
         if ref is not None:
             vm.destroy(vim_session, ref)
 
@@ -123,7 +123,7 @@ def test_import_check_uses_only_what_vsan_offers(vsphere, control, tmp_path):
     """[vsan_flows] verify_stored_size: the lease still ready and the VM's own disk view;
     never a datastore browser search (vSAN lists no data file to measure)."""
     from vsan_flows import exceptions
-    from vsan_flows.vsphere import imports, instances
+    from vsan_flows.vsphere import imports, instances, leases
 
     image = tmp_path / "check.vmdk"
     disks.make_stream_optimized(image, 8 * MiB, data_mib=2)
@@ -147,6 +147,6 @@ def test_import_check_uses_only_what_vsan_offers(vsphere, control, tmp_path):
             imports.check_imported_disk(vsphere, lease["lease"], lease["vm"],
                                         "vsanDatastore", 8 * MiB)
     finally:
-        imports.abort_lease(vsphere, lease["lease"])
+        leases.abort(vsphere, lease["lease"])
         instances.destroy_by_name(vsphere, name)
     assert control.calls("SearchDatastore_Task") == searches

@@ -16,6 +16,7 @@ from taskflow.types import failure as tf_failure
 
 from vsan_flows import api, exceptions, names
 from vsan_flows import conf as vconf
+from vsan_flows.flows import root_disk as root_disk_flow
 from vsan_flows.flows import snapshot as snapshot_flow
 from vsan_flows.flows import spawn as spawn_flow
 from vsan_flows.flows.retry import NOT_RETRYABLE, TransferRetry
@@ -24,10 +25,12 @@ from vsan_flows.vsphere import faults
 
 # The live handles each flow reads (all of names.TRANSIENTS are injected into every flow).
 LIVE = {"spawn": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS},
-        "snapshot": {names.VSPHERE, names.IMAGES}}
+        "snapshot": {names.VSPHERE, names.IMAGES},
+        "nova-root-disk": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS}}
 # What each flow hands back to its caller (api.spawn/snapshot results, nova's driver).
 RESULTS = {"spawn": {"instance_vm", "shadow_vm", "bytes_sent", "datastore"},
-           "snapshot": {"image_upload"}}
+           "snapshot": {"image_upload"},
+           "nova-root-disk": {"root_disk", "bytes_sent"}}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,9 @@ def conf():
 def _flows():
     return [("spawn", spawn_flow.make_spawn_flow(power_on=False), spawn_flow.STORE_KEYS),
             ("spawn", spawn_flow.make_spawn_flow(power_on=True), spawn_flow.STORE_KEYS),
-            ("snapshot", snapshot_flow.make_snapshot_flow(), snapshot_flow.STORE_KEYS)]
+            ("snapshot", snapshot_flow.make_snapshot_flow(), snapshot_flow.STORE_KEYS),
+            ("nova-root-disk", root_disk_flow.make_root_disk_flow(root_bytes=2 ** 30),
+             root_disk_flow.STORE_KEYS)]
 
 
 def _atoms(flow) -> list:

@@ -21,16 +21,16 @@ RULES = [
     ("only vsphere/ speaks SOAP", ("vsan_flows",), ("oslo_vmware", "suds"),
      ("vsan_flows.vsphere",)),
     ("the runtime runs plans, it never makes them", ("vsan_flows.runtime",),
-     ("vsan_flows.api", "vsan_flows.cmd", "vsan_flows.driver"), ()),
+     ("vsan_flows.api", "vsan_flows.cmd", "vsan_flows.driver", "vsan_flows.nova"), ()),
     ("tasks are calls plus the shape of a result", ("vsan_flows.tasks",),
      ("vsan_flows.flows", "vsan_flows.runtime", "vsan_flows.cmd", "vsan_flows.api",
-      "vsan_flows.driver"), ()),
+      "vsan_flows.driver", "vsan_flows.nova"), ()),
     ("flows only compose tasks", ("vsan_flows.flows",),
      ("vsan_flows.vsphere", "vsan_flows.runtime", "vsan_flows.cmd", "vsan_flows.api",
-      "vsan_flows.driver", "oslo_vmware"), ()),
+      "vsan_flows.driver", "vsan_flows.nova", "oslo_vmware"), ()),
     ("vsphere/ knows nothing above it", ("vsan_flows.vsphere",),
      ("vsan_flows.tasks", "vsan_flows.flows", "vsan_flows.runtime", "vsan_flows.cmd",
-      "vsan_flows.api", "vsan_flows.driver"), ()),
+      "vsan_flows.api", "vsan_flows.driver", "vsan_flows.nova"), ()),
     ("the simulator is a test peer: only the demo uses it", ("vsan_flows",),
      ("vsan_flows.simulator",), ("vsan_flows.simulator", "vsan_flows.cmd.demo")),
     ("the base modules import no layer above them",
@@ -38,7 +38,9 @@ RULES = [
       "vsan_flows.images", "vsan_flows.streamcheck", "vsan_flows.conf", "vsan_flows.policy",
       "vsan_flows.imagecache", "vsan_flows.ownership"),
      ("vsan_flows.vsphere", "vsan_flows.tasks", "vsan_flows.flows", "vsan_flows.runtime",
-      "vsan_flows.cmd", "vsan_flows.api", "vsan_flows.driver"), ()),
+      "vsan_flows.cmd", "vsan_flows.api", "vsan_flows.driver", "vsan_flows.nova"), ()),
+    ("only the nova driver imports nova (the library runs without it)", ("vsan_flows",),
+     ("nova",), ("vsan_flows.nova",)),
 ]
 
 
@@ -101,6 +103,9 @@ def test_the_layers_hold():
     ("api.py", "from vsan_flows.simulator import launcher", "test peer"),
     ("vsphere/vm.py", "from vsan_flows.tasks import disk", "nothing above it"),
     ("imagecache.py", "from vsan_flows.vsphere import instances", "no layer above"),
+    ("api.py", "from nova import exception", "only the nova driver imports nova"),
+    ("nova/runs.py", "from oslo_vmware import vim_util", "speaks SOAP"),
+    ("tasks/root_disk.py", "from vsan_flows.nova import errors", "calls plus the shape"),
 ])
 def test_a_planted_violation_is_caught(tmp_path, module, line, rule):
     copy = tmp_path / "src"

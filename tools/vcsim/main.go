@@ -153,8 +153,9 @@ func main() {
 	controlAddr := flag.String("control", "127.0.0.1:0", "control API address (http)")
 	tmpdir := flag.String("tmpdir", "", "directory for the datastore directories (default: <state>.d beside the state file)")
 	trace := flag.Bool("trace", false, "dump SOAP traffic to stderr (passwords redacted)")
+	wsdlDir := flag.String("wsdl", "", "serve the .wsdl/.xsd files of this directory under /sdk/ (as vCenter serves /sdk/vimService.wsdl)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: %s -state PATH [-listen 127.0.0.1:0] [-control 127.0.0.1:0] [-tmpdir DIR] [-trace]\n", prog)
+		fmt.Fprintf(os.Stderr, "usage: %s -state PATH [-listen 127.0.0.1:0] [-control 127.0.0.1:0] [-tmpdir DIR] [-wsdl DIR] [-trace]\n", prog)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -209,6 +210,10 @@ func main() {
 	}
 
 	simulator.InstallVsanHooks()
+	if err := simulator.InstallNovaSupport(model.Service, *wsdlDir); err != nil {
+		model.Remove()
+		die("cannot serve the WSDL from %s: %s", *wsdlDir, err)
+	}
 	// With no explicit user, vcsim accepts ANY password; a real vCenter does not, and the
 	// wrong-password tests must see InvalidLogin. vcsim only checks a login that is not its
 	// own DefaultLogin pointer, so the same credentials are set as a new value.

@@ -11,6 +11,7 @@ NOT_RETRYABLE = (
     exceptions.InvalidImage,
     exceptions.ImageNotFound,
     exceptions.ImageAlreadyHasData,
+    exceptions.ImageServiceRefused,  # Glance's 4xx: quota, format inspector, auth
     exceptions.NoSuitableDatastore,
     exceptions.ConfigError,
     exceptions.VCenterAuthError,

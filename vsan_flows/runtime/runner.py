@@ -79,10 +79,14 @@ def prepare(plan: Plan, backend, *, host: str | None = None, engine: str = "seri
 
 
 def run(plan: Plan, transients: Mapping[str, Any], *, backend=None, engine: str = "serial",
-        max_workers: int | None = None, listeners: tuple = ()) -> dict:
-    """Run a new flow to the end; returns its results, or raises one of our errors."""
+        max_workers: int | None = None, listeners: tuple = (), host: str | None = None) -> dict:
+    """Run a new flow to the end; returns its results, or raises one of our errors.
+
+    ``host`` is the owner its logbook records (default: this machine's name); only that host
+    resumes it after a restart.
+    """
     _book, eng = prepare(plan, backend or memory_backend(), engine=engine,
-                         max_workers=max_workers)
+                         max_workers=max_workers, host=host)
     eng.storage.inject(dict(transients), transient=True)
     return _run(eng, listeners)
 
@@ -171,8 +175,8 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 
 def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
-               engine: str = "serial",
-               max_workers: int | None = None) -> list[tuple[str, str, str]]:
+               engine: str = "serial", max_workers: int | None = None,
+               host: str | None = None) -> list[tuple[str, str, str]]:
     """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
 
     A flow whose logbook says ``on_restart: revert`` (an operation that is unsafe to finish
@@ -181,7 +185,7 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
 
     Live handles are built once, only if there is something to resume.
     """
-    todo = unfinished(backend)
+    todo = unfinished(backend, host)
     if not todo:
         return []
     transients = make_transients()

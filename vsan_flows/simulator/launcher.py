@@ -112,6 +112,12 @@ class Simulator:
                 ) from None
 
 
+def _served_wsdl_dir(out: Path) -> Path:
+    from vsan_flows.simulator import wsdl
+
+    return Path(wsdl.generate(out)).parent
+
+
 def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
           trace: bool = False) -> Simulator:
     """Start a simulator whose state, log and datastores live under workdir."""
@@ -121,7 +127,10 @@ def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
     state_file = workdir / "state.json"
     log_file = workdir / "vcsim.log"
     _clear_stale_state(state_file)
-    cmd = [str(binary), "-state", str(state_file), "-tmpdir", str(workdir / "datastores")]
+    cmd = [str(binary), "-state", str(state_file), "-tmpdir", str(workdir / "datastores"),
+           # Served at /sdk/vimService.wsdl, as vCenter does: clients without a WSDL
+           # option (nova's session) fetch it from there.
+           "-wsdl", str(_served_wsdl_dir(workdir / "wsdl"))]
     if trace:
         cmd.append("-trace")
     (workdir / "datastores").mkdir(exist_ok=True)

@@ -8,6 +8,10 @@ from taskflow import task
 
 from vsan_flows import exceptions, vmdk
 
+# The most read_header may need: a descriptor may start at sector 2048 and span 2048 sectors.
+# Asking for just this much is a ranged read, never a whole download held open.
+HEADER_PEEK = (vmdk.MAX_DESCRIPTOR_OFFSET + vmdk.MAX_DESCRIPTOR_SECTORS) * vmdk.SECTOR
+
 
 class ValidateStreamOptimizedImage(task.Task):
     """Refuse anything but a whole streamOptimized VMDK before a vCenter object exists.
@@ -28,11 +32,11 @@ class ValidateStreamOptimizedImage(task.Task):
         if meta.disk_format != "vmdk" or meta.vmware_disktype != "streamOptimized":
             raise exceptions.InvalidImage("its metadata does not say streamOptimized VMDK",
                                           image_id=image_id, found=found)
-        with images.open(image_id) as f:
+        with images.open(image_id, length=HEADER_PEEK) as f:
             header = vmdk.inspect_stream_optimized(f, image_id=image_id,
                                                    declared_size=meta.size)
         if not header.gd_at_end:
-            with images.open(image_id) as f:
+            with images.open(image_id, length=header.overhead_bytes) as f:
                 self._check_grains_fit(f, header, image_id, meta.size)
         props = meta.properties
         return {

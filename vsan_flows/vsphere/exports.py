@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import home, instances, leases, transfer, vm
+from vsan_flows.vsphere import home, identity, instances, leases, transfer, vm
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
 def describe_instance(ctx: VSphere, name: str) -> dict:
-    """What a snapshot image's metadata needs from the instance, or InstanceNotFound."""
-    vm_id = instances.find(ctx, name)
+    """What a snapshot image's metadata needs from the instance, or InstanceNotFound.
+
+    ``name`` is our VM's name or nova's instance uuid (nova files its VMs in its own folders,
+    named ``name (uuid)``, and finds them by config.instanceUuid).
+    """
+    vm_id = instances.find(ctx, name) or identity.find_instance(ctx, name)
     if vm_id is None:
         raise exceptions.InstanceNotFound(name)
     vm_ref = ref(vm_id, "VirtualMachine")

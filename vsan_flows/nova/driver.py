@@ -1,0 +1,81 @@
+"""The compute driver: ``[DEFAULT] compute_driver = vsan_flows.nova.driver.VsanVCDriver``.
+
+It is nova's ``VMwareVCDriver`` (nova keeps building, finding, powering and destroying VMs by
+the identity it manages: config.instanceUuid and nvp.vm-uuid), with three changes:
+
+* spawn of a streamOptimized VMDK on a datastore our flows serve (``[vsan_flows]
+  datastore_types``) runs the image-cache and root-disk steps as our persisted, revertible
+  flow (:mod:`vsan_flows.nova.vmops`);
+* snapshot of a VM on such a datastore runs our snapshot flow (VM found by instance uuid);
+* ``init_host`` rolls back the flows a crash of this compute service interrupted.
+
+Everything else is nova's code and nova's configuration: ``[vmware]`` is nova's group, ours
+is ``[vsan_flows]``; the vCenter session is nova's.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nova.conf
+from nova import context as nova_context
+from nova.compute import task_states
+from nova.virt.vmwareapi import driver as vmware_driver
+
+from vsan_flows import conf as vconf
+from vsan_flows import exceptions
+from vsan_flows.nova import SUPPORTED_NOVA, errors, vmops
+from vsan_flows.nova.runs import NovaRuns
+
+LOG = logging.getLogger(__name__)
+CONF = nova.conf.CONF
+
+
+def _check_nova_version() -> None:
+    from importlib.metadata import version
+
+    found = version("nova")
+    if found not in SUPPORTED_NOVA:
+        raise RuntimeError(
+            f"vsan_flows.nova.driver supports nova {', '.join(SUPPORTED_NOVA)}, not {found}: "
+            "it overrides private methods of nova's VMware driver that change between "
+            "releases. Install a supported nova or a vsan_flows release for yours.")
+
+
+class VsanVCDriver(vmware_driver.VMwareVCDriver):
+    """nova's VMware driver with vSAN image-cache, root-disk and snapshot steps as flows."""
+
+    def __init__(self, virtapi, scheme: str = "https") -> None:
+        _check_nova_version()
+        vconf.register_nova_opts(CONF)
+        super().__init__(virtapi, scheme=scheme)
+        self._runs = NovaRuns(CONF, self._session)
+        vmops.adopt(self._vmops, self._runs)
+
+    def init_host(self, host):
+        super().init_host(host)
+        outcomes = self._runs.revert_interrupted(nova_context.get_admin_context())
+        for flow_id, name, outcome in outcomes:
+            LOG.warning("flow %s (%s) interrupted by a restart of %s: %s", flow_id, name,
+                        self._runs.host, outcome)
+
+    def cleanup_host(self, host):
+        self._runs.close()
+        super().cleanup_host(host)
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        vm_id = self._runs.instance_vm(instance.uuid)
+        if vm_id is None or not self._runs.runs_on_vm(vm_id):
+            return super().snapshot(context, instance, image_id, update_task_state)
+        # Both states are reported before the flow starts, not between its steps: nova raises
+        # from update_task_state when the instance is being deleted meanwhile, and a raise
+        # here stops the snapshot before it made anything (inside a TaskFlow notifier it would
+        # be swallowed and the snapshot would run on).
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                          expected_state=task_states.IMAGE_PENDING_UPLOAD)
+        try:
+            self._runs.snapshot(context, instance.uuid, image_id)
+        except exceptions.VsanFlowsError as exc:
+            raise errors.for_snapshot(exc, instance_uuid=instance.uuid,
+                                      image_id=image_id) from exc
