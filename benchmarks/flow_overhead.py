@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -247,9 +248,27 @@ class StackSampler(threading.Thread):
         path = parts[-1] if len(parts) > 1 else os.path.relpath(code.co_filename, common.ROOT)
         return f"{path}:{frame.f_lineno} {code.co_name}"
 
+    @staticmethod
+    def _frames() -> dict:
+        """``sys._current_frames()`` with the garbage collector paused.
+
+        On CPython <= 3.11 it holds the interpreter's thread-list lock while it allocates frame
+        objects; an allocation may run the collector, and freeing a ``threading.local`` takes
+        that lock again: this thread then blocks forever holding the GIL, and every other
+        thread stops at its next GIL hand-over (CPython gh-106883). That, and nothing in the
+        library, was the 25-minute hang of this section (docs/concurrency.md).
+        """
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return sys._current_frames()
+        finally:
+            if enabled:
+                gc.enable()
+
     def run(self) -> None:
         while not self._halt.wait(self.interval):
-            frames = sys._current_frames()
+            frames = self._frames()
             for ident in list(self.idents):
                 frame = frames.get(ident)
                 if frame is None:

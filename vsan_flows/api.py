@@ -9,6 +9,7 @@ so callers never touch a vSphere session themselves.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from oslo_config import cfg
 
 from vsan_flows import conf as vconf
 from vsan_flows import exceptions, names
+from vsan_flows.imagelocks import ImageLocks
 from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
@@ -113,15 +115,17 @@ class Handles:
     """
 
     def __init__(self, vsphere: VSphere, images: ImageService, policy: Policy, *,
-                 owns_vsphere: bool = False) -> None:
+                 owns_vsphere: bool = False, image_locks: ImageLocks | None = None) -> None:
         self.vsphere = vsphere
         self.images = images
         self.policy = policy
+        # Without a directory: threads of this process only (open_handles gives the host's).
+        self.image_locks = image_locks or ImageLocks(None)
         self._owns_vsphere = owns_vsphere
 
     def transients(self) -> dict:
         return {names.VSPHERE: self.vsphere, names.IMAGES: self.images,
-                names.POLICY: self.policy}
+                names.POLICY: self.policy, names.IMAGE_LOCKS: self.image_locks}
 
     def close(self) -> None:
         if self._owns_vsphere:
@@ -135,11 +139,18 @@ class Handles:
         self.close()
 
 
+def image_locks(conf: cfg.ConfigOpts) -> ImageLocks:
+    """The host's import locks: every process with this state_dir shares them."""
+    return ImageLocks(os.path.join(vconf.state_dir(conf), "locks"),
+                      conf.vsan_flows.image_lock_timeout)
+
+
 def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
                  images: ImageService | None = None) -> Handles:
     """Live handles from config; pieces passed in are used as they are (and not closed)."""
     return Handles(vsphere or connect(conf), images or image_service(conf),
-                   Policy.from_conf(conf), owns_vsphere=vsphere is None)
+                   Policy.from_conf(conf), owns_vsphere=vsphere is None,
+                   image_locks=image_locks(conf))
 
 
 # --------------------------------------------------------------------------- operations
@@ -195,6 +206,9 @@ def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=No
         elif images is not None:
             handles = Handles(handles.vsphere, images, handles.policy)  # owns nothing
         store = stack.enter_context(_backend(conf, backend))
+        # However the engine ends (done, reverted, suspended, crashed in here), the locks its
+        # flow took are not needed by anyone in this process any more.
+        stack.callback(handles.image_locks.release_owner, p.store[names.FLOW_TOKEN])
         return runner.run(p, handles.transients(), backend=store,
                           engine=conf.vsan_flows.engine,
                           max_workers=conf.vsan_flows.max_workers, listeners=listeners)

@@ -127,6 +127,15 @@ flows_opts = [
         help="How many times the import (spawn) or export (snapshot) subflow is reverted and "
         "retried with a fresh lease after a transfer failure. 0 means fail on the first error.",
     ),
+    cfg.FloatOpt(
+        "image_lock_timeout",
+        default=7200.0,
+        min=0.0,
+        help="Seconds a spawn waits for another spawn on this host that is importing the same "
+        "image to the same datastore (one import per image per datastore; the others link to "
+        "it). Locks live under <state_dir>/locks. After that the spawn fails, having created "
+        "nothing.",
+    ),
     cfg.BoolOpt(
         "verify_stored_size",
         default=True,

@@ -296,6 +296,19 @@ class InstanceNotFound(VsanFlowsError):
         )
 
 
+class ImageLockTimeout(VsanFlowsError):
+    """Another spawn on this host kept importing this image longer than we may wait."""
+
+    def __init__(self, image_id: str, timeout_secs: float) -> None:
+        self.image_id = image_id
+        self.timeout_secs = timeout_secs
+        super().__init__(
+            f"Waited {timeout_secs:g} s for another spawn's import of image {image_id} on this "
+            "host to finish; nothing was created. Retry the spawn, or raise [vsan_flows] "
+            "image_lock_timeout if imports of this image take longer."
+        )
+
+
 class InvalidInput(VsanFlowsError):
     """A caller's argument cannot be used (refused at the edge, before anything is stored)."""
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 VSPHERE = "vsphere"
 IMAGES = "images"
 POLICY = "policy"
-TRANSIENTS = (VSPHERE, IMAGES, POLICY)
+IMAGE_LOCKS = "image_locks"      # one import per image per datastore (imagelocks)
+TRANSIENTS = (VSPHERE, IMAGES, POLICY, IMAGE_LOCKS)
 
 # --------------------------------------------------------------------------- store keys
 # The facts every flow starts with (JSON, persisted).

@@ -498,6 +498,9 @@ NOT_OPTIONS = {
     "adapter_type", "resume_unfinished", "init_host", "REVERT_FAILURE",
     # architecture.md names code, not options
     "cached_shadow", "is_gone", "oslo_vmware",
+    # concurrency.md names code, CPython internals and an environment variable
+    "invoke_api", "release_owner", "HEAD_LOCK", "local_clear", "take_gil",
+    "VSAN_FLOWS_STRESS_ROUNDS",
     # nova.md names nova's options, methods and task states
     "compute_driver", "get_info", "list_instances", "power_off", "manage_image_cache",
     "update_task_state", "image_pending_upload", "image_uploading", "ExtendVirtualDisk_Task",

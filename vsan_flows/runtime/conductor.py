@@ -29,6 +29,7 @@ from taskflow import states
 from taskflow.conductors.backends.impl_blocking import BlockingConductor
 from taskflow.listeners import base as listener_base
 
+from vsan_flows import names
 from vsan_flows.runtime import jobs, legacy, persistence, runner
 from vsan_flows.runtime.jobs import FINISHED
 from vsan_flows.runtime.listeners import FlowLogger
@@ -101,6 +102,7 @@ class VsanFlowsConductor(BlockingConductor):
         self._vsan_transients = dict(transients)
         self._vsan_max_jobs = max_jobs
         self._vsan_dispatched = 0
+        self._vsan_tokens: dict[str, str] = {}  # job -> its flow's token, while it runs here
 
     def _flow_detail_from_job(self, job):
         # The book a job object carries is read once and may predate a takeover: reload.
@@ -118,6 +120,8 @@ class VsanFlowsConductor(BlockingConductor):
         engine.prepare()
         # Same resume semantics as runner.resume: a transfer caught RUNNING was cut off.
         runner.fail_interrupted_transfers(engine)
+        with contextlib.suppress(Exception):  # a flow without a token holds no image lock
+            self._vsan_tokens[job.uuid] = engine.storage.fetch(names.FLOW_TOKEN)
         return engine
 
     def _listeners_from_job(self, job, engine):
@@ -140,6 +144,12 @@ class VsanFlowsConductor(BlockingConductor):
         try:
             return super()._dispatch_job(job)
         finally:
+            # However the flow stopped here, the image import locks it took in this process
+            # go (a flow that runs again takes them again).
+            token = self._vsan_tokens.pop(job.uuid, None)
+            locks = self._vsan_transients.get(names.IMAGE_LOCKS)
+            if token and locks is not None:
+                locks.release_owner(token)
             self._count_dispatch()
 
     def _count_dispatch(self) -> None:

@@ -60,6 +60,13 @@ OPTION = "[vsan_flows] persistence_connection"
 #: Seconds a process waits for another one's schema upgrade before giving up.
 UPGRADE_LOCK_TIMEOUT = 120.0
 
+#: Seconds a sqlite statement waits for another connection's write transaction (its busy
+#: timeout) before "database is locked". sqlite admits one writer at a time and waiters poll
+#: with back-off, not in a queue: with 20 flows writing state at once on a loaded host (fsync
+#: per commit) the stress test saw a save_logbook wait out the driver's default of 5 s
+#: (issue 11). A longer wait only delays a real lock-up, which is reported the same way.
+SQLITE_BUSY_TIMEOUT = 60.0
+
 #: Seconds a PostgreSQL connection attempt may take; psycopg2's default is to wait forever,
 #: which turns a firewalled database into a compute service that hangs at start.
 CONNECT_TIMEOUT = 10
@@ -245,6 +252,7 @@ def backend_from_url(url: str) -> tf_base.Backend:
         # TaskFlow forces NullPool for sqlite; a pool keeps connections (and their settings)
         # open. SQLAlchemy sets check_same_thread=False for pooled file databases.
         engine_args["poolclass"] = sa_pool.QueuePool
+        engine_args["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     elif parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         engine_args["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     real_url = parsed.render_as_string(hide_password=False)

@@ -20,10 +20,13 @@ class CreateImportLease(task.Task):
 
     default_provides = "import_lease"
 
-    def execute(self, vsphere, image: dict, datastore: dict, import_vm_name: str,
-                cached_shadow: dict | None) -> dict | None:
+    def execute(self, vsphere, image_locks, image: dict, datastore: dict, flow_token: str,
+                import_vm_name: str, cached_shadow: dict | None) -> dict | None:
         if cached_shadow:
             return None  # the image cache already holds this image: import nothing
+        # Held since placement; taken again here when this run is a resume or a retry
+        # in another process (a lock is never assumed to survive a crash).
+        image_locks.hold(image["id"], flow_token)
         leftover = instances.find(vsphere, import_vm_name)
         if leftover is not None:
             # A crashed earlier attempt of this same flow; its lease is dead with it.

@@ -12,24 +12,44 @@ from vsan_flows.vsphere import instances
 LOG = logging.getLogger(__name__)
 
 
+def _lookup(vsphere, image: dict, datastore: dict) -> dict | None:
+    name = imagecache.vm_name(image["id"], datastore["moref"])
+    vm_id = instances.find(vsphere, name)
+    if vm_id is None:
+        return None
+    if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
+        return None
+    disk = instances.first_disk(vsphere, vm_id)
+    return {"vm": vm_id, "name": name, "disk": disk["path"], "created": False}
+
+
 class LookupImageCache(task.Task):
     """Find a complete cache entry for this image on this datastore, or None.
 
     Only a VM carrying our cache note counts: a half-import never gets the note, so it can
-    never be mistaken for a cached image.
+    never be mistaken for a cached image. On a miss this flow holds the image's import lock
+    (taken in PickVsanDatastore, or here if the entry vanished since) until its import is the
+    cache entry (RegisterShadowVM): other spawns of the image wait, then find that entry and
+    link to it. On a hit it needs no lock.
     """
 
     default_provides = "cached_shadow"
 
-    def execute(self, vsphere, image: dict, datastore: dict) -> dict | None:
-        name = imagecache.vm_name(image["id"], datastore["moref"])
-        vm_id = instances.find(vsphere, name)
-        if vm_id is None:
-            return None
-        if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
-            return None
-        disk = instances.first_disk(vsphere, vm_id)
-        return {"vm": vm_id, "name": name, "disk": disk["path"], "created": False}
+    def execute(self, vsphere, image_locks, image: dict, datastore: dict,
+                flow_token: str) -> dict | None:
+        found = _lookup(vsphere, image, datastore)
+        if found is not None:
+            image_locks.release(image["id"], flow_token)
+            return found
+        if not image_locks.holds(image["id"], flow_token):
+            image_locks.hold(image["id"], flow_token)
+            found = _lookup(vsphere, image, datastore)  # cached while we waited?
+            if found is not None:
+                image_locks.release(image["id"], flow_token)
+        return found
+
+    def revert(self, image_locks, image: dict, flow_token: str, **kwargs) -> None:
+        image_locks.release(image["id"], flow_token)
 
 
 class RegisterShadowVM(task.Task):
@@ -40,10 +60,19 @@ class RegisterShadowVM(task.Task):
 
     default_provides = "shadow_vm"
 
-    def execute(self, vsphere, image: dict, datastore: dict, flow_token: str,
+    def execute(self, vsphere, image_locks, image: dict, datastore: dict, flow_token: str,
                 import_vm_name: str, cached_shadow: dict | None) -> dict:
         if cached_shadow:
             return cached_shadow
+        # Find-then-rename under the import lock: two entries with one name cannot happen.
+        image_locks.hold(image["id"], flow_token)
+        try:
+            return self._register(vsphere, image, datastore, flow_token, import_vm_name)
+        finally:
+            image_locks.release(image["id"], flow_token)
+
+    def _register(self, vsphere, image: dict, datastore: dict, flow_token: str,
+                  import_vm_name: str) -> dict:
         # The imported VM is found by its persisted name, not through the import subflow's
         # results: on a cache hit that subflow is skipped and has no results to read.
         name = imagecache.vm_name(image["id"], datastore["moref"])
@@ -67,8 +96,9 @@ class RegisterShadowVM(task.Task):
         disk = instances.first_disk(vsphere, imported)
         return {"vm": imported, "name": name, "disk": disk["path"], "created": True}
 
-    def revert(self, vsphere, image: dict, datastore: dict, flow_token: str, result=None,
-               **kwargs) -> None:
+    def revert(self, vsphere, image_locks, image: dict, datastore: dict, flow_token: str,
+               result=None, **kwargs) -> None:
+        image_locks.release(image["id"], flow_token)
         name = imagecache.vm_name(image["id"], datastore["moref"])
         vm_id = instances.find(vsphere, name)
         if vm_id is None or not imagecache.made_by(instances.annotation(vsphere, vm_id),
