@@ -204,7 +204,8 @@ def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=No
         if handles is None:
             handles = stack.enter_context(open_handles(conf, vsphere=vsphere, images=images))
         elif images is not None:
-            handles = Handles(handles.vsphere, images, handles.policy)  # owns nothing
+            handles = Handles(handles.vsphere, images, handles.policy,  # owns nothing
+                              image_locks=handles.image_locks)
         store = stack.enter_context(_backend(conf, backend))
         # However the engine ends (done, reverted, suspended, crashed in here), the locks its
         # flow took are not needed by anyone in this process any more.

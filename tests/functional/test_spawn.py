@@ -243,34 +243,3 @@ def test_unknown_cluster_is_a_config_error(simulator, wsdl_url, tmp_path, images
     with pytest.raises(exceptions.ConfigError) as err:
         api.spawn(conf, _name(), _add(images, good_vmdk), images=images)
     assert "no-such-cluster" in str(err.value) and "DC0_C0" in str(err.value)
-
-
-@pytest.mark.parametrize(("where", "error", "says"), [
-    # bit rot the disk format cannot notice: only the recorded hash tells
-    ("descriptor", exceptions.InvalidImage, "does not match the hash"),
-    # 4 KiB flipped inside the compressed grains: vCenter refuses to store it, or the hash
-    ("grains", exceptions.VsanFlowsError, ""),
-])
-def test_image_corrupted_at_rest_never_becomes_a_cache_entry(where, error, says, sim_conf,
-                                                             vsphere, images, control,
-                                                             tmp_path):
-    """An active image whose stored bytes changed after upload (same size): the spawn fails
-    and is rolled back before the import VM can become a cache entry."""
-    path = disks.make_stream_optimized(tmp_path / "rot.vmdk", 64 * MiB, data_mib=8)
-    image_id = _add(images, path)
-    data_file = images.directory / f"{image_id}.data"
-    data = bytearray(data_file.read_bytes())
-    if where == "descriptor":
-        at = data.index(b"# Disk DescriptorFile") + len("# Disk Descriptor")
-        data[at] ^= 0x20  # "File" -> "file": still a valid descriptor
-    else:
-        mid = len(data) // 2
-        data[mid: mid + 4096] = bytes(b ^ 0xFF for b in data[mid: mid + 4096])
-    data_file.write_bytes(bytes(data))
-    imports = control.calls("ImportVApp")
-    with pytest.raises(error, match=says):
-        _spawn(sim_conf, vsphere, images, _name(), image_id)
-    if where == "descriptor":
-        assert control.calls("ImportVApp") == imports + 1, "one import, not retried"
-    assert not [vm for vm in control.status()["vms"]
-                if vm["name"].startswith(imagecache.name_prefix(image_id))]

@@ -11,6 +11,7 @@ import inspect
 import subprocess
 import sys
 from importlib.metadata import entry_points, version
+from pathlib import Path
 
 import pytest
 from oslo_config import cfg
@@ -22,7 +23,7 @@ def test_installed_nova_is_a_supported_release():
     assert version("nova") in SUPPORTED_NOVA
 
 
-def test_the_private_seams_exist_with_the_signatures_we_override():
+def _check_private_seams():
     from nova.virt.vmwareapi import vmops as nova_vmops
 
     from vsan_flows.nova import vmops
@@ -41,12 +42,33 @@ def test_the_private_seams_exist_with_the_signatures_we_override():
     assert order == sorted(order)
 
 
-def test_the_driver_is_a_vmware_vc_driver():
+def _check_driver_class():
     from nova.virt.vmwareapi.driver import VMwareVCDriver
 
     from vsan_flows.nova.driver import VsanVCDriver
 
     assert issubclass(VsanVCDriver, VMwareVCDriver)
+
+
+def _in_fresh_python(check: str) -> None:
+    """Run ``check`` of this module in a new interpreter.
+
+    nova's vmwareapi session module reads CONF when it is imported (as default arguments):
+    imported here, before a functional test parses nova's CONF in the same process, it would
+    keep unset values (host_ip None) for the rest of the run.
+    """
+    out = subprocess.run([sys.executable, "-c", f"import {__name__} as t; t.{check}()"],
+                         capture_output=True, text=True, timeout=300,
+                         cwd=str(Path(__file__).resolve().parents[2]))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_the_private_seams_exist_with_the_signatures_we_override():
+    _in_fresh_python("_check_private_seams")
+
+
+def test_the_driver_is_a_vmware_vc_driver():
+    _in_fresh_python("_check_driver_class")
 
 
 def test_nova_loads_it_by_dotted_path_through_the_alias():

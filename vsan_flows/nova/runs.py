@@ -35,6 +35,9 @@ class NovaRuns:
             datastore_types=[t.strip() for t in conf.vsan_flows.datastore_types if t.strip()],
             datastore_regex=vconf.datastore_pattern(conf),
             verify_stored_size=conf.vsan_flows.verify_stored_size)
+        # The host's import locks (a file per image under state_dir): every nova-compute
+        # worker and vsan-flows process on this host takes the same ones.
+        self.image_locks = api.image_locks(conf)
         self._backend = None
         self._lock = threading.Lock()
 
@@ -62,7 +65,8 @@ class NovaRuns:
         return NovaImageService(context)
 
     def handles(self, context) -> api.Handles:
-        return api.Handles(self.vsphere, self.images(context), self.policy)
+        return api.Handles(self.vsphere, self.images(context), self.policy,
+                           image_locks=self.image_locks)
 
     # ----------------------------------------------------------------- what nova asks
 
