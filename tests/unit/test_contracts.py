@@ -8,14 +8,12 @@ it, or worse, after a restart. These tests pin the contract in one place.
 from __future__ import annotations
 
 import pytest
-from oslo_config import cfg
 from oslo_vmware import exceptions as vexc
 from taskflow import retry as tf_retry
 from taskflow.patterns import linear_flow
 from taskflow.types import failure as tf_failure
 
 from vsan_flows import api, exceptions, names
-from vsan_flows import conf as vconf
 from vsan_flows.flows import root_disk as root_disk_flow
 from vsan_flows.flows import snapshot as snapshot_flow
 from vsan_flows.flows import spawn as spawn_flow
@@ -31,14 +29,6 @@ LIVE = {"spawn": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS},
 RESULTS = {"spawn": {"instance_vm", "shadow_vm", "bytes_sent", "datastore"},
            "snapshot": {"image_upload"},
            "nova-root-disk": {"root_disk", "bytes_sent"}}
-
-
-@pytest.fixture(scope="module")
-def conf():
-    c = cfg.ConfigOpts()
-    vconf.register_opts(c)
-    c([], project="vsan-flows", default_config_files=[])
-    return c
 
 
 def _flows():

@@ -5,21 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from oslo_config import cfg
 
 from vsan_flows import api, exceptions
-from vsan_flows import conf as vconf
 from vsan_flows.cmd import cli
 from vsan_flows.images import LocalImageService
 from vsan_flows.runtime import inspect
-
-
-@pytest.fixture(scope="module")
-def conf():
-    c = cfg.ConfigOpts()
-    vconf.register_opts(c)
-    c([], project="vsan-flows", default_config_files=[])
-    return c
 
 
 @pytest.mark.parametrize(("instance", "image", "says"), [
