@@ -601,10 +601,13 @@ class FlowBench(common.Harness):
 
         n = self.args.flows
         fx = self.fixture(self.args.resume_size)
-        rounds = -(-n // len(CUES))
+        # One image per interrupted flow: the create child parks every flow at its cue in one
+        # process, and a flow parked inside its import holds that image's import lock (one
+        # import per image), so a second flow of the same image would wait for it forever.
+        rounds = n
         image_ids = self.more_images(fx, rounds)
         tok = uuid.uuid4().hex[:4]
-        plan = [(f"bench-res-{tok}-{i:03d}", image_ids[i // len(CUES)], CUES[i % len(CUES)])
+        plan = [(f"bench-res-{tok}-{i:03d}", image_ids[i], CUES[i % len(CUES)])
                 for i in range(n)]
         rdir = self.workdir / "resume"
         rdir.mkdir(exist_ok=True)
