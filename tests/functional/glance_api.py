@@ -14,6 +14,7 @@ headers, which is how tests see which credentials and which ranges went over the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -64,6 +65,30 @@ class GlanceAPI:
             return self.access_log.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
+
+    def settled_mark(self, images, timeout: float = 10.0) -> int:
+        """The access-log length once every earlier request is in it.
+
+        gunicorn writes a request's line after answering it, so a test that takes
+        ``len(access_lines())`` right after its own setup calls may count a setup request as
+        one of its own. A request for an image that does not exist is made and waited for.
+        """
+        import time
+        import uuid
+
+        from vsan_flows import exceptions
+
+        probe = f"settle-{uuid.uuid4().hex}"
+        with contextlib.suppress(exceptions.VsanFlowsError):
+            images.show(probe)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.access_lines()
+            for i, line in enumerate(lines):
+                if probe in line:
+                    return i + 1
+            time.sleep(0.05)
+        raise AssertionError(f"glance-api never logged the probe request {probe}")
 
     def stored_files(self) -> list[Path]:
         """Image files in the file store: a deleted or refused image leaves none behind."""
