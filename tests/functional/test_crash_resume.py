@@ -145,6 +145,19 @@ def _conf(simulator, wsdl_url, tmp_path, db_url, glance=None):
                      **(glance_overrides(glance) if glance is not None else {}))
 
 
+def _ask_for_revert_on_restart(db_url: str) -> None:
+    """Mark every stored flow "revert on restart", as an operation unsafe to finish late."""
+    import contextlib
+
+    from vsan_flows.runtime import persistence
+
+    backend = persistence.backend_from_url(db_url)
+    with contextlib.closing(backend.get_connection()) as conn:
+        for book in conn.get_logbooks():
+            book.meta["on_restart"] = "revert"
+            conn.save_logbook(book)
+
+
 def _resume(simulator, wsdl_url, tmp_path, db_url, vsphere, images, glance=None):
     """A restarted service: with Glance it has nothing but its config (no user, no handle)."""
     return api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url, glance),
@@ -238,9 +251,7 @@ def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_u
                                                           vsphere, images, control, vmdk,
                                                           vmdk_raw, destroy_after, sim_conf):
     """Killed, then reverted: no image with data is left, the instance's disk is as it was."""
-    import contextlib
 
-    from vsan_flows.runtime import persistence
 
     db_url = _db_url("sqlite", tmp_path)
     base = images.add_file(vmdk, name="base")
@@ -256,11 +267,7 @@ def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_u
     _run_child(simulator, wsdl_url, tmp_path, db_url, "snapshot", instance, image_id, images,
                cue)
     control.reset()
-    backend = persistence.backend_from_url(db_url)
-    with contextlib.closing(backend.get_connection()) as conn:
-        for book in conn.get_logbooks():
-            book.meta["on_restart"] = "revert"
-            conn.save_logbook(book)
+    _ask_for_revert_on_restart(db_url)
     outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
                                      vsphere=vsphere, images=images)
     assert [o[2] for o in outcomes] == ["reverted (its flow asks for that)"]
@@ -318,20 +325,14 @@ def test_snapshot_into_glance_killed_mid_upload_resumes_on_config_alone(
 def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp_path,
                                                          vsphere, images, control, vmdk):
     """resume_unfinished reverts instead of resuming when the flow's logbook asks for it."""
-    import contextlib
 
-    from vsan_flows.runtime import persistence
 
     db_url = _db_url("sqlite", tmp_path)
     image_id = images.add_file(vmdk, name="unsafe")
     instance = "unsafe-" + uuid.uuid4().hex[:8]
     _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
                "CloneLinkedDisk:after")
-    backend = persistence.backend_from_url(db_url)
-    with contextlib.closing(backend.get_connection()) as conn:
-        for book in conn.get_logbooks():
-            book.meta["on_restart"] = "revert"
-            conn.save_logbook(book)
+    _ask_for_revert_on_restart(db_url)
     outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
                                      vsphere=vsphere, images=images)
     assert [o[2] for o in outcomes] == ["reverted (its flow asks for that)"]

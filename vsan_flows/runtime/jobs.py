@@ -130,6 +130,16 @@ def connect(conf: cfg.ConfigOpts, backend=None, *, name: str = "vsan-flows"):
 
 # --------------------------------------------------------------------------- posting
 
+def _store_and_board(stack: contextlib.ExitStack, conf: cfg.ConfigOpts, backend, board):
+    """The caller's backend and board, or ones opened here and closed with ``stack``."""
+    if backend is None:
+        backend = persistence.open_backend(conf)
+        stack.callback(backend.close)
+    if board is None:
+        board = stack.enter_context(connect(conf, backend))
+    return backend, board
+
+
 def post(conf: cfg.ConfigOpts, plan: Plan, *, backend=None, board=None) -> str:
     """Post ``plan`` as a job; returns the job id.
 
@@ -138,11 +148,7 @@ def post(conf: cfg.ConfigOpts, plan: Plan, *, backend=None, board=None) -> str:
     """
     json.dumps(dict(plan.factory_kwargs))  # a job's arguments must survive ZooKeeper and SQL
     with contextlib.ExitStack() as stack:
-        if backend is None:
-            backend = persistence.open_backend(conf)
-            stack.callback(backend.close)
-        if board is None:
-            board = stack.enter_context(connect(conf, backend))
+        backend, board = _store_and_board(stack, conf, backend, board)
         # Builds the flow (composition only, no vCenter) to save its factory details and
         # inject the store; nothing runs here.
         book, eng = runner.prepare(plan, backend, host=f"jobboard:{board_path(conf)}",
@@ -198,11 +204,7 @@ def wait(conf: cfg.ConfigOpts, job_id: str, timeout: float | None = None, *, bac
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     with contextlib.ExitStack() as stack:
-        if backend is None:
-            backend = persistence.open_backend(conf)
-            stack.callback(backend.close)
-        if board is None:
-            board = stack.enter_context(connect(conf, backend))
+        backend, board = _store_and_board(stack, conf, backend, board)
         job = _find_job(board, job_id)
         flow_uuid = _find_flow(backend, job_id)
         if job is None and flow_uuid is None:
