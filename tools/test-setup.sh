@@ -41,10 +41,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 2b. nova (the compute driver's host, vsan_flows/nova/) and the glance-api its tests run.
-# They install beside our requirements without changing any version (pip check).
-if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn' 2>/dev/null; then
-  log "installing nova 34.0.0 and glance into .venv"
+# 2b. nova (the compute driver's host, vsan_flows/nova/). It installs beside our requirements
+# without changing any version (pip check); its tests use the glance-api of step 3.
+if ! .venv/bin/python -c 'import nova, glanceclient' 2>/dev/null; then
+  log "installing nova 34.0.0 into .venv"
   .venv/bin/pip install -q -r nova-requirements.txt
 fi
 # nova 34 loads compute_driver only as 'nova.virt.<name>': this one-line .pth installs the
@@ -64,6 +64,18 @@ if [ ! -f "$gstamp" ] || [ "$(cat "$gstamp")" != "${glance_pins[*]}" ]; then
   .glance-venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
   .glance-venv/bin/pip install -q "${glance_pins[@]}"
   echo "${glance_pins[*]}" > "$gstamp"
+fi
+
+# 3b. keystone for the tests of Glance behind real authentication (tests/functional/keystone.py),
+#     in its own virtualenv for the same reason; run under gunicorn from there too.
+keystone_pins=(keystone==30.0.0 gunicorn==23.0.0)
+kstamp=.keystone-venv/.vsan-flows-pins
+if [ ! -f "$kstamp" ] || [ "$(cat "$kstamp")" != "${keystone_pins[*]}" ]; then
+  log "installing ${keystone_pins[*]} into .keystone-venv"
+  [ -x .keystone-venv/bin/python ] || "$py" -m venv .keystone-venv
+  .keystone-venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
+  .keystone-venv/bin/pip install -q "${keystone_pins[@]}"
+  echo "${keystone_pins[*]}" > "$kstamp"
 fi
 
 # 4. The vCenter simulator (skips the Go build when its sources did not change).

@@ -1,4 +1,5 @@
-"""A throwaway glance-api for tests: gunicorn on loopback, sqlite, the file store, no keystone.
+"""A throwaway glance-api for tests: gunicorn on loopback, sqlite, the file store; no keystone
+unless a test asks for one (``start(..., keystone=...)``: tests/functional/keystone.py).
 
 glance-api refuses to run standalone ("Deploy Glance under a WSGI server"), so it runs as
 ``gunicorn glance.wsgi.api:application`` from its own virtualenv (``.glance-venv``, made by
@@ -127,7 +128,19 @@ class GlanceAPI:
                           f"{timeout:g} s: {self.log_tail()}")
 
 
-def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
+def _auth_lines(keystone: dict | None) -> list[str]:
+    """No keystone: the empty paste flavor gives every request an unauthenticated context,
+    which glance 33 only lets through with its old policy defaults. With keystone: the
+    keystonemiddleware pipeline and glance's own (new, project-scoped) policy defaults."""
+    if keystone is None:
+        return ["[paste_deploy]", "flavor =", "[oslo_policy]", "enforce_new_defaults = False",
+                "enforce_scope = False"]
+    return ["[paste_deploy]", "flavor = keystone", "[keystone_authtoken]",
+            *(f"{k} = {v}" for k, v in keystone.items())]
+
+
+def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int,
+                  keystone: dict | None = None) -> Path:
     conf_dir.mkdir(parents=True, exist_ok=True)
     paste = VENV / "etc" / "glance" / "glance-api-paste.ini"
     if not paste.exists():
@@ -143,8 +156,7 @@ def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
         f"log_file = {workdir / 'glance-api.log'}",
         "[database]",
         f"connection = sqlite:///{workdir / 'glance.sqlite'}",
-        "[paste_deploy]",
-        "flavor =",
+        *_auth_lines(keystone),
         "[glance_store]",
         "default_backend = fs",
         "[fs]",
@@ -153,9 +165,6 @@ def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
         f"filesystem_store_datadir = {workdir / 'staging'}",
         "[os_glance_tasks_store]",
         f"filesystem_store_datadir = {workdir / 'tasks'}",
-        "[oslo_policy]",
-        "enforce_new_defaults = False",
-        "enforce_scope = False",
         "",
     ]))
     return conf
@@ -165,10 +174,13 @@ IMAGE_SIZE_CAP = 40 * 1024 * 1024
 
 
 def start(workdir: Path, *, workers: int = 1, worker_timeout: int = 600,
-          image_size_cap: int = IMAGE_SIZE_CAP, timeout: float = 90.0) -> GlanceAPI:
+          image_size_cap: int = IMAGE_SIZE_CAP, timeout: float = 90.0,
+          keystone: dict | None = None) -> GlanceAPI:
     """db_sync, then gunicorn; returns once /healthcheck answers.
 
     ``image_size_cap`` is low by default so a test can meet Glance's 413 with a small disk.
+    ``keystone``: the ``[keystone_authtoken]`` options (keystonemiddleware's service user and
+    keystone's URL); without it glance-api runs with no authentication at all.
     """
     workdir = Path(workdir)
     gunicorn = VENV / "bin" / "gunicorn"
@@ -176,7 +188,7 @@ def start(workdir: Path, *, workers: int = 1, worker_timeout: int = 600,
     if not gunicorn.exists() or not manage.exists():
         raise GlanceError(f"glance is not installed in {VENV}: run tools/test-setup.sh")
     conf_dir = workdir / "etc"
-    conf = _write_config(conf_dir, workdir, image_size_cap)
+    conf = _write_config(conf_dir, workdir, image_size_cap, keystone)
     sync = subprocess.run([str(manage), "--config-file", str(conf), "db_sync"],
                           capture_output=True, text=True, timeout=300)
     if sync.returncode:
