@@ -52,31 +52,24 @@ fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo 'import vsan_flows.nova.alias' > "$site/vsan_flows_nova.pth"
 
-# 3. glance-api for the Glance tests, in its own virtualenv (.glance-venv): the server pins
-#    much of OpenStack that the project's .venv need not carry; the tests start it under
-#    gunicorn (tests/functional/glance_api.py). Pinned so its behaviour (format inspector,
-#    status codes) is the one the tests were written against.
-glance_pins=(glance==33.0.0 gunicorn==23.0.0)
-gstamp=.glance-venv/.vsan-flows-pins
-if [ ! -f "$gstamp" ] || [ "$(cat "$gstamp")" != "${glance_pins[*]}" ]; then
-  log "installing ${glance_pins[*]} into .glance-venv"
-  [ -x .glance-venv/bin/python ] || "$py" -m venv .glance-venv
-  .glance-venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
-  .glance-venv/bin/pip install -q "${glance_pins[@]}"
-  echo "${glance_pins[*]}" > "$gstamp"
-fi
-
-# 3b. keystone for the tests of Glance behind real authentication (tests/functional/keystone.py),
-#     in its own virtualenv for the same reason; run under gunicorn from there too.
-keystone_pins=(keystone==30.0.0 gunicorn==23.0.0)
-kstamp=.keystone-venv/.vsan-flows-pins
-if [ ! -f "$kstamp" ] || [ "$(cat "$kstamp")" != "${keystone_pins[*]}" ]; then
-  log "installing ${keystone_pins[*]} into .keystone-venv"
-  [ -x .keystone-venv/bin/python ] || "$py" -m venv .keystone-venv
-  .keystone-venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
-  .keystone-venv/bin/pip install -q "${keystone_pins[@]}"
-  echo "${keystone_pins[*]}" > "$kstamp"
-fi
+# 3. glance-api and keystone for the Glance tests, each in its own virtualenv (.glance-venv,
+#    .keystone-venv): the servers pin much of OpenStack that the project's .venv need not
+#    carry; the tests start them under gunicorn (tests/functional/glance_api.py, keystone.py).
+#    Pinned so their behaviour (format inspector, status codes, policies) is the one the tests
+#    were written against.
+server_venv() {  # server_venv DIR PIN...: (re)install the pins when they changed
+  local dir=$1; shift
+  local stamp=$dir/.vsan-flows-pins
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$*" ]; then
+    log "installing $* into $dir"
+    [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
+    "$dir/bin/pip" install -q --upgrade pip setuptools wheel >/dev/null
+    "$dir/bin/pip" install -q "$@"
+    echo "$*" > "$stamp"
+  fi
+}
+server_venv .glance-venv glance==33.0.0 gunicorn==23.0.0
+server_venv .keystone-venv keystone==30.0.0 gunicorn==23.0.0
 
 # 4. The vCenter simulator (skips the Go build when its sources did not change).
 bash tools/vcsim/build.sh

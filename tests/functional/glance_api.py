@@ -41,25 +41,76 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class GlanceAPI:
-    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict) -> None:
+class GunicornServer:
+    """An OpenStack service under gunicorn in a session of its own (stopped with its workers),
+    started again on the same port and data by ``run``, which returns once it answers."""
+
+    name = "server"
+    health_path = "/"
+    error: type[Exception] = RuntimeError
+
+    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict,
+                 log: Path, cwd: Path | None = None) -> None:
         self.workdir = workdir
         self.port = port
         self._argv = argv
         self._env = env
+        self._cwd = cwd
         self.proc: subprocess.Popen | None = None
-        self.log = workdir / "glance-api.log"
-        self.access_log = workdir / "access.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.log = log
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM lets gunicorn finish requests; SIGKILL is a crash (a request cut short)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def run(self, timeout: float = 90.0) -> None:
+        """Start gunicorn (again, on the same port and database); return once it answers."""
+        with open(self.workdir / "gunicorn.log", "ab") as out:
+            self.proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self._env,
+                                         cwd=self._cwd, start_new_session=True)
+        health = f"http://127.0.0.1:{self.port}{self.health_path}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise self.error(f"{self.name} exited with {self.proc.returncode}: "
+                                 f"{(self.workdir / 'gunicorn.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(health, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise self.error(f"{self.name} did not answer on port {self.port} within "
+                         f"{timeout:g} s: {self.log_tail()}")
+
+
+class GlanceAPI(GunicornServer):
+    name = "glance-api"
+    health_path = "/healthcheck"
+    error = GlanceError
+
+    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict) -> None:
+        super().__init__(workdir, port, argv, env, log=workdir / "glance-api.log")
+        self.access_log = workdir / "access.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def access_lines(self) -> list[str]:
         try:
@@ -94,38 +145,6 @@ class GlanceAPI:
     def stored_files(self) -> list[Path]:
         """Image files in the file store: a deleted or refused image leaves none behind."""
         return sorted(p for p in (self.workdir / "images").iterdir() if p.is_file())
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM lets gunicorn finish requests; SIGKILL is a crash (a request cut short)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def run(self, timeout: float = 90.0) -> None:
-        """Start gunicorn (again, on the same port and database); return once it answers."""
-        with open(self.workdir / "gunicorn.log", "ab") as out:
-            self.proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self._env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise GlanceError(f"glance-api exited with {self.proc.returncode}: "
-                                  f"{(self.workdir / 'gunicorn.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthcheck", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise GlanceError(f"glance-api did not answer on port {self.port} within "
-                          f"{timeout:g} s: {self.log_tail()}")
 
 
 def _auth_lines(keystone: dict | None) -> list[str]:

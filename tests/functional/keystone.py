@@ -14,14 +14,12 @@ gunicorn reads by default, and keystone finds its config through ``OS_KEYSTONE_C
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-from tests.functional.glance_api import free_port
+from tests.functional.glance_api import GunicornServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("VSAN_FLOWS_KEYSTONE_VENV") or ROOT / ".keystone-venv")
@@ -32,23 +30,22 @@ class KeystoneError(RuntimeError):
     pass
 
 
-class Keystone:
+class Keystone(GunicornServer):
+    name = "keystone"
+    health_path = "/v3"
+    error = KeystoneError
+
     def __init__(self, workdir: Path, port: int, admin_password: str) -> None:
-        self.workdir = workdir
-        self.port = port
+        # No arguments for gunicorn: see the module's docstring.
+        env = dict(os.environ, OS_KEYSTONE_CONFIG_DIR=str(workdir),
+                   OS_KEYSTONE_CONFIG_FILES="keystone.conf")
+        super().__init__(workdir, port, [str(VENV / "bin" / "gunicorn")], env,
+                         log=workdir / "keystone.log", cwd=workdir)
         self.admin_password = admin_password
-        self.proc: subprocess.Popen | None = None
-        self.log = workdir / "keystone.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v3"
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
     # ------------------------------------------------------------------ identity API
 
@@ -142,41 +139,6 @@ class Keystone:
 
     def new_name(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-    # ------------------------------------------------------------------ process
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def run(self, timeout: float = 90.0) -> None:
-        env = dict(os.environ, OS_KEYSTONE_CONFIG_DIR=str(self.workdir),
-                   OS_KEYSTONE_CONFIG_FILES="keystone.conf")
-        with open(self.workdir / "gunicorn.log", "ab") as out:
-            self.proc = subprocess.Popen([str(VENV / "bin" / "gunicorn")], cwd=self.workdir,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise KeystoneError(f"keystone exited with {self.proc.returncode}: "
-                                    f"{(self.workdir / 'gunicorn.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise KeystoneError(f"keystone did not answer on port {self.port} within "
-                            f"{timeout:g} s: {self.log_tail()}")
 
 
 def _manage(conf: Path, *args: str) -> None:

@@ -16,6 +16,7 @@ nothing but the service user's configuration.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import pytest
 from tests.functional.conftest import make_conf
 from vsan_flows import api, exceptions, imagecache
 from vsan_flows.glance import GlanceImageService
+from vsan_flows.runtime import persistence
 from vsan_flows.simulator import disks
 
 MiB = 1024 * 1024
@@ -223,6 +225,13 @@ def test_a_snapshot_into_an_image_the_project_cannot_modify(secured, conf, vsphe
         assert "may use this image" in text
         left = admin.show(target)
         assert left.status == "queued" and not left.size
+        # Rolled back completely: an image we may not delete, left empty, is no undo that
+        # failed (retrying it could never succeed), so no admin has a flow to revert.
+        with contextlib.closing(persistence.open_backend(conf)) as backend:
+            (state,) = [fd.state for book, fd in persistence.list_flow_details(backend)
+                        if (book.meta or {}).get("instance") == name
+                        and book.meta.get("operation") == "snapshot"]
+        assert state == "REVERTED"
         vm = next(v for v in control.status()["vms"] if v["name"] == name)
         assert vm["snapshots"] == 0
         assert not [v for v in control.status()["vms"]
