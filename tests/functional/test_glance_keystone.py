@@ -60,7 +60,6 @@ def secured(tmp_path_factory):
             "project_name": "service", "user_domain_id": "default",
             "project_domain_id": "default"})
         ks.register_endpoint("image", "glance", glance.url)
-        pytest.vsan_flows_glance = glance  # its log tail in failure reports
         yield SimpleNamespace(ks=ks, glance=glance)
     finally:
         if glance is not None:
