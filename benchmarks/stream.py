@@ -1074,10 +1074,11 @@ def print_report(results: dict) -> None:
             print(f"  {label} snapshot task/flow seconds (median): {tasks}")
     for label, s in exp.items():
         if s["ratio"].get("stream/slower_end") is not None:
+            per_run = ", ".join(fmt(v, ".3f") for v in s["ratio_runs"]["stream/slower_end"])
             print(f"  {label} stream / min(bare GET, store_write) = "
                   f"{fmt(s['ratio']['stream/slower_end'], '.3f')} (goal >= {RATIO_GOAL:.2f}; "
-                  f"per run {', '.join(fmt(v, '.3f') for v in s['ratio_runs']['stream/slower_end'])}"
-                  "); store_write = images.upload of the exported bytes from a local file")
+                  f"per run {per_run}); store_write = images.upload of the exported bytes "
+                  "from a local file")
     gl = results.get("glance") or {}
     if gl:
         print("\n== Glance as source and sink: MB/s over the image/export bytes, median of runs ==")
