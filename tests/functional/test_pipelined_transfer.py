@@ -321,3 +321,35 @@ def test_flows_through_the_pipeline_under_eventlet(simulator, wsdl_url, tmp_path
         assert out[case]["error"] in ("TransferError", "IncompleteTransfer"), out[case]
         assert out[case]["threads"] == [], out[case]
     assert out["cut_snapshot_status"] == "killed"
+
+
+# --------------------------------------------------------------------------------- glance
+
+def test_glance_image_rotten_at_rest_is_caught_by_the_download_alone(
+        sim_conf, vsphere, glance_api, control, tmp_path):
+    """From Glance the import hashes the image once: the download checks Glance's recorded
+    sha512 at its end, and the stream check does not hash the same bytes again. A bit flipped
+    in glance-api's store where the disk format cannot notice it (the descriptor's comment)
+    still fails the spawn before anything becomes a cache entry."""
+    from tests.functional.conftest import glance_conf
+    from vsan_flows import imagecache
+    from vsan_flows.glance import GlanceImageService
+
+    images = GlanceImageService.from_conf(glance_conf(glance_api))
+    path = disks.make_stream_optimized(tmp_path / "rot.vmdk", 16 * MiB)
+    image_id = images.add_file(path, name="rot")
+    try:
+        stored = next(p for p in glance_api.stored_files() if p.name == image_id)
+        data = bytearray(stored.read_bytes())
+        at = data.index(b"# Disk DescriptorFile") + len("# Disk Descriptor")
+        data[at] ^= 0x20  # "File" -> "file": still a valid descriptor, another hash
+        stored.write_bytes(bytes(data))
+        before = control.calls("ImportVApp")
+        with pytest.raises(exceptions.ImageError, match="sha512"):
+            api.spawn(sim_conf, f"rot-{uuid.uuid4().hex[:8]}", image_id, vsphere=vsphere,
+                      images=images)
+        assert control.calls("ImportVApp") == before + 1
+        assert not [vm for vm in control.status()["vms"]
+                    if vm["name"].startswith(imagecache.name_prefix(image_id))]
+    finally:
+        images.delete(image_id)
