@@ -22,9 +22,15 @@ export  For each image size, an instance is spawned (untimed), then N runs of th
         ``api.snapshot`` (its StreamDiskToImage step timed by a listener) against readers of
         an ExportVm lease of a snapshot clone of the instance (what the flow exports): a bare
         ``http.client`` GET, the same GET piped into the image store, and
-        ``transfer.LeaseDownloadHandle`` in oslo's copy loop (``handle``). More lease
-        readers go in EXPORT_PATHS.
+        ``transfer.LeaseDownloadHandle`` in our read-ahead copy loop (``handle``); and the
+        image store alone storing the exported bytes from a file (``store_write``). More
+        lease readers go in EXPORT_PATHS.
 export-memory  Peak RSS of a fresh child running ``api.snapshot``, per --mem-sizes size.
+glance  Glance as source and sink (a glance-api of its own): spawn from it and snapshot into
+        it against a bare GET from glance piped into a bare PUT, and a bare lease GET piped
+        into a bare Glance upload.
+nova    nova 34's fetch_image_stream_optimized and upload_image_stream_optimized beside our
+        spawn and snapshot, on the same simulator and image store (benchmarks/peers.py).
 
 Every VM the benchmark creates is destroyed, the simulator is stopped, and the work directory
 removed (unless --keep); a leak check over VMs, datastore files and leases is printed (the
@@ -854,7 +860,7 @@ def _export_via_handle(bench: Bench) -> Callable:
     from vsan_flows.vsphere import transfer
 
     class _Sink:
-        """A write handle for oslo's copy loop that drops the bytes."""
+        """A write handle for transfer.copy that drops the bytes."""
 
         def __init__(self) -> None:
             self.bytes_written = 0
@@ -1067,8 +1073,8 @@ def print_report(results: dict) -> None:
               "lease of a snapshot clone of the same instance (what the flow exports; lease\n"
               "  creation untimed): bare = http.client GET into a reused buffer; bare_store = "
               "the same GET piped into\n  images.upload (the flow's sink: file write, sha256, "
-              "fsync); handle = transfer.LeaseDownloadHandle in oslo's\n  copy loop (64 KiB "
-              "reads) into a sink that drops the bytes.")
+              "fsync); handle = transfer.LeaseDownloadHandle in our\n  read-ahead copy loop "
+              "into a sink that drops the bytes; store_write = the image store alone.")
         for label, s in exp.items():
             print(f"  {label} per run MB/s: "
                   + "; ".join(f"{k} {', '.join(fmt(v) for v in s['mbps'][k]['runs'])}"
