@@ -517,11 +517,10 @@ class Bench(common.Harness):
             raise RuntimeError(f"bare GET answered HTTP {status}")
         return got
 
-    def read_bare_store(self, lease, device) -> int:
-        """A bare GET whose body goes straight into ``images.upload`` of a new image: the
-        same sink (file write, sha256, fsync) as the snapshot flow, without our handle/tap."""
+    @contextlib.contextmanager
+    def lease_get(self, device):
+        """A bare GET of the lease's disk: the response, its connection closed after."""
         conn, target = _https(device.url)
-        image_id = self.new_image("bench-bare-store")
         try:
             conn.putrequest("GET", target, skip_accept_encoding=True)
             if cookie := cookie_header(self.vsphere):
@@ -530,30 +529,29 @@ class Bench(common.Harness):
             resp = conn.getresponse()
             if resp.status != 200:
                 raise RuntimeError(f"bare GET answered HTTP {resp.status}")
-            return self.images.upload(image_id, resp, {"disk_format": "vmdk"}).size
+            yield resp
         finally:
             conn.close()
+
+    def read_bare_store(self, lease, device) -> int:
+        """A bare GET whose body goes straight into ``images.upload`` of a new image: the
+        same sink (file write, sha256, fsync) as the snapshot flow, without our handle/tap."""
+        image_id = self.new_image("bench-bare-store")
+        try:
+            with self.lease_get(device) as resp:
+                return self.images.upload(image_id, resp, {"disk_format": "vmdk"}).size
+        finally:
             self.drop_image(image_id)
 
     def read_bare_to_file(self, device, path: Path) -> int:
         """A bare GET of the lease's disk into ``path`` (untimed set-up of store_write)."""
-        conn, target = _https(device.url)
-        try:
-            conn.putrequest("GET", target, skip_accept_encoding=True)
-            if cookie := cookie_header(self.vsphere):
-                conn.putheader("Cookie", cookie)
-            conn.endheaders()
-            resp = conn.getresponse()
-            if resp.status != 200:
-                raise RuntimeError(f"bare GET answered HTTP {resp.status}")
+        with self.lease_get(device) as resp:
             got = 0
             with open(path, "wb") as f:
                 while data := resp.read(self.args.bare_chunk):
                     f.write(data)
                     got += len(data)
             return got
-        finally:
-            conn.close()
 
     def run_store_write(self, path: Path) -> dict:
         """The image store alone: ``images.upload`` of the exported bytes from a local file
@@ -655,27 +653,22 @@ class Bench(common.Harness):
         new Glance image's data (the image is created before, and deleted after, the run)."""
         def reader(lease, device) -> int:
             image_id = self.new_image("bench-gbare-export", gimages)
-            conn, target = _https(device.url)
             try:
-                conn.putrequest("GET", target, skip_accept_encoding=True)
-                if cookie := cookie_header(self.vsphere):
-                    conn.putheader("Cookie", cookie)
-                conn.endheaders()
-                resp = conn.getresponse()
-                got = [0]
+                with self.lease_get(device) as resp:
+                    got = [0]
 
-                def body():
-                    while data := resp.read(self.args.bare_chunk):
-                        got[0] += len(data)
-                        yield data
+                    def body():
+                        while data := resp.read(self.args.bare_chunk):
+                            got[0] += len(data)
+                            yield data
 
-                status = peers.glance_put(glance.url, image_id, body())
-                if status not in (200, 204) or gimages.show(image_id).size != got[0]:
-                    raise RuntimeError(f"bare lease->glance: HTTP {status}, stored "
-                                       f"{gimages.show(image_id).size} of {got[0]} bytes")
+                    status = peers.glance_put(glance.url, image_id, body())
+                stored = gimages.show(image_id).size
+                if status not in (200, 204) or stored != got[0]:
+                    raise RuntimeError(f"bare lease->glance: HTTP {status}, stored {stored} "
+                                       f"of {got[0]} bytes")
                 return got[0]
             finally:
-                conn.close()
                 self.drop_image(image_id, gimages)
         return reader
 
