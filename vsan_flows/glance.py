@@ -218,6 +218,9 @@ class _Download:
         self._want_hash = hash_value
         self._hash = _BackgroundHash(hash_algo) if hash_algo and hash_value and limit is None \
             else None
+        #: (algorithm, digest) this download checks at its end, so a reader need not hash the
+        #: same bytes a second time (sha512 costs as much CPU as the rest of an import).
+        self.verifies_hash = (hash_algo, hash_value) if self._hash is not None else None
         self.bytes_read = 0
         self._done = False
 

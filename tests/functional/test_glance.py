@@ -301,7 +301,9 @@ def test_glance_crash_mid_download_is_retried(simulator, wsdl_url, tmp_path, vsp
     conf = make_conf(simulator, wsdl_url, tmp_path, vsan_flows__import_retries=2,
                      **glance_overrides(restartable_glance))
     images = GlanceImageService.from_conf(conf)
-    vmdk = disks.make_stream_optimized(tmp_path / "restart.vmdk", 64 * MiB, data_mib=16)
+    # Large enough that a second into the (throttled) PUT Glance is still sending: the copy
+    # reads a few MiB ahead of the PUT, and loopback socket buffers hold several more.
+    vmdk = disks.make_stream_optimized(tmp_path / "restart.vmdk", 64 * MiB, data_mib=32)
     image_id = images.add_file(vmdk, name="restart")
     name = "grestart-" + uuid.uuid4().hex[:8]
     destroy_after.append(name)
