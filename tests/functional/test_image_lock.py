@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional import watchdog
+from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
 from vsan_flows import api, exceptions, imagecache
 from vsan_flows.simulator import disks
@@ -256,3 +257,116 @@ def test_a_killed_waiter_leaves_nothing_to_undo_and_its_flow_later_links(
     entry = _assert_all_linked(control, image_id, [holder, waiter])
     destroy_after.append(entry["name"])
     assert control.calls("ImportVApp") - imports_before == 1
+
+
+# --------------------------------------------------------------------------- across hosts
+
+@pytest.fixture(scope="module")
+def zookeeper(tmp_path_factory):
+    try:
+        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
+    except zk_helper.ZooKeeperError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+def _host(zookeeper, path: str, name: str) -> dict:
+    """Settings of one "host": its own conductor name; ZooKeeper shared by all hosts."""
+    return {"vsan_flows__jobboard_hosts": [zookeeper.hosts], "vsan_flows__jobboard_path": path,
+            "vsan_flows__jobboard_session_timeout": 2.0, "vsan_flows__conductor_name": name}
+
+
+def _spawn_child(simulator, wsdl_url, images, state: Path, instance: str, image_id: str,
+                 conf: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.functional.spawn_child", json.dumps({
+            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(state), "images_dir": str(images.directory),
+            "instance": instance, "image_id": image_id, "conf": conf})],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def test_two_hosts_sharing_zookeeper_import_a_new_image_once(
+        simulator, wsdl_url, tmp_path, images, control, small_vmdk, destroy_after, zookeeper):
+    """Separate state_dirs (no shared lock file): only ZooKeeper's lock keeps them apart."""
+    path = f"/vsan-flows-test/{uuid.uuid4().hex[:8]}"
+    image_id = images.add_file(small_vmdk, name="two-hosts")
+    imports_before = control.calls("ImportVApp")
+    control.throttle_nfc(2 * MiB, direction="upload")
+    names = [_name("host-a-vm"), _name("host-b-vm")]
+    destroy_after.extend(names)
+    procs = [_spawn_child(simulator, wsdl_url, images, tmp_path / host, name, image_id,
+                          _host(zookeeper, path, host))
+             for host, name in zip(("host-a", "host-b"), names, strict=True)]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [json.loads(p.communicate(timeout=300)[0].splitlines()[-1]) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert not [o["error"] for o in outs if "error" in o], outs
+    entry = _assert_all_linked(control, image_id, names)
+    destroy_after.append(entry["name"])
+    assert control.calls("ImportVApp") - imports_before == 1, "one import for two hosts"
+
+
+def test_a_killed_holder_on_one_host_releases_to_a_waiter_on_another(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, destroy_after,
+        zookeeper):
+    path = f"/vsan-flows-test/{uuid.uuid4().hex[:8]}"
+    state_a = tmp_path / "host-a"
+    db_a = f"sqlite:///{state_a}/flows.sqlite"
+    image_id = images.add_file(small_vmdk, name="holder-host-dies")
+    holder, waiter = _name("host-a-holder"), _name("host-b-waiter")
+    destroy_after.extend([holder, waiter])
+    imports_before = control.calls("ImportVApp")
+    control.throttle_nfc(1 * MiB, direction="upload")  # the holder is mid-transfer a while
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
+            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(state_a), "db_url": db_a, "op": "spawn", "instance": holder,
+            "image_id": image_id, "images_dir": str(images.directory), "cue": "transfer",
+            "conf": _host(zookeeper, path, "host-a")})],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    other = None
+    try:
+        deadline = time.monotonic() + 120
+        while control.calls("ImportVApp") == imports_before:  # the holder holds the lock
+            assert child.poll() is None, child.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the holder never started its import"
+            time.sleep(0.2)
+        other = _spawn_child(simulator, wsdl_url, images, tmp_path / "host-b", waiter,
+                             image_id, _host(zookeeper, path, "host-b"))
+        assert other.stdout.readline().strip() == "ready", other.stderr.read()[-3000:]
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        assert child.wait(timeout=120) == -9, child.communicate()[1][-3000:]
+        out = json.loads(other.communicate(timeout=300)[0].splitlines()[-1])
+    finally:
+        for p in (child, other):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert "error" not in out, out
+    assert control.calls("ImportVApp") - imports_before == 2, "the holder's, then the waiter's"
+    entry = _assert_all_linked(control, image_id, [waiter])
+    destroy_after.append(entry["name"])
+    # Host A restarts: its flow re-takes the lock (never assumed held from before the crash)
+    # and finishes, linking to the entry on its chosen datastore.
+    conf_a = make_conf(simulator, wsdl_url, state_a, vsan_flows__persistence_connection=db_a,
+                       vsan_flows__import_retries=2, **_host(zookeeper, path, "host-a"))
+    outcomes = api.resume_unfinished(conf_a, vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["completed"], outcomes
+    entries = {e["name"]: e for e in _entries(control, image_id)}
+    destroy_after.extend(n for n in entries if n != entry["name"])
+    assert len(entries) <= 2  # at most one per datastore
+    assert not [vm["name"] for vm in control.status()["vms"]
+                if vm["name"].startswith("vsanflows-import-")], "half-imports left"
