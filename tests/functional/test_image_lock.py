@@ -370,3 +370,35 @@ def test_a_killed_holder_on_one_host_releases_to_a_waiter_on_another(
     assert len(entries) <= 2  # at most one per datastore
     assert not [vm["name"] for vm in control.status()["vms"]
                 if vm["name"].startswith("vsanflows-import-")], "half-imports left"
+
+
+def test_a_wait_on_another_hosts_import_is_bounded_and_says_where(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, zookeeper):
+    """Another host (its own state_dir: no shared lock file) holds the ZooKeeper lock."""
+    path = f"/vsan-flows-test/{uuid.uuid4().hex[:8]}"
+    image_id = images.add_file(small_vmdk, name="held-on-another-host")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from vsan_flows.imagelocks import ImageLocks, ZooKeeperLocks
+        locks = ImageLocks({str(tmp_path / "host-a" / "locks")!r}, zookeeper=ZooKeeperLocks(
+            {zookeeper.hosts!r}, {path!r}, "host-a:holder", 2.0))
+        locks.hold({image_id!r}, "someone-else")
+        print("held", flush=True)
+        sys.stdin.readline()
+    """)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    conf = make_conf(simulator, wsdl_url, tmp_path / "host-b",
+                     vsan_flows__image_lock_timeout=1.0, **_host(zookeeper, path, "host-b"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        imports_before = control.calls("ImportVApp")
+        with pytest.raises(exceptions.ImageLockTimeout) as caught:
+            api.spawn(conf, _name("zk-lock-timeout"), image_id, vsphere=vsphere,
+                      images=images)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(caught.value)
+    assert message.startswith(f"Waited 1 s for another spawn's import of image {image_id} "
+                              f"on the hosts sharing ZooKeeper {zookeeper.hosts}"), message
+    assert "nothing was created" in message
+    assert control.calls("ImportVApp") == imports_before
