@@ -3,7 +3,9 @@
 Threads of one process and separate processes share the host's import locks (under
 state_dir/locks): concurrent spawns of a new image wait for one import and link to it, a killed
 lock holder releases the lock to a waiter, and a wait that lasts too long ends in a clear
-error with nothing created. Simulator call counts (ImportVApp) prove how many imports ran.
+error with nothing created. Hosts that share the jobboard's ZooKeeper (here: processes with
+their own state_dir and conductor name) share a kazoo lock the same way. Simulator call counts
+(ImportVApp) prove how many imports ran.
 """
 
 from __future__ import annotations
