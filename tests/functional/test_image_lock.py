@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from tests.functional import watchdog
-from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
 from vsan_flows import api, exceptions, imagecache
 from vsan_flows.simulator import disks
@@ -70,6 +69,54 @@ def _threads_spawning(conf, vsphere, images, image_id, names, results):
             for n in names]
 
 
+def _spawn_child(simulator, wsdl_url, images, state: Path, instance: str, image_id: str,
+                 conf: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.functional.spawn_child", json.dumps({
+            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(state), "images_dir": str(images.directory),
+            "instance": instance, "image_id": image_id, "conf": conf})],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def _dying_holder(simulator, wsdl_url, images, state: Path, db_url: str, instance: str,
+                  image_id: str, conf: dict | None = None) -> subprocess.Popen:
+    """A spawn that takes the image's lock and SIGKILLs itself mid-transfer."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
+            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(state), "db_url": db_url, "op": "spawn", "instance": instance,
+            "image_id": image_id, "images_dir": str(images.directory), "cue": "transfer",
+            "conf": conf or {}})],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _go(procs: list[subprocess.Popen]) -> None:
+    """Wait until every child is logged in, then let them all spawn at once."""
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+def _outcome(p: subprocess.Popen) -> dict:
+    return json.loads(p.communicate(timeout=300)[0].splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _reaped(procs: list):
+    """Children still running when the test ends (it failed) are killed."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def test_threads_and_processes_spawning_a_new_image_import_it_once(
         simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, destroy_after):
     conf = make_conf(simulator, wsdl_url, tmp_path / "state")
@@ -80,30 +127,16 @@ def test_threads_and_processes_spawning_a_new_image_import_it_once(
     proc_names = [_name("lock-proc") for _ in range(PROCESSES)]
     thread_names = [_name("lock-thread") for _ in range(THREADS)]
     destroy_after.extend(proc_names + thread_names)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.spawn_child", json.dumps({
-            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
-            "state_dir": str(tmp_path / "state"), "images_dir": str(images.directory),
-            "instance": name, "image_id": image_id})],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for name in proc_names]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
-        results: dict = {}
+    procs = [_spawn_child(simulator, wsdl_url, images, tmp_path / "state", name, image_id, {})
+             for name in proc_names]
+    results: dict = {}
+    with _reaped(procs):
         workers = _threads_spawning(conf, vsphere, images, image_id, thread_names, results)
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        _go(procs)
         for w in workers:
             w.start()
         watchdog.join_all(workers, 300, "spawning threads")
-        outs = [json.loads(p.communicate(timeout=300)[0].splitlines()[-1]) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        outs = [_outcome(p) for p in procs]
     errors = [f"{n}: {r}" for n, r in results.items() if isinstance(r, Exception)]
     errors += [o["error"] for o in outs if "error" in o]
     assert not errors, errors
@@ -124,12 +157,7 @@ def test_a_killed_lock_holder_releases_and_a_waiter_imports(
     destroy_after.extend([holder] + waiters)
     imports_before = control.calls("ImportVApp")
     control.throttle_nfc(1 * MiB, direction="upload")  # the holder is mid-transfer a while
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
-            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
-            "state_dir": str(state), "db_url": db_url, "op": "spawn", "instance": holder,
-            "image_id": image_id, "images_dir": str(images.directory), "cue": "transfer"})],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _dying_holder(simulator, wsdl_url, images, state, db_url, holder, image_id)
     try:
         deadline = time.monotonic() + 120
         while control.calls("ImportVApp") == imports_before:  # the holder holds the lock
@@ -263,31 +291,10 @@ def test_a_killed_waiter_leaves_nothing_to_undo_and_its_flow_later_links(
 
 # --------------------------------------------------------------------------- across hosts
 
-@pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory):
-    try:
-        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
-    except zk_helper.ZooKeeperError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
-
-
 def _host(zookeeper, path: str, name: str) -> dict:
     """Settings of one "host": its own conductor name; ZooKeeper shared by all hosts."""
     return {"vsan_flows__jobboard_hosts": [zookeeper.hosts], "vsan_flows__jobboard_path": path,
             "vsan_flows__jobboard_session_timeout": 2.0, "vsan_flows__conductor_name": name}
-
-
-def _spawn_child(simulator, wsdl_url, images, state: Path, instance: str, image_id: str,
-                 conf: dict) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.spawn_child", json.dumps({
-            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
-            "state_dir": str(state), "images_dir": str(images.directory),
-            "instance": instance, "image_id": image_id, "conf": conf})],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
 
 
 def test_two_hosts_sharing_zookeeper_import_a_new_image_once(
@@ -302,18 +309,9 @@ def test_two_hosts_sharing_zookeeper_import_a_new_image_once(
     procs = [_spawn_child(simulator, wsdl_url, images, tmp_path / host, name, image_id,
                           _host(zookeeper, path, host))
              for host, name in zip(("host-a", "host-b"), names, strict=True)]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        outs = [json.loads(p.communicate(timeout=300)[0].splitlines()[-1]) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    with _reaped(procs):
+        _go(procs)
+        outs = [_outcome(p) for p in procs]
     assert not [o["error"] for o in outs if "error" in o], outs
     entry = _assert_all_linked(control, image_id, names)
     destroy_after.append(entry["name"])
@@ -331,15 +329,10 @@ def test_a_killed_holder_on_one_host_releases_to_a_waiter_on_another(
     destroy_after.extend([holder, waiter])
     imports_before = control.calls("ImportVApp")
     control.throttle_nfc(1 * MiB, direction="upload")  # the holder is mid-transfer a while
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
-            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
-            "state_dir": str(state_a), "db_url": db_a, "op": "spawn", "instance": holder,
-            "image_id": image_id, "images_dir": str(images.directory), "cue": "transfer",
-            "conf": _host(zookeeper, path, "host-a")})],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    other = None
-    try:
+    child = _dying_holder(simulator, wsdl_url, images, state_a, db_a, holder, image_id,
+                          _host(zookeeper, path, "host-a"))
+    procs = [child]
+    with _reaped(procs):
         deadline = time.monotonic() + 120
         while control.calls("ImportVApp") == imports_before:  # the holder holds the lock
             assert child.poll() is None, child.communicate()[1][-3000:]
@@ -347,16 +340,10 @@ def test_a_killed_holder_on_one_host_releases_to_a_waiter_on_another(
             time.sleep(0.2)
         other = _spawn_child(simulator, wsdl_url, images, tmp_path / "host-b", waiter,
                              image_id, _host(zookeeper, path, "host-b"))
-        assert other.stdout.readline().strip() == "ready", other.stderr.read()[-3000:]
-        other.stdin.write("go\n")
-        other.stdin.flush()
+        procs.append(other)
+        _go([other])
         assert child.wait(timeout=120) == -9, child.communicate()[1][-3000:]
-        out = json.loads(other.communicate(timeout=300)[0].splitlines()[-1])
-    finally:
-        for p in (child, other):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
+        out = _outcome(other)
     assert "error" not in out, out
     assert control.calls("ImportVApp") - imports_before == 2, "the holder's, then the waiter's"
     entry = _assert_all_linked(control, image_id, [waiter])

@@ -20,17 +20,16 @@ import uuid
 import pytest
 
 from tests.functional import tcpproxy
-from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
 from tests.functional.test_jobboard import (
     SESSION_TIMEOUT,
     Conductor,
+    _assert_linked_once,
     _forget_after,
-    _vms_named,
     _wait_for,
     _write_conf,
 )
-from vsan_flows import api, imagecache
+from vsan_flows import api
 from vsan_flows.runtime import jobs, persistence
 from vsan_flows.simulator import disks
 
@@ -39,16 +38,6 @@ MiB = 1024 * 1024
 MUTATING = {"ImportVApp", "Destroy_Task", "HttpNfcLeaseComplete", "HttpNfcLeaseAbort",
             "UnregisterVM", "DeleteDatastoreFile_Task", "ReconfigVM_Task", "CreateVM_Task",
             "Rename_Task", "PowerOnVM_Task", "DeleteVirtualDisk_Task"}
-
-
-@pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory):
-    try:
-        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
-    except zk_helper.ZooKeeperError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -133,12 +122,7 @@ def test_a_partitioned_conductor_is_fenced_and_the_new_owner_finishes(
     # into the cache entry, create the instance. A neither reverted nor imported again.
     assert after == {"HttpNfcLeaseAbort": 1, "ImportVApp": 1, "HttpNfcLeaseComplete": 1,
                      "ReconfigVM_Task": 1, "CreateVM_Task": 1}, after
-    vms = _vms_named(control, instance)
-    assert len(vms) == 1
-    cached = [vm for vm in control.status()["vms"]
-              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
-    assert len(cached) == 1
-    assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
+    _assert_linked_once(control, instance, image_id)
     assert not [vm["name"] for vm in control.status()["vms"]
                 if vm["name"].startswith("vsanflows-import-")], "half-imports left"
     assert not control.status().get("leases"), "a lease was left open"

@@ -38,6 +38,19 @@ def engine_kind(request):
     return request.param
 
 
+def _saved_flow(tmp_path, flow_uuid: str):
+    """A sqlite backend holding an empty logbook and flow detail, as a posted job has."""
+    backend = backends.fetch({"connection": f"sqlite:///{tmp_path}/flows.sqlite"})
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.upgrade()
+    book = models.LogBook("b")
+    fd = models.FlowDetail("f", uuid=flow_uuid)
+    book.add(fd)
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.save_logbook(book)
+    return backend, book, fd
+
+
 def _run(tmp_path, engine_kind, claim, steps=3, lose_after=None):
     """Run a linear flow of ``steps`` tasks; the claim is lost after task ``lose_after``."""
     log: list = []
@@ -50,14 +63,7 @@ def _run(tmp_path, engine_kind, claim, steps=3, lose_after=None):
     for i in range(steps):
         hook = lose if i == lose_after else None
         flow.add(Step(f"t{i}", log, hook))
-    backend = backends.fetch({"connection": f"sqlite:///{tmp_path}/flows.sqlite"})
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.upgrade()
-    book = models.LogBook("b")
-    fd = models.FlowDetail("f", uuid="flow-1")
-    book.add(fd)
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.save_logbook(book)
+    backend, book, fd = _saved_flow(tmp_path, "flow-1")
     fence = fencing.Fence("flow-1", lambda: claim(lost["now"]))
     engine = engines.load(flow, flow_detail=fd, book=book, engine=engine_kind,
                           backend=fencing.FencedBackend(backend, fence))
@@ -104,14 +110,7 @@ def test_a_fenced_engine_neither_reverts_nor_records_the_failure(tmp_path, engin
     log: list = []
     flow = linear_flow.Flow("f").add(Step("t0", log), Step("t1", log, lose_then_fail),
                                       Step("t2", log))
-    backend = backends.fetch({"connection": f"sqlite:///{tmp_path}/flows.sqlite"})
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.upgrade()
-    book = models.LogBook("b")
-    fd = models.FlowDetail("f", uuid="flow-2")
-    book.add(fd)
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.save_logbook(book)
+    backend, book, fd = _saved_flow(tmp_path, "flow-2")
     fence = fencing.Fence("flow-2", lambda: None)
     fence_box.append(fence)
     engine = engines.load(flow, flow_detail=fd, book=book, engine=engine_kind,
