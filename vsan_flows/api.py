@@ -23,6 +23,7 @@ from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
 from vsan_flows.runtime.plan import Plan
+from vsan_flows.runtime.slots import FlowSlots
 from vsan_flows.vsphere.session import VSphere, connect
 
 __all__ = ["Handles", "Plan", "open_handles", "plan", "resume_unfinished", "snapshot",
@@ -115,12 +116,15 @@ class Handles:
     """
 
     def __init__(self, vsphere: VSphere, images: ImageService, policy: Policy, *,
-                 owns_vsphere: bool = False, image_locks: ImageLocks | None = None) -> None:
+                 owns_vsphere: bool = False, image_locks: ImageLocks | None = None,
+                 flow_slots: FlowSlots | None = None) -> None:
         self.vsphere = vsphere
         self.images = images
         self.policy = policy
         # Without a directory: threads of this process only (open_handles gives the host's).
         self.image_locks = image_locks or ImageLocks(None)
+        # How many flows run at once on these handles ([vsan_flows] max_concurrent_flows).
+        self.flow_slots = flow_slots or FlowSlots(vconf.DEFAULT_MAX_CONCURRENT_FLOWS)
         self._owns_vsphere = owns_vsphere
 
     def transients(self) -> dict:
@@ -150,7 +154,8 @@ def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
     """Live handles from config; pieces passed in are used as they are (and not closed)."""
     return Handles(vsphere or connect(conf), images or image_service(conf),
                    Policy.from_conf(conf), owns_vsphere=vsphere is None,
-                   image_locks=image_locks(conf))
+                   image_locks=image_locks(conf),
+                   flow_slots=FlowSlots(conf.vsan_flows.max_concurrent_flows))
 
 
 # --------------------------------------------------------------------------- operations
@@ -205,7 +210,9 @@ def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=No
             handles = stack.enter_context(open_handles(conf, vsphere=vsphere, images=images))
         elif images is not None:
             handles = Handles(handles.vsphere, images, handles.policy,  # owns nothing
-                              image_locks=handles.image_locks)
+                              image_locks=handles.image_locks, flow_slots=handles.flow_slots)
+        # Wait for a slot before anything is saved: a flow still waiting has nothing to resume.
+        stack.enter_context(handles.flow_slots.hold())
         store = stack.enter_context(_backend(conf, backend))
         # However the engine ends (done, reverted, suspended, crashed in here), the locks its
         # flow took are not needed by anyone in this process any more.
@@ -220,6 +227,8 @@ def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
                       backend=None) -> list[tuple[str, str, str]]:
     """What a restarted compute service calls first: finish or roll back this host's flows.
 
+    Independent flows are finished ``[vsan_flows] max_concurrent_flows`` at a time.
+
     No vCenter login unless there is something to resume.
     """
     with contextlib.ExitStack() as stack:
@@ -231,4 +240,5 @@ def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
             return live.transients()
 
         return runner.resume_all(store, make_transients, engine=conf.vsan_flows.engine,
-                                 max_workers=conf.vsan_flows.max_workers)
+                                 max_workers=conf.vsan_flows.max_workers,
+                                 concurrency=conf.vsan_flows.max_concurrent_flows)

@@ -97,7 +97,8 @@ class NovaRuns:
         return runner.resume_all(self.backend(),
                                  lambda: self.handles(context).transients(),
                                  engine=self.conf.vsan_flows.engine,
-                                 max_workers=self.conf.vsan_flows.max_workers, host=self.host)
+                                 max_workers=self.conf.vsan_flows.max_workers, host=self.host,
+                                 concurrency=self.conf.vsan_flows.max_concurrent_flows)
 
     def _run(self, plan, context) -> dict:
         with contextlib.closing(self.handles(context)) as live:

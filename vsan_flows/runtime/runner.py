@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from typing import Any
 
 import taskflow.engines
@@ -176,34 +177,49 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
                engine: str = "serial", max_workers: int | None = None,
-               host: str | None = None) -> list[tuple[str, str, str]]:
+               host: str | None = None, concurrency: int = 1) -> list[tuple[str, str, str]]:
     """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
 
     A flow whose logbook says ``on_restart: revert`` (an operation that is unsafe to finish
     late) is rolled back instead. Spawn and snapshot are safe to resume: every task looks its
     effects up by persisted identity before acting.
 
-    Live handles are built once, only if there is something to resume.
+    Independent flows run ``concurrency`` at a time (each mostly waits on vCenter); outcomes
+    come back oldest flow first, one per flow, a failure of one never stopping the others.
+    Live handles are built once, only if there is something to resume, and shared.
     """
     todo = unfinished(backend, host)
     if not todo:
         return []
     transients = make_transients()
-    outcomes = []
-    for book, fd in todo:
-        try:
-            if (book.meta or {}).get("on_restart") == "revert":
-                revert(backend, fd, transients, engine=engine, max_workers=max_workers,
-                       book=book)
-                outcomes.append((fd.uuid, fd.name, "reverted (its flow asks for that)"))
-                continue
-            resume(backend, fd, transients, engine=engine, max_workers=max_workers,
-                   book=book)
-            outcomes.append((fd.uuid, fd.name, "completed"))
-        except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
-            LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
-            outcomes.append((fd.uuid, fd.name, f"rolled back: {exc}"))
-    return outcomes
+
+    def one(book_fd: tuple[models.LogBook, models.FlowDetail]) -> tuple[str, str, str]:
+        return finish_one(backend, book_fd[0], book_fd[1], transients, engine=engine,
+                          max_workers=max_workers)
+
+    width = max(1, min(concurrency, len(todo)))
+    if width == 1:
+        return [one(bf) for bf in todo]
+    with futures.ThreadPoolExecutor(width, thread_name_prefix="vsan-flows-resume") as pool:
+        return list(pool.map(one, todo))
+
+
+def finish_one(backend, book: models.LogBook, fd: models.FlowDetail,
+               transients: Mapping[str, Any], *, engine: str = "serial",
+               max_workers: int | None = None) -> tuple[str, str, str]:
+    """Finish one interrupted flow, or roll it back when its logbook asks; never raises.
+
+    The one step :func:`resume_all` runs per flow (on any of its threads).
+    """
+    try:
+        if (book.meta or {}).get("on_restart") == "revert":
+            revert(backend, fd, transients, engine=engine, max_workers=max_workers, book=book)
+            return (fd.uuid, fd.name, "reverted (its flow asks for that)")
+        resume(backend, fd, transients, engine=engine, max_workers=max_workers, book=book)
+        return (fd.uuid, fd.name, "completed")
+    except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
+        LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
+        return (fd.uuid, fd.name, f"rolled back: {exc}")
 
 
 def fail_interrupted_transfers(eng) -> None:
