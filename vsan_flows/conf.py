@@ -109,6 +109,19 @@ flows_opts = [
         "Marked secret because database URLs usually carry a password.",
     ),
     cfg.StrOpt(
+        "sqlite_synchronous",
+        default="normal",
+        choices=[
+            ("normal", "a recorded flow step survives the process dying (SIGKILL, a compute "
+             "service crash or restart); the last steps may be lost if the machine loses "
+             "power or the kernel crashes. No fsync per step."),
+            ("full", "a recorded flow step also survives power loss and kernel crashes: one "
+             "fsync per step (about 35 per spawn)"),
+        ],
+        help="Durability of the default sqlite flow database (write-ahead log). Ignored for "
+        "PostgreSQL and MySQL/MariaDB, whose own settings apply.",
+    ),
+    cfg.StrOpt(
         "engine",
         default="serial",
         choices=[
