@@ -242,6 +242,7 @@ def fail_interrupted_transfers(eng) -> None:
 
 def _run(eng, listeners: tuple = ()) -> dict:
     eng.compile()  # listeners may need the compiled atoms (progress notifiers); cached
+    persist_progress_sparingly(eng.storage)
     with contextlib.ExitStack() as stack:
         stack.enter_context(FlowLogger(eng))
         for make in listeners:
@@ -251,6 +252,24 @@ def _run(eng, listeners: tuple = ()) -> dict:
         except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
             raise translate(exc) from None
     return results(eng)
+
+
+def persist_progress_sparingly(storage) -> None:
+    """Do not commit the 0 % and 100 % TaskFlow's executor reports around every task.
+
+    Each progress report is its own committed transaction, and these two say nothing the
+    task's state does not (RUNNING is saved before it starts, SUCCESS with its result after):
+    two of the four or five commits of every task. Progress a task reports itself (a transfer,
+    once a second) is kept, so a stuck transfer still shows how far it got.
+    """
+    save = storage.set_task_progress
+
+    def set_task_progress(task_name, progress, details=None):
+        if not details and progress in (0.0, 1.0):
+            return
+        save(task_name, progress, details=details)
+
+    storage.set_task_progress = set_task_progress
 
 
 def results(eng) -> dict:
