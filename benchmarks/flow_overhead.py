@@ -647,7 +647,8 @@ class FlowBench(common.Harness):
 
     def section_resume(self) -> None:
         out: dict = {}
-        for profile in self.args.profiles:
+        # --smoke: the last profile only (each profile kills and resumes its own flows).
+        for profile in self.args.profiles[-1:] if self.args.smoke else self.args.profiles:
             res = self.resume_once(profile, self.args.flows, probe=True)
             one = self.resume_once(profile, 1, probe=False, cue=CUES[0])
             res["one_flow"] = one["full"]
