@@ -722,12 +722,13 @@ class FlowBench(common.Harness):
 
     # ---------------------------------------------------------------- concurrency
 
-    def section_concurrency(self) -> None:
-        out: dict = {}
-        for profile in self.args.profiles:
-            out[profile] = self.concurrency_once(profile)
+    def per_profile(self, section: str, measure) -> None:
+        """``measure(profile)`` under each --profiles profile; then back to ``none``."""
+        self.results[section] = {p: measure(p) for p in self.args.profiles}
         self.set_profile("none")
-        self.results["concurrency"] = out
+
+    def section_concurrency(self) -> None:
+        self.per_profile("concurrency", self.concurrency_once)
 
     def concurrency_once(self, profile: str) -> dict:  # noqa: C901 - one measurement per mode
         from vsan_flows import api
@@ -892,11 +893,7 @@ class FlowBench(common.Harness):
     # ---------------------------------------------------------------- burst
 
     def section_burst(self) -> None:
-        out: dict = {}
-        for profile in self.args.profiles:
-            out[profile] = self.burst_once(profile)
-        self.set_profile("none")
-        self.results["burst"] = out
+        self.per_profile("burst", self.burst_once)
 
     def burst_once(self, profile: str) -> dict:
         """One cold spawn of a new image, then ``n`` concurrent cold spawns of another."""

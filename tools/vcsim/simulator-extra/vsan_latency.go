@@ -206,7 +206,8 @@ func (c *controlAPI) latency(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// returnedRef is the managed object a call returned (a task, a lease), if any.
+// returnedRef is the managed object a call returned (a task, a lease), if any;
+// vsan_rules.go's taskRef uses it too.
 func returnedRef(res soap.HasFault) (types.ManagedObjectReference, bool) {
 	v := reflect.ValueOf(res)
 	if v.Kind() != reflect.Ptr || v.IsNil() || v.Elem().Kind() != reflect.Struct {
