@@ -235,9 +235,13 @@ class _Download:
             data = self._raw.read(n, decode_content=False)
         except Exception as err:  # urllib3's ProtocolError/ReadTimeoutError, OSError
             self.close()
+            # Glance announces the recorded size (Content-Length), so a body cut short - a
+            # glance-api restart, or a store that lost the image's tail - ends here, not at
+            # our own size check: say how far it got of what Glance recorded.
+            of = f" of {self._expect}" if self._expect is not None else ""
             raise ImageServiceUnavailable(self.image_id, "download",
-                                          f"the connection broke after {self.bytes_read} "
-                                          f"bytes ({type(err).__name__})") from None
+                                          f"the connection broke after {self.bytes_read}"
+                                          f"{of} bytes ({type(err).__name__})") from None
         if not data:
             self._done = True
             self._check_end()
