@@ -23,9 +23,19 @@ resume       ``--flows`` spawn flows interrupted by a real SIGKILL: one child pr
              ``api.resume_unfinished(conf)`` on the store itself.
 concurrency  ``--concurrency`` warm spawns (distinct names, ``--images`` cached images) run
              serially, then concurrently: threads sharing one vSphere session, threads with a
-             session each, and one process per spawn. Throughput and ratio to serial, CPU
-             used by us and by the simulator, and a sampling profile (file:line where the
-             worker threads spend their time) of the threaded runs.
+             session each, and one process per spawn. Throughput and ratio to serial, latency
+             percentiles, CPU used by us and by the simulator, and a sampling profile
+             (file:line where the worker threads spend their time) of the threaded runs.
+             Under each ``--profiles`` latency profile of the simulator (``none``: the CPU
+             ceiling of this machine; ``vcenter``: a vCenter's task times, see
+             docs/simulator-latency.md; only serial and shared-session threads there).
+burst        ``--concurrency`` concurrent cold spawns of ONE new image against one cold spawn
+             of another: ImportVApp calls (the simulator's call counts; goal exactly 1),
+             bytes streamed (goal: one image), wall time ratio (goal <= 1.5x), per profile.
+
+resume runs under each profile too (the flows are made and killed under ``none``, resumed
+under the profile), with a baseline: one flow interrupted at the first cue (the most work
+left), resumed alone under the same profile.
 
 Every VM made is destroyed, the simulator is stopped, the work directory removed (unless
 --keep), and a leak check is printed (the harness that does this is benchmarks/common.py).
@@ -56,8 +66,11 @@ from common import fmt, log, make_conf, parse_size, size_label, timing_listener
 # When this interpreter got to run the benchmark's own code: a child's "interpreter+imports".
 T_START = time.monotonic()
 OVERHEAD_GOAL = 1.10
-RESUME_GOAL_S = 10.0
 CONCURRENCY_GOAL = 5.0
+BURST_GOAL = 1.5
+RESUME_DECIDE_GOAL_S = 5.0
+RESUME_RATIO_GOAL = 3.0
+PROFILES = ("none", "vcenter")
 SPAWN_ATOMS = ["ValidateStreamOptimizedImage", "PickVsanDatastore", "LookupImageCache",
                "CreateImportLease", "StreamDiskToLease", "CompleteLease", "RegisterShadowVM",
                "CloneLinkedDisk"]
@@ -74,6 +87,19 @@ med = common.median
 
 def r3(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50/p90/p99/max of latencies (nearest rank; few values make p99 the max)."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return {}
+
+    def rank(q: float) -> float:
+        return vals[min(len(vals) - 1, max(0, int(round(q * len(vals) + 0.5)) - 1))]
+
+    return {"p50": r3(rank(0.50)), "p90": r3(rank(0.90)), "p99": r3(rank(0.99)),
+            "max": r3(vals[-1])}
 
 
 def sql_conf(sim_info: dict, wsdl: str, state_dir: str, db: str, **flows):
@@ -413,8 +439,8 @@ def child_probe(spec: dict, t_start: float) -> dict:
     prof = cProfile.Profile()
     t = time.monotonic()
     prof.enable()
-    for _book, fd in todo:
-        eng = runner.load(backend, fd, transients)
+    for book, fd in todo:
+        eng = runner.load(backend, fd, transients, book=book)  # as runner.resume_all does
         eng.compile()
         eng.prepare()
         before = {a.name: eng.storage.get_atom_state(a.name)
@@ -452,6 +478,7 @@ def child_resume(spec: dict, t_start: float) -> dict:
     conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"],
                     import_retries=2)
     run_s = [0.0]
+    run_lock = threading.Lock()
     real_run = runner._run
 
     def timed_run(eng, listeners=()):
@@ -459,13 +486,15 @@ def child_resume(spec: dict, t_start: float) -> dict:
         try:
             return real_run(eng, listeners)
         finally:
-            run_s[0] += time.monotonic() - t
+            with run_lock:
+                run_s[0] += time.monotonic() - t
 
     runner._run = timed_run
     t = time.monotonic()
     outcomes = api.resume_unfinished(conf, images=LocalImageService(spec["images_dir"]))
     out["resume_unfinished_s"] = time.monotonic() - t
-    out["engine_run_s"] = run_s[0]
+    out["engine_run_s"] = run_s[0]  # summed over flows (they overlap)
+    out["max_concurrent_flows"] = conf.vsan_flows.max_concurrent_flows
     out["outcomes"] = dict(collections.Counter(o[2].split(":")[0] for o in outcomes))
     out["failures"] = [o[2] for o in outcomes if o[2] != "completed"][:5]
     return out
@@ -510,7 +539,7 @@ class FlowBench(common.Harness):
 
     def __init__(self, args, workdir: Path) -> None:
         super().__init__(args, workdir)
-        self.results = {"overhead": {}, "resume": {}, "concurrency": {}}
+        self.results = {"overhead": {}, "resume": {}, "concurrency": {}, "burst": {}}
         for sub in ("overhead", "concurrency"):
             (workdir / sub).mkdir()
 
@@ -520,6 +549,25 @@ class FlowBench(common.Harness):
         for i in range(1, n):
             ids.append(self.images.add_file(fx["path"], name=f"{fx['path'].name}-{i}"))
         return ids
+
+    profile = "none"
+
+    def set_profile(self, profile: str) -> dict:
+        """The simulator's latency profile for what follows (scaled by --latency-scale)."""
+        scale = self.args.latency_scale if profile != "none" else 1.0
+        self.profile = profile
+        return self.sim.control.set_latency(profile, scale=scale)
+
+    def destroy_quiet(self, names) -> None:
+        """Clean-up is not measured: it runs without the profile's delays."""
+        current = self.profile
+        if current != "none":
+            self.set_profile("none")
+        try:
+            super().destroy_quiet(names)
+        finally:
+            if current != "none":
+                self.set_profile(current)
 
     def sim_cpu(self) -> float:
         import psutil
@@ -534,6 +582,7 @@ class FlowBench(common.Harness):
         from vsan_flows.policy import Policy
         from vsan_flows.runtime import persistence
 
+        self.set_profile("none")  # flow overhead is CPU: measured with nothing to wait on
         fx = self.fixture(self.args.size)
         db = self.workdir / "overhead" / "flows.sqlite"
         conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir), str(db))
@@ -597,9 +646,26 @@ class FlowBench(common.Harness):
     # ---------------------------------------------------------------- resume
 
     def section_resume(self) -> None:
+        out: dict = {}
+        # --smoke: the last profile only (each profile kills and resumes its own flows).
+        for profile in self.args.profiles[-1:] if self.args.smoke else self.args.profiles:
+            res = self.resume_once(profile, self.args.flows, probe=True)
+            one = self.resume_once(profile, 1, probe=False, cue=CUES[0])
+            res["one_flow"] = one["full"]
+            res["ratio_to_one_flow"] = round(res["full"]["resume_unfinished_s"]
+                                             / one["full"]["resume_unfinished_s"], 2)
+            log(f"  resume [{profile}]: {res['flows']} flows "
+                f"{res['full']['resume_unfinished_s']:.1f}s, one flow "
+                f"{one['full']['resume_unfinished_s']:.1f}s: {res['ratio_to_one_flow']}x")
+            out[profile] = res
+        self.set_profile("none")
+        self.results["resume"] = out
+
+    def resume_once(self, profile: str, n: int, *, probe: bool, cue: str | None = None) -> dict:
+        """``n`` spawns killed at their cues (under ``none``), resumed under ``profile``."""
         from vsan_flows.runtime import persistence, runner
 
-        n = self.args.flows
+        self.set_profile("none")
         fx = self.fixture(self.args.resume_size)
         # One image per interrupted flow: the create child parks every flow at its cue in one
         # process, and a flow parked inside its import holds that image's import lock (one
@@ -607,14 +673,15 @@ class FlowBench(common.Harness):
         rounds = n
         image_ids = self.more_images(fx, rounds)
         tok = uuid.uuid4().hex[:4]
-        plan = [(f"bench-res-{tok}-{i:03d}", image_ids[i], CUES[i % len(CUES)])
+        plan = [(f"bench-res-{tok}-{i:03d}", image_ids[i], cue or CUES[i % len(CUES)])
                 for i in range(n)]
-        rdir = self.workdir / "resume"
+        rdir = self.workdir / f"resume-{profile}-{tok}"
         rdir.mkdir(exist_ok=True)
         db = rdir / "flows.sqlite"
-        out: dict = {"flows": n, "size": fx["label"], "images": rounds,
+        out: dict = {"flows": n, "size": fx["label"], "images": rounds, "profile": profile,
                      "cues": dict(collections.Counter(c for _, _, c in plan))}
-        log(f"  resume: creating {n} interrupted spawns in a child that SIGKILLs itself")
+        log(f"  resume [{profile}]: creating {n} interrupted spawns in a child that SIGKILLs "
+            "itself")
         t = time.monotonic()
         rc, made, err = self.run_child(self.spec(mode="create", db=str(db), plan=plan))
         out["create_s"] = round(time.monotonic() - t, 2)
@@ -623,35 +690,47 @@ class FlowBench(common.Harness):
         out["parked"], out["create_errors"] = made["parked"], made["errors"]
         log(f"  resume: {made['parked']} flows parked and killed in {out['create_s']:.1f}s "
             f"({len(made['errors'])} did not park)")
-        # find + load + decide on a byte copy (sqlite file + WAL), so the real run sees the
-        # store exactly as the kill left it.
-        pdir = rdir / "probe"
-        pdir.mkdir()
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(db) + suffix)
-            if src.exists():
-                shutil.copy2(src, pdir / src.name)
-        rc, probe, err = self.run_child(self.spec(mode="probe", db=str(pdir / db.name)))
-        if rc != 0:
-            raise RuntimeError(f"probe child failed ({rc}): {err[-2000:]}")
-        out["probe"] = probe
-        log(f"  resume probe: found {probe['found']} in {probe['find_s']:.2f}s, "
-            f"load+decide {probe['load_decide_s']:.2f}s")
+        self.set_profile(profile)
+        if probe:
+            # find + load + decide on a byte copy (sqlite file + WAL), so the real run sees
+            # the store exactly as the kill left it.
+            pdir = rdir / "probe"
+            pdir.mkdir()
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(db) + suffix)
+                if src.exists():
+                    shutil.copy2(src, pdir / src.name)
+            rc, probe_out, err = self.run_child(self.spec(mode="probe",
+                                                          db=str(pdir / db.name)))
+            if rc != 0:
+                raise RuntimeError(f"probe child failed ({rc}): {err[-2000:]}")
+            out["probe"] = probe_out
+            log(f"  resume probe: found {probe_out['found']} in {probe_out['find_s']:.2f}s, "
+                f"load+decide {probe_out['load_decide_s']:.2f}s")
         rc, full, err = self.run_child(self.spec(mode="resume", db=str(db)))
         if rc != 0:
             raise RuntimeError(f"resume child failed ({rc}): {err[-2000:]}")
         out["full"] = full
         log(f"  resume: api.resume_unfinished {full['resume_unfinished_s']:.1f}s "
-            f"(engine runs {full['engine_run_s']:.1f}s): {full['outcomes']}")
+            f"(engine runs {full['engine_run_s']:.1f}s summed): {full['outcomes']}")
+        self.set_profile("none")
         backend = persistence.backend_from_url(f"sqlite:///{db}")
         out["unfinished_after"] = len(runner.unfinished(backend))
         backend.close()
         self.cleanup_all()
-        self.results["resume"] = out
+        return out
 
     # ---------------------------------------------------------------- concurrency
 
-    def section_concurrency(self) -> None:  # noqa: C901 - one measurement per mode
+    def per_profile(self, section: str, measure) -> None:
+        """``measure(profile)`` under each --profiles profile; then back to ``none``."""
+        self.results[section] = {p: measure(p) for p in self.args.profiles}
+        self.set_profile("none")
+
+    def section_concurrency(self) -> None:
+        self.per_profile("concurrency", self.concurrency_once)
+
+    def concurrency_once(self, profile: str) -> dict:  # noqa: C901 - one measurement per mode
         from vsan_flows import api
         from vsan_flows.runtime import persistence
         from vsan_flows.vsphere import instances
@@ -660,19 +739,25 @@ class FlowBench(common.Harness):
         n, k = self.args.concurrency, self.args.images
         fx = self.fixture(self.args.size)
         image_ids = self.more_images(fx, k)
-        cdir = self.workdir / "concurrency"
+        cdir = self.workdir / "concurrency" / profile
+        cdir.mkdir(parents=True, exist_ok=True)
         db = cdir / "flows.sqlite"
         conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir), str(db))
         # Warm every image's cache entry: each spawn below is a cache hit (same work each).
+        self.set_profile("none")
+        warm_names = []
         for i, img in enumerate(image_ids):
-            name = f"bench-cc-warm-{i}"
+            name = f"bench-cc-warm-{profile}-{i}"
             api.spawn(conf, name, img, vsphere=self.vsphere, images=self.images)
             self.destroy_quiet([name])
+            warm_names.append(name)
+        latency = self.set_profile(profile)
         backends = {"sqlite": persistence.open_backend(conf),
                     "memory": persistence.backend_from_url("memory://")}
         persistence.upgrade_schema(backends["memory"])
         out: dict = {"spawns": n, "images": k, "size": fx["label"], "variant": "warm (cache hit)",
-                     "modes": {}}
+                     "profile": profile, "latency_scale": latency["scale"], "modes": {}}
+        everything = profile == "none"  # the other profiles: serial and shared-session threads
 
         def one(vsphere, name, img, sink, store="sqlite") -> None:
             t = time.monotonic()
@@ -726,11 +811,21 @@ class FlowBench(common.Harness):
         modes["serial"] = {"wall_s": time.monotonic() - t, "cpu_s": time.process_time() - cpu0,
                            "sim_cpu_s": self.sim_cpu() - sim0, "runs": sink}
         self.destroy_quiet([name for name, _ in p])
-        log(f"  concurrency serial: {modes['serial']['wall_s']:.2f}s")
+        log(f"  concurrency [{profile}] serial: {modes['serial']['wall_s']:.2f}s")
         # threads, one shared session
         modes["threads_shared_session"] = threaded("tshared", [self.vsphere] * n)
-        log(f"  concurrency threads (shared session): "
+        log(f"  concurrency [{profile}] threads (shared session): "
             f"{modes['threads_shared_session']['wall_s']:.2f}s")
+        if everything:
+            self.concurrency_more(modes, n, conf, db, threaded, plan, one, connect, instances)
+        self.finish_concurrency(out, modes, n)
+        # The cache entries of this profile's images (their spawns were destroyed above).
+        self.cleanup_all()
+        return out
+
+    def concurrency_more(self, modes, n, conf, db, threaded, plan, one, connect,
+                         instances) -> None:
+        """The modes measured under ``none`` only: sessions each, processes, memory backend."""
         # threads, a session each (logins untimed)
         sessions = [connect(conf) for _ in range(n)]
         for s in sessions:
@@ -764,6 +859,8 @@ class FlowBench(common.Harness):
             f"{modes['serial_memory_backend']['wall_s']:.2f}s, threads "
             f"{modes['threads_shared_memory_backend']['wall_s']:.2f}s, processes "
             f"{modes['processes_memory_backend']['wall_s']:.2f}s")
+
+    def finish_concurrency(self, out: dict, modes: dict, n: int) -> None:
         for name, m in modes.items():
             runs = m["runs"]
             ok = [r for r in runs if not r["error"]]
@@ -772,6 +869,7 @@ class FlowBench(common.Harness):
             m["throughput_per_s"] = round(len(ok) / m["wall_s"], 3) if m["wall_s"] else None
             m["latency_median_s"] = r3(med([r["seconds"] for r in ok]))
             m["latency_max_s"] = r3(max((r["seconds"] for r in ok), default=None))
+            m["latency_percentiles_s"] = percentiles([r["seconds"] for r in ok])
             m["wall_s"], m["cpu_s"], m["sim_cpu_s"] = (r3(m["wall_s"]), r3(m["cpu_s"]),
                                                        r3(m["sim_cpu_s"]))
             del m["runs"]
@@ -791,7 +889,99 @@ class FlowBench(common.Harness):
                               * s["wall_s"] / n),
             "processes": r3(cpus / (per_spawn_us + per_spawn_sim) * s["wall_s"] / n)}
         out["goal"] = CONCURRENCY_GOAL
-        self.results["concurrency"] = out
+
+    # ---------------------------------------------------------------- burst
+
+    def section_burst(self) -> None:
+        self.per_profile("burst", self.burst_once)
+
+    def burst_once(self, profile: str) -> dict:
+        """One cold spawn of a new image, then ``n`` concurrent cold spawns of another."""
+        from vsan_flows import api, imagecache
+        from vsan_flows.runtime import persistence
+
+        n = self.args.concurrency
+        fx = self.fixture(self.args.size)
+        bdir = self.workdir / "burst" / profile
+        bdir.mkdir(parents=True, exist_ok=True)
+        conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir),
+                        str(bdir / "flows.sqlite"))
+        backend = persistence.open_backend(conf)
+        tok = uuid.uuid4().hex[:4]
+        self.set_profile(profile)
+        control = self.sim.control
+
+        def calls() -> dict:
+            return control.status()["calls"]
+
+        def spawn(name: str, image_id: str, sink: list) -> None:
+            t = time.monotonic()
+            err, sent = None, 0
+            try:
+                res = api.spawn(conf, name, image_id, vsphere=self.vsphere, images=self.images,
+                                backend=backend)
+                sent = int(res.get("bytes_sent") or 0)
+            except Exception as exc:  # noqa: BLE001 - reported
+                err = f"{type(exc).__name__}: {exc}"
+            sink.append({"seconds": time.monotonic() - t, "error": err, "bytes_sent": sent})
+
+        def cache_entries(image_id: str) -> list[str]:
+            prefix = imagecache.vm_name(image_id, "")
+            return [vm["name"] for vm in control.status()["vms"]
+                    if vm["name"].startswith(prefix)]
+
+        one_img = self.images.add_file(fx["path"], name=f"burst-one-{profile}-{tok}")
+        one: list = []
+        c0 = calls()
+        spawn(f"bench-burst-one-{tok}", one_img, one)
+        c1 = calls()
+        self.destroy_quiet([f"bench-burst-one-{tok}"] + cache_entries(one_img))
+        log(f"  burst [{profile}]: one cold spawn {one[0]['seconds']:.2f}s")
+
+        img = self.images.add_file(fx["path"], name=f"burst-{profile}-{tok}")
+        names_ = [f"bench-burst-{tok}-{i:02d}" for i in range(n)]
+        sink: list = []
+        barrier = threading.Barrier(n + 1)
+
+        def worker(name: str) -> None:
+            barrier.wait()
+            spawn(name, img, sink)
+
+        threads = [threading.Thread(target=worker, args=(nm,)) for nm in names_]
+        for th in threads:
+            th.start()
+        c2 = calls()
+        t = time.monotonic()
+        barrier.wait()
+        for th in threads:
+            th.join()
+        wall = time.monotonic() - t
+        c3 = calls()
+        entries = cache_entries(img)
+        self.destroy_quiet(names_ + entries)
+        backend.close()
+
+        def delta(a: dict, b: dict, m: str) -> int:
+            return int(b.get(m, 0) - a.get(m, 0))
+
+        ok = [r for r in sink if not r["error"]]
+        out = {"profile": profile, "spawns": n, "size": fx["label"],
+               "image_file_bytes": fx["file_bytes"],
+               "one_cold_s": r3(one[0]["seconds"]), "one_error": one[0]["error"],
+               "one_import_vapp_calls": delta(c0, c1, "ImportVApp"),
+               "burst_wall_s": r3(wall), "ok": len(ok),
+               "errors": sorted({r["error"] for r in sink if r["error"]})[:5],
+               "import_vapp_calls": delta(c2, c3, "ImportVApp"),
+               "lease_completes": delta(c2, c3, "HttpNfcLeaseComplete"),
+               "cache_entries": len(entries),
+               "bytes_sent": sum(r["bytes_sent"] for r in sink),
+               "latency_percentiles_s": percentiles([r["seconds"] for r in ok]),
+               "goal": BURST_GOAL}
+        out["ratio_to_one"] = round(wall / one[0]["seconds"], 2) if one[0]["seconds"] else None
+        log(f"  burst [{profile}]: {n} cold spawns of one image {wall:.2f}s "
+            f"({out['ratio_to_one']}x one), ImportVApp x{out['import_vapp_calls']}, "
+            f"{out['bytes_sent']} bytes sent")
+        return out
 
     def processes(self, p: list, db: str) -> dict:
         procs = []
@@ -891,62 +1081,91 @@ def print_report(res: dict) -> None:
                   "method: " + ", ".join(f"{m} {b['per_method_calls'][m]:.0f}x "
                                          f"{b['per_method_s'][m]:.3f}s"
                                          for m in b["per_method_s"]))
-    rs = res.get("resume") or {}
-    if rs:
-        p, f = rs["probe"], rs["full"]
-        print(f"\n== Resume of {rs['flows']} SIGKILLed spawn flows (sqlite file), fresh "
-              "processes, seconds ==")
-        print(f"  made: {rs['parked']} flows parked at {len(rs['cues'])} cues "
-              f"({', '.join(f'{c} x{n}' for c, n in rs['cues'].items())}),\n  over "
-              f"{rs['images']} images of {rs['size']}, by one child that then SIGKILLed itself:"
-              f" {rs['create_s']:.1f}s")
+    for profile, rs in (res.get("resume") or {}).items():
+        print_resume(profile, rs)
+    for profile, cc in (res.get("concurrency") or {}).items():
+        print_concurrency(profile, cc)
+    for profile, b in (res.get("burst") or {}).items():
+        print(f"\n== Burst [{profile}]: {b['spawns']} concurrent cold spawns of ONE new image "
+              f"({b['size']}) vs one cold spawn ==")
+        print(f"  one cold spawn {fmt(b['one_cold_s'], '.2f')}s (ImportVApp "
+              f"x{b['one_import_vapp_calls']}); burst {fmt(b['burst_wall_s'], '.2f')}s = "
+              f"{fmt(b['ratio_to_one'], '.2f')}x one (goal <= {b['goal']}x); ok {b['ok']}/"
+              f"{b['spawns']}")
+        print(f"  ImportVApp x{b['import_vapp_calls']} (goal exactly 1), lease completes "
+              f"x{b['lease_completes']}, cache entries {b['cache_entries']}; bytes sent "
+              f"{b['bytes_sent']} for an image file of {b['image_file_bytes']} "
+              f"(goal: one image); latency {b['latency_percentiles_s']}")
+        for e in b["errors"]:
+            print(f"      error: {e}")
+
+
+def print_resume(profile: str, rs: dict) -> None:
+    f = rs["full"]
+    print(f"\n== Resume [{profile}] of {rs['flows']} SIGKILLed spawn flows (sqlite file), fresh "
+          "processes, seconds ==")
+    print(f"  made: {rs['parked']} flows parked at {len(rs['cues'])} cues "
+          f"({', '.join(f'{c} x{n}' for c, n in rs['cues'].items())}),\n  over "
+          f"{rs['images']} images of {rs['size']}, by one child that then SIGKILLed itself:"
+          f" {rs['create_s']:.1f}s")
+    p = rs.get("probe")
+    if p:
         print(f"  find + load + decide (copy of the store): interpreter+imports "
               f"{p['imports_s']:.2f}, open_backend {p['open_backend_s']:.3f}, find "
               f"{p['find_s']:.3f} ({p['found']} found), login {p['login_s']:.2f}, "
               f"load+compile+prepare+decide {p['load_decide_s']:.2f} "
-              f"-> {p['find_s'] + p['load_decide_s']:.2f}s without login")
-        print(f"  full completion: api.resume_unfinished {f['resume_unfinished_s']:.2f}s "
-              f"(engine runs {f['engine_run_s']:.2f}s, the rest = find + load + decide + "
-              f"login {f['resume_unfinished_s'] - f['engine_run_s']:.2f}s); outcomes "
-              f"{f['outcomes']}; unfinished after: {rs['unfinished_after']}")
-        print(f"  goal: < {RESUME_GOAL_S:.0f} s.  atom states found: {p['atom_states']}; "
-              f"transfers restarted: {p['transfers_restarted']}")
+              f"-> {p['find_s'] + p['load_decide_s']:.2f}s without login "
+              f"(goal < {RESUME_DECIDE_GOAL_S:.0f} s)")
+        print(f"  atom states found: {p['atom_states']}; transfers restarted: "
+              f"{p['transfers_restarted']}")
         print("  load+decide profile (cumulative s, calls): "
               + "; ".join(f"{s} {ct:.2f}s x{nc}" for s, ct, nc in p["profile_top_cumulative"][:6]))
-    cc = res.get("concurrency") or {}
-    if cc:
-        print(f"\n== {cc['spawns']} spawns ({cc['variant']}, {cc['images']} images of "
-              f"{cc['size']}): serial vs concurrent ==")
-        print(f"{'mode':>24} {'ok':>4} {'wall s':>8} {'spawns/s':>9} {'x serial':>9} "
-              f"{'lat med':>8} {'lat max':>8} {'our cpu':>8} {'sim cpu':>8}")
-        for name, m in cc["modes"].items():
-            print(f"{name:>24} {m['ok']:>4} {fmt(m['wall_s'], '.2f'):>8} "
-                  f"{fmt(m['throughput_per_s'], '.2f'):>9} "
-                  f"{fmt(cc['ratio_to_serial'][name], '.2f'):>9} "
-                  f"{fmt(m['latency_median_s'], '.2f'):>8} "
-                  f"{fmt(m['latency_max_s'], '.2f'):>8} {fmt(m['cpu_s'], '.2f'):>8} "
-                  f"{fmt(m['sim_cpu_s'], '.2f'):>8}")
-            for e in m["errors"]:
-                print(f"      error: {e}")
-        print(f"  goal: >= {CONCURRENCY_GOAL:.0f}x serial.  CPU per serial spawn: ours "
-              f"{cc['cpu_per_spawn_s']['ours']}s, simulator {cc['cpu_per_spawn_s']['simulator']}"
-              f"s; with {os.cpu_count()} CPUs that caps the ratio at "
-              f"{cc['cpu_bound_max_ratio']['one_process']}x in one process (GIL: one core for "
-              f"us) and {cc['cpu_bound_max_ratio']['processes']}x with processes.")
-        for name in ("threads_shared_session", "threads_own_session",
-                     "threads_shared_memory_backend"):
-            prof = cc["modes"][name].get("profile")
-            if not prof:
-                continue
-            print(f"  {name} profile ({prof['samples']} samples; share of worker-thread time):")
-            print("    leaf: " + "; ".join(f"{s} {v:.0%}" for s, v in prof["leaf"][:6]))
-            print("    ours: " + "; ".join(f"{s} {v:.0%}" for s, v in prof["ours"][:6]))
-            print("    library: " + ", ".join(f"{s} {v:.0%}" for s, v in prof["library_share"]))
+    print(f"  full completion: api.resume_unfinished {f['resume_unfinished_s']:.2f}s "
+          f"({f['max_concurrent_flows']} flows at a time; engine runs {f['engine_run_s']:.2f}s "
+          f"summed over flows); outcomes {f['outcomes']}; unfinished after: "
+          f"{rs['unfinished_after']}")
+    one = rs.get("one_flow")
+    if one:
+        print(f"  one flow interrupted at {CUES[0]} resumed alone: "
+              f"{one['resume_unfinished_s']:.2f}s -> all {rs['flows']} take "
+              f"{rs['ratio_to_one_flow']}x one flow's remaining work (goal <= "
+              f"{RESUME_RATIO_GOAL:.0f}x)")
+
+
+def print_concurrency(profile: str, cc: dict) -> None:
+    print(f"\n== [{profile} x{cc['latency_scale']}] {cc['spawns']} spawns ({cc['variant']}, "
+          f"{cc['images']} images of {cc['size']}): serial vs concurrent ==")
+    print(f"{'mode':>30} {'ok':>4} {'wall s':>8} {'spawns/s':>9} {'x serial':>9} "
+          f"{'p50':>6} {'p90':>6} {'p99':>6} {'our cpu':>8} {'sim cpu':>8}")
+    for name, m in cc["modes"].items():
+        pc = m.get("latency_percentiles_s") or {}
+        print(f"{name:>30} {m['ok']:>4} {fmt(m['wall_s'], '.2f'):>8} "
+              f"{fmt(m['throughput_per_s'], '.2f'):>9} "
+              f"{fmt(cc['ratio_to_serial'][name], '.2f'):>9} "
+              f"{fmt(pc.get('p50'), '.2f'):>6} {fmt(pc.get('p90'), '.2f'):>6} "
+              f"{fmt(pc.get('p99'), '.2f'):>6} {fmt(m['cpu_s'], '.2f'):>8} "
+              f"{fmt(m['sim_cpu_s'], '.2f'):>8}")
+        for e in m["errors"]:
+            print(f"      error: {e}")
+    print(f"  goal: >= {CONCURRENCY_GOAL:.0f}x serial (under vcenter).  CPU per serial spawn: "
+          f"ours {cc['cpu_per_spawn_s']['ours']}s, simulator "
+          f"{cc['cpu_per_spawn_s']['simulator']}s; with {os.cpu_count()} CPUs that caps the "
+          f"ratio at {cc['cpu_bound_max_ratio']['one_process']}x in one process (GIL: one "
+          f"core for us) and {cc['cpu_bound_max_ratio']['processes']}x with processes.")
+    for name in ("threads_shared_session", "threads_own_session",
+                 "threads_shared_memory_backend"):
+        prof = (cc["modes"].get(name) or {}).get("profile")
+        if not prof:
+            continue
+        print(f"  {name} profile ({prof['samples']} samples; share of worker-thread time):")
+        print("    leaf: " + "; ".join(f"{s} {v:.0%}" for s, v in prof["leaf"][:6]))
+        print("    ours: " + "; ".join(f"{s} {v:.0%}" for s, v in prof["ours"][:6]))
+        print("    library: " + ", ".join(f"{s} {v:.0%}" for s, v in prof["library_share"]))
 
 
 # --------------------------------------------------------------------------------- main
 
-SECTIONS = ("overhead", "resume", "concurrency")
+SECTIONS = ("overhead", "resume", "concurrency", "burst")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -965,6 +1184,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, help="spawns, serial and concurrent (20; 2 with "
                    "--smoke)")
     p.add_argument("--images", type=int, help="distinct images (concurrency, 4; 2 with --smoke)")
+    p.add_argument("--profiles", default=",".join(PROFILES),
+                   help="simulator latency profiles for resume, concurrency and burst "
+                   f"(default {','.join(PROFILES)}; docs/simulator-latency.md)")
+    p.add_argument("--latency-scale", type=float,
+                   help="multiply the profile's delays (1; 0.1 with --smoke)")
     common.add_harness_args(p)
     args = p.parse_args(argv)
     if args.smoke and args.quick:
@@ -979,6 +1203,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.images = args.images or pick(4, 4, 2)
     args.size = parse_size(args.size or pick("64M", "64M", "4M"))
     args.resume_size = parse_size(args.resume_size or pick("16M", "16M", "4M"))
+    args.latency_scale = args.latency_scale or pick(1.0, 1.0, 0.1)
+    args.profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if set(args.sections) - set(SECTIONS):
         p.error(f"unknown section(s): {set(args.sections) - set(SECTIONS)}")
@@ -988,7 +1214,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def args_summary(args: argparse.Namespace) -> dict:
     return {"runs": args.runs, "size": size_label(args.size),
             "resume_size": size_label(args.resume_size), "flows": args.flows,
-            "concurrency": args.concurrency, "images": args.images}
+            "concurrency": args.concurrency, "images": args.images,
+            "profiles": args.profiles, "latency_scale": args.latency_scale}
 
 
 def child_main(spec: dict) -> None:

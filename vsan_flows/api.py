@@ -24,6 +24,7 @@ from vsan_flows.policy import Policy
 from vsan_flows.runtime import fencing, flowlock, jobs, persistence, runner
 from vsan_flows.runtime.conductor import conductor_name
 from vsan_flows.runtime.plan import Plan
+from vsan_flows.runtime.slots import FlowSlots
 from vsan_flows.vsphere.session import VSphere, connect
 
 __all__ = ["Handles", "Plan", "open_handles", "plan", "resume_unfinished", "snapshot",
@@ -117,12 +118,14 @@ class Handles:
 
     def __init__(self, vsphere: VSphere, images: ImageService, policy: Policy, *,
                  owns_vsphere: bool = False, image_locks: ImageLocks | None = None,
-                 owns_image_locks: bool = False) -> None:
+                 owns_image_locks: bool = False, flow_slots: FlowSlots | None = None) -> None:
         self.vsphere = vsphere
         self.images = images
         self.policy = policy
         # Without a directory: threads of this process only (open_handles gives the host's).
         self.image_locks = image_locks or ImageLocks(None)
+        # How many flows run at once on these handles ([vsan_flows] max_concurrent_flows).
+        self.flow_slots = flow_slots or FlowSlots(vconf.DEFAULT_MAX_CONCURRENT_FLOWS)
         self._owns_vsphere = owns_vsphere
         self._owns_image_locks = owns_image_locks
 
@@ -170,7 +173,8 @@ def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
     """Live handles from config; pieces passed in are used as they are (and not closed)."""
     return Handles(vsphere or connect(conf), images or image_service(conf),
                    Policy.from_conf(conf), owns_vsphere=vsphere is None,
-                   image_locks=image_locks(conf), owns_image_locks=True)
+                   image_locks=image_locks(conf), owns_image_locks=True,
+                   flow_slots=FlowSlots(conf.vsan_flows.max_concurrent_flows))
 
 
 # --------------------------------------------------------------------------- operations
@@ -225,7 +229,9 @@ def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=No
             handles = stack.enter_context(open_handles(conf, vsphere=vsphere, images=images))
         elif images is not None:
             handles = Handles(handles.vsphere, images, handles.policy,  # owns nothing
-                              image_locks=handles.image_locks)
+                              image_locks=handles.image_locks, flow_slots=handles.flow_slots)
+        # Wait for a slot before anything is saved: a flow still waiting has nothing to resume.
+        stack.enter_context(handles.flow_slots.hold())
         store = stack.enter_context(_backend(conf, backend))
         # However the engine ends (done, reverted, suspended, crashed in here), the locks its
         # flow took are not needed by anyone in this process any more.
@@ -241,6 +247,8 @@ def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
                       backend=None) -> list[tuple[str, str, str]]:
     """What a restarted compute service calls first: finish or roll back this host's flows.
 
+    Independent flows are finished ``[vsan_flows] max_concurrent_flows`` at a time.
+
     No vCenter login unless there is something to resume.
     """
     with contextlib.ExitStack() as stack:
@@ -253,4 +261,5 @@ def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
 
         return runner.resume_all(store, make_transients, engine=conf.vsan_flows.engine,
                                  max_workers=conf.vsan_flows.max_workers,
-                                 locks=flow_locks(conf))
+                                 locks=flow_locks(conf),
+                                 concurrency=conf.vsan_flows.max_concurrent_flows)

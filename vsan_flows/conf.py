@@ -26,6 +26,8 @@ GLANCE_GROUP = "glance"
 GLANCE_SERVICE_TYPE = "image"
 
 DEFAULT_STATE_DIR = "/var/lib/vsan-flows"
+#: How many flows one process runs at once unless configured ([vsan_flows] max_concurrent_flows).
+DEFAULT_MAX_CONCURRENT_FLOWS = 10
 
 vmware_opts = [
     cfg.HostAddressOpt("host_ip", help="Hostname or IP address of the vCenter server."),
@@ -107,6 +109,19 @@ flows_opts = [
         "Marked secret because database URLs usually carry a password.",
     ),
     cfg.StrOpt(
+        "sqlite_synchronous",
+        default="normal",
+        choices=[
+            ("normal", "a recorded flow step survives the process dying (SIGKILL, a compute "
+             "service crash or restart); the last steps may be lost if the machine loses "
+             "power or the kernel crashes. No fsync per step."),
+            ("full", "a recorded flow step also survives power loss and kernel crashes: one "
+             "fsync per step (about 35 per spawn)"),
+        ],
+        help="Durability of the default sqlite flow database (write-ahead log). Ignored for "
+        "PostgreSQL and MySQL/MariaDB, whose own settings apply.",
+    ),
+    cfg.StrOpt(
         "engine",
         default="serial",
         choices=[
@@ -119,6 +134,15 @@ flows_opts = [
         "max_workers",
         min=1,
         help="Worker threads for the parallel engine. Unset lets TaskFlow choose.",
+    ),
+    cfg.IntOpt(
+        "max_concurrent_flows",
+        default=DEFAULT_MAX_CONCURRENT_FLOWS,
+        min=1,
+        help="Flows this process runs at once (spawns and snapshots through one driver, and "
+        "the flows a restart resumes); more wait for a running one to end. Each flow mostly "
+        "waits on vCenter, so this, not the CPU count, sets how many vCenter operations "
+        "overlap (nova's own max_concurrent_builds defaults to 10 as well).",
     ),
     cfg.IntOpt(
         "import_retries",

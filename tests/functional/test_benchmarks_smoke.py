@@ -170,9 +170,10 @@ def test_stream_smoke(smoke):
 
 def test_flow_overhead_smoke(smoke):
     out, res = report(smoke["flow_overhead"])
-    assert res["args"]["sections"] == ["overhead", "resume", "concurrency"]
+    assert res["args"]["sections"] == ["overhead", "resume", "concurrency", "burst"]
+    assert res["args"]["profiles"] == ["none", "vcenter"]
     for title in ("== Flow overhead: api.spawn", "SIGKILLed spawn flows",
-                  "serial vs concurrent =="):
+                  "serial vs concurrent ==", "concurrent cold spawns of ONE new image"):
         assert title in out
 
     ov = res["overhead"]
@@ -183,29 +184,42 @@ def test_flow_overhead_smoke(smoke):
         positive(breakdown, "storage_s", "storage_calls", "sql_statements")
         assert breakdown["per_method_calls"], breakdown
 
-    rs = res["resume"]
-    flows = rs["flows"]
-    # One flow parked and killed at each cue; every one found, decided and completed.
-    assert rs["parked"] == flows and rs["create_errors"] == []
-    assert sum(rs["cues"].values()) == flows
-    assert rs["probe"]["found"] == flows
-    restarted = sum(n for cue, n in rs["cues"].items()
-                    if cue in ("transfer", f"{names.STREAM_DISK_TO_LEASE}:before"))
-    assert restarted > 0 and rs["probe"]["transfers_restarted"] == restarted
-    assert rs["full"]["outcomes"] == {"completed": flows}, rs["full"]
-    assert rs["unfinished_after"] == 0
+    assert set(res["resume"]) == {"vcenter"}  # smoke: the last profile only
+    for rs in res["resume"].values():
+        flows = rs["flows"]
+        # One flow parked and killed at each cue; every one found, decided and completed.
+        assert rs["parked"] == flows and rs["create_errors"] == []
+        assert sum(rs["cues"].values()) == flows
+        assert rs["probe"]["found"] == flows
+        restarted = sum(n for cue, n in rs["cues"].items()
+                        if cue in ("transfer", f"{names.STREAM_DISK_TO_LEASE}:before"))
+        assert restarted > 0 and rs["probe"]["transfers_restarted"] == restarted
+        assert rs["full"]["outcomes"] == {"completed": flows}, rs["full"]
+        assert rs["one_flow"]["outcomes"] == {"completed": 1}, rs["one_flow"]
+        assert rs["unfinished_after"] == 0 and rs["ratio_to_one_flow"] > 0
 
-    cc = res["concurrency"]
-    modes = ("serial", "threads_shared_session", "threads_own_session", "processes",
-             "serial_memory_backend", "threads_shared_memory_backend",
-             "processes_memory_backend")
-    assert set(cc["modes"]) == set(modes)
-    for mode in modes:
-        m = cc["modes"][mode]
-        assert m["ok"] == cc["spawns"] and m["errors"] == [], (mode, m)
-        positive(m, "wall_s", "throughput_per_s")
-        assert cc["ratio_to_serial"][mode] > 0
-    for mode in ("threads_shared_session", "threads_own_session",
-                 "threads_shared_memory_backend"):
-        assert cc["modes"][mode]["profile"]["samples"] > 0, mode
-    positive(cc["cpu_bound_max_ratio"], "one_process", "processes")
+    assert set(res["concurrency"]) == {"none", "vcenter"}
+    everything = ("serial", "threads_shared_session", "threads_own_session", "processes",
+                  "serial_memory_backend", "threads_shared_memory_backend",
+                  "processes_memory_backend")
+    for profile, cc in res["concurrency"].items():
+        modes = everything if profile == "none" else ("serial", "threads_shared_session")
+        assert set(cc["modes"]) == set(modes)
+        for mode in modes:
+            m = cc["modes"][mode]
+            assert m["ok"] == cc["spawns"] and m["errors"] == [], (mode, m)
+            positive(m, "wall_s", "throughput_per_s")
+            positive(m["latency_percentiles_s"], "p50", "p90", "p99")
+            assert cc["ratio_to_serial"][mode] > 0
+        for mode in set(modes) & {"threads_shared_session", "threads_own_session",
+                                  "threads_shared_memory_backend"}:
+            assert cc["modes"][mode]["profile"]["samples"] > 0, mode
+        positive(cc["cpu_bound_max_ratio"], "one_process", "processes")
+
+    assert set(res["burst"]) == {"none", "vcenter"}
+    for b in res["burst"].values():
+        # Concurrent cold spawns of one new image: one import, one image's bytes.
+        assert b["ok"] == b["spawns"] and b["errors"] == [], b
+        assert b["import_vapp_calls"] == 1 and b["one_import_vapp_calls"] == 1, b
+        assert b["cache_entries"] == 1 and b["bytes_sent"] == b["image_file_bytes"], b
+        positive(b, "one_cold_s", "burst_wall_s", "ratio_to_one")

@@ -506,6 +506,12 @@ NOT_OPTIONS = {
     "update_task_state", "image_pending_upload", "image_uploading", "ExtendVirtualDisk_Task",
     # Glance's own record fields and glance-api options
     "os_hash_value", "hashing_algorithm", "image_size_cap",
+    # simulator-latency.md names the simulator's control API fields and vCenter's methods
+    "methods_ms", "lease_init_ms", "nfc_bytes_per_second", "nfc_shared_bytes_per_second",
+    "CloneVM_Task", "CreateSnapshot_Task", "RemoveSnapshot_Task", "ReconfigVM_Task",
+    "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task", "CreateVM_Task",
+    # nova's own option, compared with ours in concurrency.md
+    "max_concurrent_builds",
 }
 
 

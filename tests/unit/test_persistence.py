@@ -120,9 +120,12 @@ def test_sqlite_directory_that_cannot_be_created(tmp_path):
     assert str(blocker) in str(info.value)
 
 
-def test_sqlite_file_is_in_wal_mode_with_full_sync(tmp_path):
+@pytest.mark.parametrize("setting, synchronous", [(None, 1), ("normal", 1), ("full", 2)])
+def test_sqlite_file_is_in_wal_mode_with_the_configured_sync(tmp_path, setting, synchronous):
+    # NORMAL (1) by default: durable through a process crash; FULL (2) through power loss.
     path = tmp_path / "flows.sqlite"
-    backend = persistence.backend_from_url(f"sqlite:///{path}")
+    kwargs = {} if setting is None else {"sqlite_synchronous": setting}
+    backend = persistence.backend_from_url(f"sqlite:///{path}", **kwargs)
     try:
         persistence.upgrade_schema(backend)
         with backend.engine.connect() as conn:
@@ -132,7 +135,7 @@ def test_sqlite_file_is_in_wal_mode_with_full_sync(tmp_path):
             }
     finally:
         backend.close()
-    assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}
+    assert pragmas == {"journal_mode": "wal", "synchronous": synchronous, "foreign_keys": 1}
 
 
 @pytest.fixture
@@ -154,6 +157,16 @@ def test_open_backend_defaults_to_sqlite_in_state_dir_and_upgrades_twice(conf, t
         backend.close()
     assert (tmp_path / "state" / "flows.sqlite").is_file()
     assert "schema up to date" in caplog.text
+
+
+def test_open_backend_applies_sqlite_synchronous(conf):
+    conf.set_override("sqlite_synchronous", "full", group="vsan_flows")
+    backend = persistence.open_backend(conf)
+    try:
+        with backend.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    finally:
+        backend.close()
 
 
 def test_open_backend_masks_the_password_everywhere(conf, caplog):

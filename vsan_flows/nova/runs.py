@@ -99,7 +99,8 @@ class NovaRuns:
                                  lambda: self.handles(context).transients(),
                                  engine=self.conf.vsan_flows.engine,
                                  max_workers=self.conf.vsan_flows.max_workers, host=self.host,
-                                 locks=self.flow_locks)
+                                 locks=self.flow_locks,
+                                 concurrency=self.conf.vsan_flows.max_concurrent_flows)
 
     def _run(self, plan, context) -> dict:
         with contextlib.closing(self.handles(context)) as live:

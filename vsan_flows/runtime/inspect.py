@@ -349,7 +349,8 @@ def _atom_view(ad: models.AtomDetail, owner: Mapping[str, str]) -> dict:
         "intention": ad.intention,
         "attempts": len(ad.results or []) if is_retry else None,
         "retried_by": owner.get(ad.name),
-        "progress": meta.get("progress"),
+        # The runner does not store the 100 % every finished task implies.
+        "progress": 1.0 if ad.state == states.SUCCESS and not is_retry else meta.get("progress"),
         "started": meta.get("started_at"),
         "finished": meta.get("finished_at"),
         "result": None if is_retry else (summarize(ad.results)

@@ -19,9 +19,10 @@ Why this module exists instead of a bare ``taskflow.persistence.backends.fetch(u
   table set each time, so every statement is recompiled: that, not fsync or connecting, is most
   of the ~400 ms a trivial 8-task flow costs on sqlite. We hand out one shared connection object
   per backend (it is stateless apart from the engine and table objects, and thread-safe), pool
-  sqlite connections and run sqlite in WAL mode with ``synchronous=FULL``: every state change is
-  still its own committed, fsynced transaction, so a SIGKILL (or power loss) right after a task
-  is marked done cannot lose it. See :func:`backend_from_url` for the measured figures.
+  sqlite connections and run sqlite in WAL mode: every state change is still its own committed
+  transaction, so a SIGKILL right after a task is marked done cannot lose it (with
+  ``[vsan_flows] sqlite_synchronous = full``, a power loss cannot either). See
+  :func:`backend_from_url` for the measured figures.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import logging
 import os
 import re
 import sqlite3
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -186,24 +188,37 @@ def _ensure_sqlite_dir(url: str, path: str) -> None:
         ) from None
 
 
-def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+#: ``[vsan_flows] sqlite_synchronous`` values -> sqlite's PRAGMA synchronous.
+SQLITE_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+
+def _sqlite_on_connect(synchronous: str):
     """Per-connection sqlite settings; why each one is here:
 
     * ``journal_mode=WAL``: a commit appends to the log instead of rewriting a rollback
       journal; with pooled connections it more than halves the cost of a state change.
       (Persistent in the file; a no-op after the first time.)
-    * ``synchronous=FULL``: fsync the log on every commit, so a task marked done survives
-      not only a SIGKILL (any mode does) but a power loss, like the default journal mode.
+    * ``synchronous``: with WAL, ``NORMAL`` (the default, ``[vsan_flows] sqlite_synchronous``)
+      writes every commit to the log before the commit returns but fsyncs only at
+      checkpoints: a recorded state change survives the *process* dying (SIGKILL, a compute
+      service crash or restart: what resume is for), and the last commits may be lost only
+      if the *machine* loses power or the kernel crashes. ``FULL`` fsyncs the log on every
+      commit and survives those too, at one fsync per state change (~35 per spawn).
     * ``foreign_keys=ON``: TaskFlow's tables cascade on delete, but sqlite ignores foreign
       keys unless asked; without it destroying a logbook leaves its flows and atoms behind.
     """
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA foreign_keys=ON")
-    finally:
-        cur.close()
+    pragma = SQLITE_SYNCHRONOUS[synchronous]
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={pragma}")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    return on_connect
 
 
 class _SharedConnectionBackend(impl_sqlalchemy.SQLAlchemyBackend):
@@ -217,11 +232,16 @@ class _SharedConnectionBackend(impl_sqlalchemy.SQLAlchemyBackend):
     """
 
     _shared: Any = None
+    #: sqlite only: one writer of this process at a time (see :meth:`_queue_writers`).
+    serialize_writes = False
 
     def get_connection(self) -> impl_sqlalchemy.Connection:
         conn = self._shared
         if conn is None:
-            conn = self._shared = super().get_connection()
+            conn = super().get_connection()
+            if self.serialize_writes:
+                _queue_writers(conn)
+            self._shared = conn
         return conn
 
     def close(self) -> None:
@@ -229,7 +249,31 @@ class _SharedConnectionBackend(impl_sqlalchemy.SQLAlchemyBackend):
         super().close()
 
 
-def backend_from_url(url: str) -> tf_base.Backend:
+_WRITES = ("save_logbook", "update_flow_details", "update_atom_details", "destroy_logbook",
+           "clear_all")
+
+
+def _queue_writers(conn: impl_sqlalchemy.Connection) -> None:
+    """Make this process's sqlite writers wait their turn on a lock instead of in sqlite.
+
+    sqlite admits one writer at a time; the others retry under its busy handler, sleeping
+    1, 2, 5 ... up to 100 ms between tries, so with a dozen flows of one process writing state
+    at once most of a flow's time went to those sleeps (measured: 6 concurrent spawns each took
+    as long as the whole batch). Each TaskFlow write is one short transaction, so waiting on a
+    lock costs only the writes ahead of it. Other processes still meet the busy handler.
+    """
+    lock = threading.Lock()
+    for name in _WRITES:
+        write = getattr(conn, name)
+
+        def queued(*args, _write=write, **kwargs):
+            with lock:
+                return _write(*args, **kwargs)
+
+        setattr(conn, name, queued)
+
+
+def backend_from_url(url: str, *, sqlite_synchronous: str = "normal") -> tf_base.Backend:
     """A TaskFlow persistence backend for ``url``; nothing is connected yet.
 
     Accepts ``sqlite:///relative`` / ``sqlite:////absolute`` (the directory is created),
@@ -239,9 +283,10 @@ def backend_from_url(url: str) -> tf_base.Backend:
 
     Tuning, measured with an 8-task trivial flow on a sqlite file (same run, interleaved,
     medians): TaskFlow defaults ~400 ms; shared connection ~180 ms; plus pooled connections and
-    WAL with synchronous=FULL ~100 ms (synchronous=NORMAL would give ~80 ms but may lose the
-    last commits on power loss, so it is not used). The shared connection also helps PostgreSQL
-    and MariaDB, which TaskFlow already pools.
+    WAL with synchronous=FULL ~100 ms; synchronous=NORMAL ~80 ms on an idle disk, and no fsync
+    per commit to wait for on a busy one (see :func:`_sqlite_on_connect` for what each keeps
+    through a crash). The shared connection also helps PostgreSQL and MariaDB, which TaskFlow
+    already pools.
     """
     scheme, parsed = _parse(url)
     if parsed is None:
@@ -263,7 +308,8 @@ def backend_from_url(url: str) -> tf_base.Backend:
     except Exception as exc:  # noqa: BLE001 - translated, never swallowed
         raise _explain(exc, url) from None
     if scheme == "sqlite":
-        sa.event.listen(backend.engine, "connect", _sqlite_on_connect)
+        sa.event.listen(backend.engine, "connect", _sqlite_on_connect(sqlite_synchronous))
+        backend.serialize_writes = True
     return backend
 
 
@@ -364,7 +410,7 @@ def open_backend(conf: cfg.ConfigOpts) -> tf_base.Backend:
     Fails at service start, with one clear error, rather than at the first spawn.
     """
     url = vconf.persistence_url(conf)
-    backend = backend_from_url(url)
+    backend = backend_from_url(url, sqlite_synchronous=conf.vsan_flows.sqlite_synchronous)
     try:
         upgrade_schema(backend, url)
     except BaseException:
@@ -506,15 +552,37 @@ def find_flow_detail(
 ) -> tuple[models.LogBook, models.FlowDetail]:
     """The flow detail ``flow_uuid`` (atoms loaded) and its logbook; FlowError if absent.
 
-    Scans logbooks lazily because TaskFlow's API has no flow -> logbook lookup.
+    TaskFlow's API has no flow -> logbook lookup: on SQL backends the flow's row names its
+    logbook (one indexed SELECT; scanning every logbook cost one query per logbook per flow,
+    10,100 queries to resume 100 flows); other backends are scanned lazily.
     """
+    engine = getattr(backend, "engine", None)
+    if engine is not None:
+        t = tf_tables.fetch(sa.MetaData())
+        try:
+            with engine.connect() as sql:
+                parent = sql.execute(sa.select(t.flowdetails.c.parent_uuid)
+                                     .where(t.flowdetails.c.uuid == flow_uuid)).scalar()
+        except sa_exc.SQLAlchemyError as exc:
+            raise _explain(exc, engine.url.render_as_string(hide_password=False)) from None
+        if parent is not None:
+            with _connection(backend) as conn:
+                book = conn.get_logbook(parent, lazy=True)
+                fd = conn.get_flow_details(flow_uuid, lazy=False)
+                book.add(fd)
+                return book, fd
+        raise _no_such_flow(flow_uuid)
     with _connection(backend) as conn:
         for book in conn.get_logbooks(lazy=True):
             if any(fd.uuid == flow_uuid for fd in conn.get_flows_for_book(book.uuid, lazy=True)):
                 fd = conn.get_flow_details(flow_uuid, lazy=False)
                 book.add(fd)
                 return book, fd
-    raise FlowError(
+    raise _no_such_flow(flow_uuid)
+
+
+def _no_such_flow(flow_uuid: str) -> FlowError:
+    return FlowError(
         flow_uuid, "no such flow in the persistence backend",
         "List the known flows with `vsan-flows flows list`; it may have been destroyed.",
     )

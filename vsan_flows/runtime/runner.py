@@ -14,6 +14,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from typing import Any
 
 import taskflow.engines
@@ -218,8 +219,8 @@ def _revert(backend, flow_detail, transients, engine, max_workers, listeners, bo
 
 def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
                engine: str = "serial", max_workers: int | None = None,
-               host: str | None = None,
-               locks: flowlock.FlowLocks | None = None) -> list[tuple[str, str, str]]:
+               host: str | None = None, locks: flowlock.FlowLocks | None = None,
+               concurrency: int = 1) -> list[tuple[str, str, str]]:
     """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
 
     A flow whose logbook says ``on_restart: revert`` (an operation that is unsafe to finish
@@ -227,16 +228,26 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     effects up by persisted identity before acting. A flow a live process of this host still
     runs (it holds the flow's lock) is left to it; one that process finished meanwhile too.
 
-    Live handles are built once, only if there is something to resume.
+    Independent flows run ``concurrency`` at a time (each mostly waits on vCenter), each as one
+    :func:`resume_one` under its own lock; outcomes come back oldest flow first, one per flow,
+    a failure of one never stopping the others. Live handles are built once, only if there is
+    something to resume, and shared.
     """
     todo = unfinished(backend, host)
     if not todo:
         return []
     transients = make_transients()
-    return [(fd.uuid, fd.name,
-             resume_one(backend, book, fd, transients, engine=engine, max_workers=max_workers,
-                        locks=locks))
-            for book, fd in todo]
+
+    def one(book_fd: tuple[models.LogBook, models.FlowDetail]) -> tuple[str, str, str]:
+        book, fd = book_fd
+        return (fd.uuid, fd.name, resume_one(backend, book, fd, transients, engine=engine,
+                                             max_workers=max_workers, locks=locks))
+
+    width = max(1, min(concurrency, len(todo)))
+    if width == 1:
+        return [one(bf) for bf in todo]
+    with futures.ThreadPoolExecutor(width, thread_name_prefix="vsan-flows-resume") as pool:
+        return list(pool.map(one, todo))
 
 
 def resume_one(backend, book: models.LogBook, fd: models.FlowDetail,
@@ -282,6 +293,7 @@ def fail_interrupted_transfers(eng) -> None:
 
 def _run(eng, listeners: tuple = ()) -> dict:
     eng.compile()  # listeners may need the compiled atoms (progress notifiers); cached
+    persist_progress_sparingly(eng.storage)
     with contextlib.ExitStack() as stack:
         stack.enter_context(FlowLogger(eng))
         for make in listeners:
@@ -291,6 +303,24 @@ def _run(eng, listeners: tuple = ()) -> dict:
         except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
             raise translate(exc) from None
     return results(eng)
+
+
+def persist_progress_sparingly(storage) -> None:
+    """Do not commit the 0 % and 100 % TaskFlow's executor reports around every task.
+
+    Each progress report is its own committed transaction, and these two say nothing the
+    task's state does not (RUNNING is saved before it starts, SUCCESS with its result after):
+    two of the four or five commits of every task. Progress a task reports itself (a transfer,
+    once a second) is kept, so a stuck transfer still shows how far it got.
+    """
+    save = storage.set_task_progress
+
+    def set_task_progress(task_name, progress, details=None):
+        if not details and progress in (0.0, 1.0):
+            return
+        save(task_name, progress, details=details)
+
+    storage.set_task_progress = set_task_progress
 
 
 def results(eng) -> dict:

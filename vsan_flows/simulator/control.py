@@ -80,6 +80,27 @@ class SimulatorControl:
     def reset(self) -> None:
         self._call("POST", "/reset", {})
 
+    def latency(self) -> dict:
+        """The latency profile in force (name, per-method delays, lease init, NFC bandwidth)."""
+        return self._call("GET", "/latency")
+
+    def set_latency(self, profile: str | None = None, *, scale: float | None = None,
+                    methods_ms: dict[str, int] | None = None, lease_init_ms: int | None = None,
+                    nfc_bytes_per_second: int | None = None,
+                    nfc_shared_bytes_per_second: int | None = None) -> dict:
+        """Apply a named profile (``none``, ``vcenter``) and/or override its figures.
+
+        ``scale`` multiplies every delay (not the bandwidths); a profile stays in force until
+        changed: ``reset()`` leaves it alone. Returns the profile now in force."""
+        body: dict[str, Any] = {}
+        for key, value in (("profile", profile), ("scale", scale), ("methods_ms", methods_ms),
+                           ("lease_init_ms", lease_init_ms),
+                           ("nfc_bytes_per_second", nfc_bytes_per_second),
+                           ("nfc_shared_bytes_per_second", nfc_shared_bytes_per_second)):
+            if value is not None:
+                body[key] = value
+        return self._call("POST", "/latency", body)
+
     def announce_export_length(self, on: bool) -> None:
         """Export leases give fileSize and downloads Content-Length (vCenter does not)."""
         self._call("POST", "/export", {"announce_length": on})

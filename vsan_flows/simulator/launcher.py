@@ -119,8 +119,13 @@ def _served_wsdl_dir(out: Path) -> Path:
 
 
 def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
-          trace: bool = False) -> Simulator:
-    """Start a simulator whose state, log and datastores live under workdir."""
+          trace: bool = False, latency: str | None = None,
+          latency_scale: float | None = None) -> Simulator:
+    """Start a simulator whose state, log and datastores live under workdir.
+
+    ``latency`` names a latency profile (``none``, the default, or ``vcenter``: a vCenter's
+    task times, lease initialisation and NFC bandwidth; docs/simulator-latency.md), applied
+    before this returns; ``latency_scale`` multiplies its delays."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     binary = Path(binary) if binary else build()
@@ -146,7 +151,10 @@ def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
             )
         state = _read_state(state_file)
         if state and state.get("pid") == proc.pid:
-            return Simulator(proc, state_file, log_file, state)
+            sim = Simulator(proc, state_file, log_file, state)
+            if latency is not None or latency_scale is not None:
+                _apply_latency(sim, latency, latency_scale)
+            return sim
         time.sleep(0.05)
     proc.kill()
     proc.wait(5)
@@ -154,6 +162,17 @@ def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
         f"simulator was not ready within {timeout:.0f}s; its log ({log_file}):\n"
         f"{_tail(log_file, 30)}"
     )
+
+
+def _apply_latency(sim: Simulator, profile: str | None, scale: float | None) -> None:
+    """Apply the profile; a refusal (unknown name, bad scale) stops the simulator."""
+    from vsan_flows.simulator.control import ControlError
+
+    try:
+        sim.control.set_latency(profile, scale=scale)
+    except ControlError as exc:
+        sim.stop()
+        raise SimulatorError(f"latency profile refused: {exc}") from None
 
 
 def _clear_stale_state(state_file: Path) -> None:

@@ -231,5 +231,5 @@ func vsanCallHook(ctx *Context, method *Method, next func() soap.HasFault) soap.
 
 // InstallVsanHooks wires the call hook; call once before serving.
 func InstallVsanHooks() {
-	CallHook = vsanCallHook
+	CallHook = withLatency(vsanCallHook) // vsan_latency.go
 }

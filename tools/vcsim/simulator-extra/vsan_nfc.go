@@ -465,6 +465,7 @@ func transfer(dst io.Writer, src io.Reader, plan *nfcFault, l *HttpNfcLease, flu
 	buf := make([]byte, 64*1024)
 	var n int64
 	start := time.Now()
+	pace := newNFCPacer() // the latency profile's bandwidth (vsan_latency.go)
 	for {
 		want := int64(len(buf))
 		if plan != nil && plan.cutAfter >= 0 {
@@ -485,6 +486,7 @@ func transfer(dst io.Writer, src io.Reader, plan *nfcFault, l *HttpNfcLease, flu
 		if r > 0 {
 			w, werr := dst.Write(buf[:r])
 			n += int64(w)
+			pace.wait(int64(w))
 			if werr != nil {
 				return n, werr
 			}

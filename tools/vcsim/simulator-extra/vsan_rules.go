@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log"
 	"net/http"
-	"reflect"
 	"strings"
 
 	"github.com/vmware/govmomi/object"
@@ -157,25 +156,7 @@ func hideDataFiles(res soap.HasFault) {
 
 // taskRef returns the task a *_Task response refers to.
 func taskRef(res soap.HasFault) (types.ManagedObjectReference, bool) {
-	v := reflect.ValueOf(res)
-	if v.Kind() != reflect.Ptr || v.Elem().Kind() != reflect.Struct {
-		return types.ManagedObjectReference{}, false
-	}
-	r := v.Elem().FieldByName("Res")
-	if !r.IsValid() {
-		return types.ManagedObjectReference{}, false
-	}
-	if r.Kind() == reflect.Interface {
-		r = r.Elem()
-	}
-	if r.Kind() != reflect.Ptr || r.IsNil() {
-		return types.ManagedObjectReference{}, false
-	}
-	rv := r.Elem().FieldByName("Returnval")
-	if !rv.IsValid() {
-		return types.ManagedObjectReference{}, false
-	}
-	ref, ok := rv.Interface().(types.ManagedObjectReference)
+	ref, ok := returnedRef(res) // vsan_latency.go
 	return ref, ok && ref.Type == "Task"
 }
 

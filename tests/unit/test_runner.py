@@ -1,0 +1,68 @@
+"""The runner's own behaviour around TaskFlow's engines (no vCenter)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from taskflow import task
+from taskflow.patterns import linear_flow
+
+from vsan_flows.runtime import persistence, runner
+from vsan_flows.runtime.plan import Plan
+
+FACTORY = "tests.unit.test_runner.make_flow"
+
+
+class Quiet(task.Task):
+    def execute(self) -> int:
+        return 1
+
+
+class Reporting(task.Task):
+    def execute(self) -> int:
+        self.update_progress(0.5)  # what a transfer reports while it runs
+        return 2
+
+
+def make_flow():
+    return linear_flow.Flow("f").add(Quiet("quiet"), Reporting("reporting"))
+
+
+class CountingConnection:
+    """Counts atom-detail saves (each one a committed transaction) on a real backend."""
+
+    def __init__(self, backend) -> None:
+        self.saves = 0
+        real = backend.get_connection()
+        original = real.update_atom_details
+
+        def counted(ad):
+            self.saves += 1
+            return original(ad)
+
+        real.update_atom_details = counted
+
+
+def _saves(tmp_path, name, run) -> tuple[int, dict]:
+    backend = persistence.backend_from_url(f"sqlite:///{tmp_path}/{name}.sqlite")
+    persistence.upgrade_schema(backend)
+    counter = CountingConnection(backend)  # the backend hands out one shared connection
+    try:
+        plan = Plan(operation="test", factory=FACTORY, factory_kwargs={},
+                    store={"instance_name": "i"}, book_meta={})
+        book, eng = runner.prepare(plan, backend)
+        run(eng)
+        with contextlib.closing(backend.get_connection()) as conn:
+            fd = conn.get_flow_details(next(iter(book)).uuid, lazy=False)
+        return counter.saves, {ad.name: ad.meta or {} for ad in fd}
+    finally:
+        backend.close()
+
+
+def test_engine_progress_brackets_are_not_committed_but_reported_progress_is(tmp_path):
+    ours, meta = _saves(tmp_path, "ours", runner._run)
+    taskflows, _ = _saves(tmp_path, "plain", lambda eng: eng.run())
+    assert "progress" not in meta["quiet"]          # 0 % and 100 %: implied by the states
+    assert meta["reporting"]["progress"] == 0.5     # its own report: kept
+    # Two tasks, two bracket reports each (0 % before, 100 % after): four commits fewer.
+    assert taskflows - ours == 4, (taskflows, ours)
