@@ -43,7 +43,7 @@ fi
 
 # 2b. nova (the compute driver's host, vsan_flows/nova/) and the glance-api its tests run.
 # They install beside our requirements without changing any version (pip check).
-if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn' 2>/dev/null; then
+if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn, placement, oslotest, wsgi_intercept' 2>/dev/null; then
   log "installing nova 34.0.0 and glance into .venv"
   .venv/bin/pip install -q -r nova-requirements.txt
 fi

@@ -143,8 +143,6 @@ def test_same_scenario_under_eventlet(nova_setup, control, drop_cache, tmp_path)
     _check(facts, _cache_disks(control))
 
 
-@pytest.mark.skip(reason="races the simulator since the disk-chain merge: the child's spawn "
-                  "ends before the test sees bytes in a lease (open: see the stop-17 note)")
 def test_sigkill_mid_spawn_then_init_host_reverts_our_flow(nova_driver, nova_setup, control,
                                                            drop_cache, tmp_path):
     """nova-compute killed while the image streams in; the restarted service's init_host
@@ -161,7 +159,12 @@ def test_sigkill_mid_spawn_then_init_host_reverts_our_flow(nova_driver, nova_set
     setup.pop("work")
     setup_file = tmp_path / "setup.json"
     setup_file.write_text(json.dumps(setup))
-    control.throttle_nfc(256 * 1024, direction="upload")  # 4 MiB of data: ~16 s of transfer
+    # The simulator counts a lease's bytes once a transfer has ended (it stores the upload
+    # before it answers), so "bytes in a lease" is only seen after the upload: too late, the
+    # spawn then finishes in milliseconds. Instead the upload is throttled to a trickle
+    # (the compressed stream is ~100 KB: tens of seconds) and the kill lands once the import
+    # lease has been open for a second, i.e. while the disk is streaming into it.
+    control.throttle_nfc(4 * 1024, direction="upload")
     log = open(tmp_path / "child.log", "w+")  # noqa: SIM115 - read back below
     child = subprocess.Popen([sys.executable, str(Path(nova_scenario.__file__)),
                               str(setup_file)], stdout=subprocess.PIPE, stderr=log, text=True,
@@ -171,11 +174,13 @@ def test_sigkill_mid_spawn_then_init_host_reverts_our_flow(nova_driver, nova_set
         assert line.startswith("INSTANCE "), (line, log.seek(0) or log.read()[-3000:])
         info = json.loads(line[len("INSTANCE "):])
         deadline = time.monotonic() + 120
-        while True:  # kill once bytes are flowing into a lease: the worst moment
+        open_since = None
+        while True:  # kill while the disk streams into the import lease: the worst moment
             leases = [le for le in control.status().get("leases") or []
-                      if le.get("state") not in ("done", "error")
-                      and sum((le.get("transferred") or {}).values()) > 0]
-            if leases:
+                      if le.get("state") == "ready"]
+            if leases and open_since is None:
+                open_since = time.monotonic()
+            if open_since is not None and time.monotonic() - open_since >= 1.0:
                 break
             assert child.poll() is None, log.seek(0) or log.read()[-3000:]
             assert time.monotonic() < deadline, "the import never started"

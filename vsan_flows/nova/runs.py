@@ -16,6 +16,7 @@ from oslo_config import cfg
 from vsan_flows import api
 from vsan_flows import conf as vconf
 from vsan_flows.images import LocalImageService
+from vsan_flows.nova import cache_aging
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
 from vsan_flows.vsphere import identity
@@ -91,6 +92,13 @@ class NovaRuns:
     def snapshot(self, context, instance_uuid: str, image_id: str) -> dict:
         plan = api.plan(self.conf, "snapshot", instance_uuid, image_id, on_restart="revert")
         return self._run(plan, context)
+
+    def age_image_cache(self, all_instances) -> dict[str, list[str]]:
+        """Evict cache entries unused for nova's minimum age (vsan_flows.nova.cache_aging)."""
+        ic = self.conf.image_cache
+        return cache_aging.age(self.vsphere, self.image_locks, all_instances,
+                               enabled=ic.remove_unused_base_images,
+                               min_age_s=ic.remove_unused_original_minimum_age_seconds)
 
     def revert_interrupted(self, context) -> list[tuple[str, str, str]]:
         """Roll back every flow of this host that a crash interrupted (see module doc)."""
