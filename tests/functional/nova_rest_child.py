@@ -68,14 +68,7 @@ class VsanRestScenario(test.TestCase, integrated_helpers.PlacementInstanceHelper
         warnings.filterwarnings("ignore", category=sqlalchemy.exc.SADeprecationWarning)
         self.useFixture(nova_fixtures.CastAsCallFixture(self))
         self.placement = self.useFixture(func_fixtures.PlacementFixture()).api
-        # Placement is intercepted over plain http; wsgi-intercept 1.13 also swaps urllib3's
-        # HTTPS connection class, whose constructor breaks under urllib3 2 (cert_reqs) for
-        # every other host -- here the simulator's vCenter over https. Give https back.
-        import urllib3.connection
-        import urllib3.connectionpool
-
-        urllib3.connectionpool.HTTPSConnectionPool.ConnectionCls = \
-            urllib3.connection.HTTPSConnection
+        _give_https_back()
         self.neutron = self.useFixture(nova_fixtures.NeutronFixture(self))
         self.cinder = self.useFixture(nova_fixtures.CinderFixture(self))
         self.policy = self.useFixture(nova_fixtures.RealPolicyFixture())
@@ -86,9 +79,11 @@ class VsanRestScenario(test.TestCase, integrated_helpers.PlacementInstanceHelper
             self.flags(transport_url=self.cell_mappings["cell1"].transport_url)
         self.conductor = self.start_service("conductor")
         self.scheduler = self.start_service("scheduler")
-        self.compute = self._start_compute(HOST)
+        if SETUP["test"] != "test_restart_after_kill":  # that one starts it itself
+            self.compute = self._start_compute(HOST)
         self.addCleanup(lambda: [c.stop() for c in self.computes.values()])
         self.api_fixture = self.useFixture(nova_fixtures.OSAPIFixture(api_version="v2.1"))
+        _give_https_back()
         self.api = self.admin_api = self.api_fixture.admin_api
         self.api.microversion = self.microversion
         self._forward_user_token()
@@ -238,6 +233,60 @@ class VsanRestScenario(test.TestCase, integrated_helpers.PlacementInstanceHelper
         FACTS["vms_after_delete"] = self._sim_vms()
         self._image_cache_pass()
         FACTS["vms_after_cache_pass"] = self._sim_vms()
+
+
+    def test_restart_after_kill(self):
+        """nova-compute (this HOST, this flow store) was SIGKILLed mid-spawn by the parent;
+        here it starts again. nova's database of that deployment is the one thing that did
+        not survive (nova's harness keeps it in this process), so the instance's row is
+        written back as it was at the kill: BUILDING/spawning on this host, whose
+        nova-compute service row exists (a restart, not a new host)."""
+        from nova.network import model as network_model
+
+        ctx = nova_context.get_admin_context()
+        cell = self.cell_mappings["cell1"]
+        with nova_context.target_cell(ctx, cell) as cctx:
+            objects.Service(context=cctx, host=HOST, binary="nova-compute", topic="compute",
+                            report_count=0).create()
+            flavor = objects.Flavor.get_by_name(cctx, "m1.small")
+            inst = objects.Instance(
+                context=cctx, uuid=SETUP["uuid"], project_id=self.api.project_id,
+                user_id="admin", host=HOST, vm_state="building", task_state="spawning",
+                image_ref=SETUP["image"], flavor=flavor, instance_type_id=flavor.id,
+                memory_mb=flavor.memory_mb, vcpus=flavor.vcpus, root_gb=flavor.root_gb,
+                ephemeral_gb=0, display_name="crashed", hostname="crashed", launch_index=0,
+                reservation_id="r-crashed", power_state=0,
+                info_cache=objects.InstanceInfoCache(network_info=network_model.NetworkInfo()))
+            inst.create()
+        objects.InstanceMapping(context=ctx, instance_uuid=inst.uuid, cell_mapping=cell,
+                                project_id=inst.project_id).create()
+        FACTS["vms_before_restart"] = self._sim_vms()
+        FACTS["leases_before_restart"] = self._open_leases()
+        self.compute = self._start_compute(HOST)  # init_host: nova's rules, then ours
+        with nova_context.target_cell(ctx, cell) as cctx:  # the node nova had claimed
+            inst = objects.Instance.get_by_uuid(cctx, inst.uuid)
+            inst.node = self.compute.manager.driver.get_available_nodes()[0]
+            inst.compute_id = objects.ComputeNode.get_by_host_and_nodename(
+                cctx, HOST, inst.node).id
+            inst.save()
+        server = self.api.get_server(inst.uuid)
+        FACTS["server_after_restart"] = {"status": server["status"],
+                                         "task_state": server["OS-EXT-STS:task_state"]}
+        FACTS["vms_after_restart"] = self._sim_vms()
+        FACTS["leases_after_restart"] = self._open_leases()
+        self._delete_server(server)
+        FACTS["vms_after_delete"] = self._sim_vms()
+        FACTS["leases_after_delete"] = self._open_leases()
+
+
+def _give_https_back() -> None:
+    """Placement and nova-api are intercepted over plain http; wsgi-intercept 1.13 also
+    swaps urllib3's HTTPS connection class, whose constructor breaks under urllib3 2
+    (``cert_reqs``) for every other host -- here the simulator's vCenter over https."""
+    import urllib3.connection
+    import urllib3.connectionpool
+
+    urllib3.connectionpool.HTTPSConnectionPool.ConnectionCls = urllib3.connection.HTTPSConnection
 
 
 def _conf():

@@ -28,8 +28,8 @@ def rest_disks(tmp_path_factory):
             "bad": str(disks.make_monolithic_sparse(work / "sparse.vmdk", 8 * MiB))}
 
 
-def _run(test: str, simulator, glance_api, rest_disks, tmp_path) -> dict:
-    setup = {"test": test, "state_dir": str(tmp_path / "state"),
+def _run(test: str, simulator, glance_api, rest_disks, tmp_path, **extra) -> dict:
+    setup = {"test": test, "state_dir": str(tmp_path / "state"), **extra,
              "glance_url": glance_api.url, "control_url": simulator.control.url,
              "sim": {"host": simulator.host, "port": simulator.port,
                      "username": simulator.username, "password": simulator.password},
@@ -97,3 +97,73 @@ def test_bad_image_goes_error_with_our_message_nothing_left(simulator, control, 
     assert _ours_or_novas(facts["vms_after_error"]) == [], facts["vms_after_error"]
     assert facts["leases_after_error"] == 0
     assert _ours_or_novas(facts["vms_after_cache_pass"]) == []
+
+
+def test_sigkill_mid_spawn_then_restart_server_error_flow_reverted(simulator, control,
+                                                                   glance_api, rest_disks,
+                                                                   tmp_path):
+    """nova-compute SIGKILLed while the image streams into the import lease; on restart
+    nova's init_host sets the BUILDING instance ERROR (nova's rule for an interrupted build:
+    no reschedule from a restart), our init_host reverts the flow; deleting the server
+    through the API then leaves nothing.
+
+    What runs where: the killed nova-compute is a real process (nova's VMware driver code +
+    ours, nova objects, glance-api; tests/functional/nova_scenario.py) sharing this host name
+    and flow store with the restarted one, which is nova's harness (REST API, conductor,
+    scheduler, compute). nova's harness cannot itself be SIGKILLed and restarted: its
+    services share one process and its databases live and die with that process (fake:/
+    messaging cannot reach a compute service in another process), so the instance's row is
+    written back in the restarted harness as it stood at the kill.
+    """
+    import os
+    import signal
+    import time
+
+    from tests.functional import nova_scenario
+
+    state_dir = str(tmp_path / "state")
+    sim = {"host": simulator.host, "port": simulator.port, "username": simulator.username,
+           "password": simulator.password}
+    conf_file = tmp_path / "nova.conf"
+    conf_file.write_text(nova_scenario.nova_conf_text(sim, state_dir, "compute-vsan-1",
+                                                       glance_api.url))
+    setup_file = tmp_path / "killed.json"
+    setup_file.write_text(json.dumps({"conf_file": str(conf_file), "good": rest_disks["good"],
+                                      "mode": "spawn-until-killed"}))
+    control.throttle_nfc(4 * 1024, direction="upload")  # a trickle: the kill lands mid-stream
+    log = open(tmp_path / "killed.log", "w+")  # noqa: SIM115 - read back on failure
+    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("nova_scenario.py")),
+                              str(setup_file)], stdout=subprocess.PIPE, stderr=log, text=True,
+                             cwd=str(ROOT))
+    try:
+        line = child.stdout.readline()
+        assert line.startswith("INSTANCE "), (line, log.seek(0) or log.read()[-3000:])
+        info = json.loads(line[len("INSTANCE "):])
+        deadline = time.monotonic() + 120
+        open_since = None
+        while open_since is None or time.monotonic() - open_since < 1.0:
+            if open_since is None and any(le.get("state") == "ready"
+                                          for le in control.status().get("leases") or []):
+                open_since = time.monotonic()
+            assert child.poll() is None, log.seek(0) or log.read()[-3000:]
+            assert time.monotonic() < deadline, "the import never started"
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    control.reset()
+
+    facts = _run("test_restart_after_kill", simulator, glance_api, rest_disks, tmp_path,
+                 uuid=info["uuid"], image=info["image"])
+    before = facts["vms_before_restart"]
+    assert info["uuid"] in before  # nova's VM of the instance (renamed once spawned)
+    assert [n for n in before if n.startswith("vsanflows-import-")]  # our half-import
+    assert facts["server_after_restart"] == {"status": "ERROR", "task_state": None}
+    after = facts["vms_after_restart"]
+    assert not [n for n in after if n.startswith(("vsanflows-import-", "vsanflows-image-"))]
+    assert facts["leases_after_restart"] == 0
+    assert _ours_or_novas(facts["vms_after_delete"]) == []
+    assert facts["leases_after_delete"] == 0
