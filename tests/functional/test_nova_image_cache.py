@@ -80,6 +80,17 @@ def _spawn(driver, conf, ctx, image_id: str, name: str):
     return inst
 
 
+def _used_and_idle(driver, conf, ctx, nova_setup, prefix: str):
+    """Two cache entries: one an instance links to, one whose instance was destroyed."""
+    good = Path(nova_setup["good"])
+    used_img = nova_scenario.add_image(ctx, good, f"{prefix}-used")
+    idle_img = nova_scenario.add_image(ctx, good, f"{prefix}-idle")
+    used = _spawn(driver, conf, ctx, used_img, f"{prefix}-user")
+    gone = _spawn(driver, conf, ctx, idle_img, f"{prefix}-gone")
+    driver.destroy(ctx, gone, [], None, destroy_disks=True)
+    return used, used_img, idle_img
+
+
 def _annotation(vsphere, name: str) -> str:
     from vsan_flows.vsphere import instances
 
@@ -97,12 +108,7 @@ def test_unused_entry_evicted_after_min_age_entry_in_use_untouched(nova_driver, 
                                                                   clean_cache):
     conf, driver = nova_driver
     ctx = _ctx()
-    good = Path(nova_setup["good"])
-    used_img = nova_scenario.add_image(ctx, good, "cache-used")
-    idle_img = nova_scenario.add_image(ctx, good, "cache-idle")
-    used = _spawn(driver, conf, ctx, used_img, "cache-user")
-    gone = _spawn(driver, conf, ctx, idle_img, "cache-gone")
-    driver.destroy(ctx, gone, [], None, destroy_disks=True)
+    used, used_img, idle_img = _used_and_idle(driver, conf, ctx, nova_setup, "cache")
     used_entry = _entry_of(control, used_img)
     idle_entry = _entry_of(control, idle_img)
     assert used_entry and idle_entry
@@ -167,12 +173,7 @@ def test_crash_mid_eviction_loses_nothing(nova_driver, nova_setup, control, tmp_
     it: the entry in use is untouched, the next pass finishes the eviction, spawns still work."""
     conf, driver = nova_driver
     ctx = _ctx()
-    good = Path(nova_setup["good"])
-    used_img = nova_scenario.add_image(ctx, good, "crash-used")
-    idle_img = nova_scenario.add_image(ctx, good, "crash-idle")
-    used = _spawn(driver, conf, ctx, used_img, "crash-user")
-    gone = _spawn(driver, conf, ctx, idle_img, "crash-gone")
-    driver.destroy(ctx, gone, [], None, destroy_disks=True)
+    used, used_img, idle_img = _used_and_idle(driver, conf, ctx, nova_setup, "crash")
     used_entry = _entry_of(control, used_img)
     try:
         setup = {"conf_file": nova_setup["conf_file"]}

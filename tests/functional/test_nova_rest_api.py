@@ -115,46 +115,15 @@ def test_sigkill_mid_spawn_then_restart_server_error_flow_reverted(simulator, co
     messaging cannot reach a compute service in another process), so the instance's row is
     written back in the restarted harness as it stood at the kill.
     """
-    import os
-    import signal
-    import time
+    from tests.functional import nova_kill, nova_scenario
 
-    from tests.functional import nova_scenario
-
-    state_dir = str(tmp_path / "state")
     sim = {"host": simulator.host, "port": simulator.port, "username": simulator.username,
            "password": simulator.password}
     conf_file = tmp_path / "nova.conf"
-    conf_file.write_text(nova_scenario.nova_conf_text(sim, state_dir, "compute-vsan-1",
-                                                       glance_api.url))
-    setup_file = tmp_path / "killed.json"
-    setup_file.write_text(json.dumps({"conf_file": str(conf_file), "good": rest_disks["good"],
-                                      "mode": "spawn-until-killed"}))
-    control.throttle_nfc(4 * 1024, direction="upload")  # a trickle: the kill lands mid-stream
-    log = open(tmp_path / "killed.log", "w+")  # noqa: SIM115 - read back on failure
-    child = subprocess.Popen([sys.executable, str(Path(__file__).with_name("nova_scenario.py")),
-                              str(setup_file)], stdout=subprocess.PIPE, stderr=log, text=True,
-                             cwd=str(ROOT))
-    try:
-        line = child.stdout.readline()
-        assert line.startswith("INSTANCE "), (line, log.seek(0) or log.read()[-3000:])
-        info = json.loads(line[len("INSTANCE "):])
-        deadline = time.monotonic() + 120
-        open_since = None
-        while open_since is None or time.monotonic() - open_since < 1.0:
-            if open_since is None and any(le.get("state") == "ready"
-                                          for le in control.status().get("leases") or []):
-                open_since = time.monotonic()
-            assert child.poll() is None, log.seek(0) or log.read()[-3000:]
-            assert time.monotonic() < deadline, "the import never started"
-            time.sleep(0.1)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait(30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-    control.reset()
+    conf_file.write_text(nova_scenario.nova_conf_text(sim, str(tmp_path / "state"),
+                                                       "compute-vsan-1", glance_api.url))
+    info = nova_kill.spawn_and_kill_mid_import(
+        {"conf_file": str(conf_file), "good": rest_disks["good"]}, control, tmp_path)
 
     facts = _run("test_restart_after_kill", simulator, glance_api, rest_disks, tmp_path,
                  uuid=info["uuid"], image=info["image"])

@@ -2,8 +2,9 @@
 
 Flows run in the calling thread (nova's own worker), persisted under nova's ``[DEFAULT] host``
 so that only this compute service picks them up after a restart, and marked "revert on
-restart": nova marks an interrupted build ERROR and reschedules it, and deletes the image of an
-interrupted snapshot, so finishing either late would only leave something nobody wants.
+restart": nova sets a build interrupted by a restart ERROR (its init_host; no reschedule), and
+deletes the image of an interrupted snapshot, so finishing either late would only leave
+something nobody wants.
 """
 
 from __future__ import annotations
