@@ -11,7 +11,9 @@ the instance. Then whatever is left is counted:
 * ``vms``: VMs that are neither the instance (destroyed) nor an image-cache entry;
 * ``files``: datastore files outside every registered VM's folder and outside nova's own
   image cache (``<my_ip>_base``): nobody will ever delete them;
-* ``leases``: NFC leases still open.
+* ``leases``: NFC leases still open;
+* ``glance held``: seconds glance-api's only worker stayed busy after the case (a download
+  broken off without closing its response blocks it until gunicorn's worker timeout).
 
 Cases (sections ``spawn``, ``failures``, ``classic``):
 
@@ -51,6 +53,7 @@ DRIVERS = {"ours": "vsan_flows.nova.driver.VsanVCDriver",
 SECTIONS = ("spawn", "failures", "classic")
 HOST = "compute-side-by-side"
 CACHE_VMS = ("vsanflows-image-",)
+GLANCE_TIMEOUT_S = 60  # gunicorn kills a worker stuck this long
 NOVA_CACHE_DIR = "_base/"  # nova: [image_cache] subdirectory_name, after my_ip
 
 
@@ -85,7 +88,10 @@ class SideBySide(common.Harness):
         from tests.functional import glance_api, nova_scenario  # the test suite's launchers
 
         t0 = time.monotonic()
-        self.glance = glance_api.start(self.workdir / "glance",
+        # One sync worker, as the test suite runs it: a download the client breaks off without
+        # closing holds it, and the next request waits (up to worker_timeout): measured per
+        # case as "glance held".
+        self.glance = glance_api.start(self.workdir / "glance", worker_timeout=GLANCE_TIMEOUT_S,
                                        image_size_cap=max(64 * MiB, 2 * self.args.size))
         log(f"glance-api at {self.glance.url} in {time.monotonic() - t0:.1f}s")
         conf_file = self.workdir / "nova.conf"
@@ -216,8 +222,20 @@ class SideBySide(common.Harness):
         except Exception as exc:  # noqa: BLE001
             error = (error or "") + f" / destroy: {type(exc).__name__}: {exc}"[:160]
         left = self.leftovers(before)
+        left["glance_held_s"] = self.glance_held(image_id)
         self.clean()
         return {"outcome": outcome, "error": error, "seconds": round(seconds, 3), **left}
+
+    def glance_held(self, image_id: str) -> float:
+        """How long glance-api's only worker stays busy after the case: > 0 when the case
+        left a download open (its worker blocks sending the rest, until the client's socket
+        is closed or gunicorn's timeout)."""
+        from nova.image import glance
+
+        t0 = time.monotonic()
+        glance.API().get(self.ctx, image_id)
+        held = time.monotonic() - t0
+        return round(held, 1) if held > 1.0 else 0.0
 
     # ------------------------------------------------------------------ sections
     def section_spawn(self) -> None:
@@ -292,6 +310,7 @@ class SideBySide(common.Harness):
             error = str(exc).splitlines()[0][:160] if str(exc) else ""
         seconds = time.monotonic() - t0
         left = self.leftovers(before)
+        left["glance_held_s"] = self.glance_held(image_id)
         self.clean()
         return {"outcome": outcome, "error": error, "seconds": round(seconds, 3), **left}
 
@@ -315,13 +334,13 @@ def print_report(res: dict) -> None:
     if cases:
         print("\nleft behind after each case and nova's destroy (VMs / orphan files / open "
               "leases; image cache apart)")
-        print(f"{'case':10} {'driver':15} {'outcome':28} {'vms':>4} {'files':>6} "
-              f"{'leases':>7} {'cache':>6}")
+        print(f"{'case':11} {'driver':15} {'outcome':28} {'vms':>4} {'files':>6} "
+              f"{'leases':>7} {'cache':>6} {'glance held s':>14}")
         for case, per in cases.items():
             for driver, r in per.items():
-                print(f"{case:10} {driver:15} {r['outcome'].rsplit('.', 1)[-1][:28]:28} "
+                print(f"{case:11} {driver:15} {r['outcome'].rsplit('.', 1)[-1][:28]:28} "
                       f"{r['vms']:>4} {r['files']:>6} {r['leases']:>7} "
-                      f"{r['cache_vms'] + r['cache_files']:>6}")
+                      f"{r['cache_vms'] + r['cache_files']:>6} {r['glance_held_s']:>14}")
                 if r.get("error"):
                     print(f"{'':27}{r['error'][:110]}")
 
