@@ -96,9 +96,9 @@ class NovaImageService:
 
         nova's image API has no ranged read, and breaking off its download does not end the
         HTTP response (glanceclient closes it only after the last byte): the connection stays
-        open until garbage collection while glance-api's worker blocks on sending the rest of
-        the image -- measured: a 600 s stall of a one-worker glance-api after a bad image,
-        and every spawn's download queued behind the peek.
+        open until garbage collection while glance-api's worker blocks sending the rest of the
+        image. benchmarks/nova_side_by_side.py measures that effect after nova's own broken
+        transfers: a one-worker glance-api busy until gunicorn's worker timeout.
         """
         import nova.conf
         from keystoneauth1 import adapter
