@@ -290,16 +290,17 @@ class Harness:
         with self.images.open(fx["image_id"]) as f:
             return Path(f.name)
 
-    def new_image(self, prefix: str) -> str:
-        """An empty image in the store (a snapshot's target)."""
-        return self.images.create({"name": f"{prefix}-{uuid.uuid4().hex[:8]}",
-                                   "disk_format": "vmdk", "container_format": "bare"})
+    def new_image(self, prefix: str, images=None) -> str:
+        """An empty image in the store, or in ``images`` (a snapshot's target)."""
+        return (images or self.images).create({"name": f"{prefix}-{uuid.uuid4().hex[:8]}",
+                                               "disk_format": "vmdk",
+                                               "container_format": "bare"})
 
-    def drop_image(self, image_id: str) -> None:
+    def drop_image(self, image_id: str, images=None) -> None:
         from vsan_flows import exceptions
 
         with contextlib.suppress(exceptions.ImageNotFound):
-            self.images.delete(image_id)
+            (images or self.images).delete(image_id)
 
     # ---------------------------------------------------------------- children
 

@@ -41,10 +41,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# 2b. nova (the compute driver's host, vsan_flows/nova/) and the glance-api its tests run.
-# They install beside our requirements without changing any version (pip check).
-if ! .venv/bin/python -c 'import nova, glanceclient, glance, gunicorn, placement, oslotest, wsgi_intercept' 2>/dev/null; then
-  log "installing nova 34.0.0 and glance into .venv"
+# 2b. nova (the compute driver's host, vsan_flows/nova/). It installs beside our requirements
+# without changing any version (pip check); its tests use the glance-api of step 3, and
+# test_nova_rest_api.py nova's own functional harness (placement, oslotest, wsgi-intercept).
+if ! .venv/bin/python -c 'import nova, glanceclient, placement, oslotest, wsgi_intercept' 2>/dev/null; then
+  log "installing nova 34.0.0 into .venv"
   .venv/bin/pip install -q -r nova-requirements.txt
 fi
 # nova 34 loads compute_driver only as 'nova.virt.<name>': this one-line .pth installs the
@@ -52,19 +53,24 @@ fi
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo 'import vsan_flows.nova.alias' > "$site/vsan_flows_nova.pth"
 
-# 3. glance-api for the Glance tests, in its own virtualenv (.glance-venv): the server pins
-#    much of OpenStack that the project's .venv need not carry; the tests start it under
-#    gunicorn (tests/functional/glance_api.py). Pinned so its behaviour (format inspector,
-#    status codes) is the one the tests were written against.
-glance_pins=(glance==33.0.0 gunicorn==23.0.0)
-gstamp=.glance-venv/.vsan-flows-pins
-if [ ! -f "$gstamp" ] || [ "$(cat "$gstamp")" != "${glance_pins[*]}" ]; then
-  log "installing ${glance_pins[*]} into .glance-venv"
-  [ -x .glance-venv/bin/python ] || "$py" -m venv .glance-venv
-  .glance-venv/bin/pip install -q --upgrade pip setuptools wheel >/dev/null
-  .glance-venv/bin/pip install -q "${glance_pins[@]}"
-  echo "${glance_pins[*]}" > "$gstamp"
-fi
+# 3. glance-api and keystone for the Glance tests, each in its own virtualenv (.glance-venv,
+#    .keystone-venv): the servers pin much of OpenStack that the project's .venv need not
+#    carry; the tests start them under gunicorn (tests/functional/glance_api.py, keystone.py).
+#    Pinned so their behaviour (format inspector, status codes, policies) is the one the tests
+#    were written against.
+server_venv() {  # server_venv DIR PIN...: (re)install the pins when they changed
+  local dir=$1; shift
+  local stamp=$dir/.vsan-flows-pins
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$*" ]; then
+    log "installing $* into $dir"
+    [ -x "$dir/bin/python" ] || "$py" -m venv "$dir"
+    "$dir/bin/pip" install -q --upgrade pip setuptools wheel >/dev/null
+    "$dir/bin/pip" install -q "$@"
+    echo "$*" > "$stamp"
+  fi
+}
+server_venv .glance-venv glance==33.0.0 gunicorn==23.0.0
+server_venv .keystone-venv keystone==30.0.0 gunicorn==23.0.0
 
 # 4. The vCenter simulator (skips the Go build when its sources did not change).
 bash tools/vcsim/build.sh

@@ -21,7 +21,7 @@ from vsan_flows import exceptions, names
 from vsan_flows.imagelocks import ImageLocks
 from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
-from vsan_flows.runtime import persistence, runner
+from vsan_flows.runtime import flowlock, persistence, runner
 from vsan_flows.runtime.plan import Plan
 from vsan_flows.vsphere.session import VSphere, connect
 
@@ -145,6 +145,11 @@ def image_locks(conf: cfg.ConfigOpts) -> ImageLocks:
                       conf.vsan_flows.image_lock_timeout)
 
 
+def flow_locks(conf: cfg.ConfigOpts) -> flowlock.FlowLocks:
+    """The host's flow locks: a flow runs in at most one live process of this host."""
+    return flowlock.for_conf(conf)
+
+
 def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
                  images: ImageService | None = None) -> Handles:
     """Live handles from config; pieces passed in are used as they are (and not closed)."""
@@ -212,7 +217,8 @@ def _run(conf, p: Plan, handles, vsphere, images, backend, listeners, context=No
         stack.callback(handles.image_locks.release_owner, p.store[names.FLOW_TOKEN])
         return runner.run(p, handles.transients(), backend=store,
                           engine=conf.vsan_flows.engine,
-                          max_workers=conf.vsan_flows.max_workers, listeners=listeners)
+                          max_workers=conf.vsan_flows.max_workers, listeners=listeners,
+                          locks=flow_locks(conf))
 
 
 def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
@@ -231,4 +237,5 @@ def resume_unfinished(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
             return live.transients()
 
         return runner.resume_all(store, make_transients, engine=conf.vsan_flows.engine,
-                                 max_workers=conf.vsan_flows.max_workers)
+                                 max_workers=conf.vsan_flows.max_workers,
+                                 locks=flow_locks(conf))

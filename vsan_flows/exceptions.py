@@ -329,3 +329,13 @@ class FlowError(VsanFlowsError):
         if fix:
             msg += f" {fix}"
         super().__init__(msg)
+
+
+class FlowBusy(FlowError):
+    """A live process of this host runs the flow: acting on it too would run it twice."""
+
+    def __init__(self, flow: str, holder: str) -> None:
+        self.holder = holder
+        super().__init__(flow, f"is being run right now by {holder}",
+                         "Leave it to that process; act on it once that process has ended or "
+                         "been stopped (its lock goes with it).")

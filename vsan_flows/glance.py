@@ -218,6 +218,9 @@ class _Download:
         self._want_hash = hash_value
         self._hash = _BackgroundHash(hash_algo) if hash_algo and hash_value and limit is None \
             else None
+        #: (algorithm, digest) this download checks at its end, so a reader need not hash the
+        #: same bytes a second time (sha512 costs as much CPU as the rest of an import).
+        self.verifies_hash = (hash_algo, hash_value) if self._hash is not None else None
         self.bytes_read = 0
         self._done = False
 
@@ -235,9 +238,13 @@ class _Download:
             data = self._raw.read(n, decode_content=False)
         except Exception as err:  # urllib3's ProtocolError/ReadTimeoutError, OSError
             self.close()
+            # Glance announces the recorded size (Content-Length), so a body cut short - a
+            # glance-api restart, or a store that lost the image's tail - ends here, not at
+            # our own size check: say how far it got of what Glance recorded.
+            of = f" of {self._expect}" if self._expect is not None else ""
             raise ImageServiceUnavailable(self.image_id, "download",
-                                          f"the connection broke after {self.bytes_read} "
-                                          f"bytes ({type(err).__name__})") from None
+                                          f"the connection broke after {self.bytes_read}"
+                                          f"{of} bytes ({type(err).__name__})") from None
         if not data:
             self._done = True
             self._check_end()

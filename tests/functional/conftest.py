@@ -98,8 +98,8 @@ def make_conf(simulator, wsdl_url, state_dir, **overrides):
 
     c = cfg.ConfigOpts()
     vconf.register_opts(c)
-    _register_glance_test_auth(c)
     c([], project="vsan-flows", default_config_files=[])
+    _register_glance_test_auth(c)
     values = {
         ("vmware", "host_ip"): simulator.host,
         ("vmware", "host_port"): simulator.port,
@@ -121,12 +121,16 @@ def make_conf(simulator, wsdl_url, state_dir, **overrides):
 
 
 def _register_glance_test_auth(c) -> None:
-    """The test glance-api has no keystone: the service user is keystoneauth's admin_token
-    plugin (a fixed token and endpoint). Its options are registered here so overrides can set
-    them; keystoneauth registers the same ones itself when it loads the plugin."""
+    """The session's glance-api has no keystone: the service user is keystoneauth's
+    admin_token plugin (a fixed token and endpoint); the glance-api behind a real keystone
+    (test_glance_keystone.py) takes the password plugin. Their options are registered here so
+    overrides can set them; keystoneauth registers the same ones itself when it loads one.
+    Registered after the command line is parsed: oslo.config checks required options (the
+    password plugin's auth_url) only then."""
     from keystoneauth1 import loading as ks_loading
 
-    c.register_opts(ks_loading.get_auth_plugin_conf_options("admin_token"), group="glance")
+    for plugin in ("admin_token", "password"):
+        c.register_opts(ks_loading.get_auth_plugin_conf_options(plugin), group="glance")
 
 
 SERVICE_TOKEN = "vsan-flows-service-token"
@@ -146,8 +150,8 @@ def glance_conf(glance, **overrides):
 
     c = cfg.ConfigOpts()
     vconf.register_opts(c)
-    _register_glance_test_auth(c)
     c([], project="vsan-flows", default_config_files=[])
+    _register_glance_test_auth(c)
     for key, value in {**glance_overrides(glance), **overrides}.items():
         group, _, name = key.partition("__")
         c.set_override(name, value, group)

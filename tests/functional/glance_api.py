@@ -1,4 +1,5 @@
-"""A throwaway glance-api for tests: gunicorn on loopback, sqlite, the file store, no keystone.
+"""A throwaway glance-api for tests: gunicorn on loopback, sqlite, the file store; no keystone
+unless a test asks for one (``start(..., keystone=...)``: tests/functional/keystone.py).
 
 glance-api refuses to run standalone ("Deploy Glance under a WSGI server"), so it runs as
 ``gunicorn glance.wsgi.api:application`` from its own virtualenv (``.glance-venv``, made by
@@ -40,25 +41,76 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class GlanceAPI:
-    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict) -> None:
+class GunicornServer:
+    """An OpenStack service under gunicorn in a session of its own (stopped with its workers),
+    started again on the same port and data by ``run``, which returns once it answers."""
+
+    name = "server"
+    health_path = "/"
+    error: type[Exception] = RuntimeError
+
+    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict,
+                 log: Path, cwd: Path | None = None) -> None:
         self.workdir = workdir
         self.port = port
         self._argv = argv
         self._env = env
+        self._cwd = cwd
         self.proc: subprocess.Popen | None = None
-        self.log = workdir / "glance-api.log"
-        self.access_log = workdir / "access.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        self.log = log
 
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM lets gunicorn finish requests; SIGKILL is a crash (a request cut short)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def run(self, timeout: float = 90.0) -> None:
+        """Start gunicorn (again, on the same port and database); return once it answers."""
+        with open(self.workdir / "gunicorn.log", "ab") as out:
+            self.proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=self._env,
+                                         cwd=self._cwd, start_new_session=True)
+        health = f"http://127.0.0.1:{self.port}{self.health_path}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise self.error(f"{self.name} exited with {self.proc.returncode}: "
+                                 f"{(self.workdir / 'gunicorn.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(health, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise self.error(f"{self.name} did not answer on port {self.port} within "
+                         f"{timeout:g} s: {self.log_tail()}")
+
+
+class GlanceAPI(GunicornServer):
+    name = "glance-api"
+    health_path = "/healthcheck"
+    error = GlanceError
+
+    def __init__(self, workdir: Path, port: int, argv: list[str], env: dict) -> None:
+        super().__init__(workdir, port, argv, env, log=workdir / "glance-api.log")
+        self.access_log = workdir / "access.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def access_lines(self) -> list[str]:
         try:
@@ -94,40 +146,20 @@ class GlanceAPI:
         """Image files in the file store: a deleted or refused image leaves none behind."""
         return sorted(p for p in (self.workdir / "images").iterdir() if p.is_file())
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM lets gunicorn finish requests; SIGKILL is a crash (a request cut short)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
 
-    def run(self, timeout: float = 90.0) -> None:
-        """Start gunicorn (again, on the same port and database); return once it answers."""
-        with open(self.workdir / "gunicorn.log", "ab") as out:
-            self.proc = subprocess.Popen(self._argv, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self._env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise GlanceError(f"glance-api exited with {self.proc.returncode}: "
-                                  f"{(self.workdir / 'gunicorn.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/healthcheck", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise GlanceError(f"glance-api did not answer on port {self.port} within "
-                          f"{timeout:g} s: {self.log_tail()}")
+def _auth_lines(keystone: dict | None) -> list[str]:
+    """No keystone: the empty paste flavor gives every request an unauthenticated context,
+    which glance 33 only lets through with its old policy defaults. With keystone: the
+    keystonemiddleware pipeline and glance's own (new, project-scoped) policy defaults."""
+    if keystone is None:
+        return ["[paste_deploy]", "flavor =", "[oslo_policy]", "enforce_new_defaults = False",
+                "enforce_scope = False"]
+    return ["[paste_deploy]", "flavor = keystone", "[keystone_authtoken]",
+            *(f"{k} = {v}" for k, v in keystone.items())]
 
 
-def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
+def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int,
+                  keystone: dict | None = None) -> Path:
     conf_dir.mkdir(parents=True, exist_ok=True)
     paste = VENV / "etc" / "glance" / "glance-api-paste.ini"
     if not paste.exists():
@@ -143,8 +175,7 @@ def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
         f"log_file = {workdir / 'glance-api.log'}",
         "[database]",
         f"connection = sqlite:///{workdir / 'glance.sqlite'}",
-        "[paste_deploy]",
-        "flavor =",
+        *_auth_lines(keystone),
         "[glance_store]",
         "default_backend = fs",
         "[fs]",
@@ -153,9 +184,6 @@ def _write_config(conf_dir: Path, workdir: Path, image_size_cap: int) -> Path:
         f"filesystem_store_datadir = {workdir / 'staging'}",
         "[os_glance_tasks_store]",
         f"filesystem_store_datadir = {workdir / 'tasks'}",
-        "[oslo_policy]",
-        "enforce_new_defaults = False",
-        "enforce_scope = False",
         "",
     ]))
     return conf
@@ -165,10 +193,13 @@ IMAGE_SIZE_CAP = 40 * 1024 * 1024
 
 
 def start(workdir: Path, *, workers: int = 1, worker_timeout: int = 600,
-          image_size_cap: int = IMAGE_SIZE_CAP, timeout: float = 90.0) -> GlanceAPI:
+          image_size_cap: int = IMAGE_SIZE_CAP, timeout: float = 90.0,
+          keystone: dict | None = None) -> GlanceAPI:
     """db_sync, then gunicorn; returns once /healthcheck answers.
 
     ``image_size_cap`` is low by default so a test can meet Glance's 413 with a small disk.
+    ``keystone``: the ``[keystone_authtoken]`` options (keystonemiddleware's service user and
+    keystone's URL); without it glance-api runs with no authentication at all.
     """
     workdir = Path(workdir)
     gunicorn = VENV / "bin" / "gunicorn"
@@ -176,7 +207,7 @@ def start(workdir: Path, *, workers: int = 1, worker_timeout: int = 600,
     if not gunicorn.exists() or not manage.exists():
         raise GlanceError(f"glance is not installed in {VENV}: run tools/test-setup.sh")
     conf_dir = workdir / "etc"
-    conf = _write_config(conf_dir, workdir, image_size_cap)
+    conf = _write_config(conf_dir, workdir, image_size_cap, keystone)
     sync = subprocess.run([str(manage), "--config-file", str(conf), "db_sync"],
                           capture_output=True, text=True, timeout=300)
     if sync.returncode:

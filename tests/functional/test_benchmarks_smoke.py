@@ -31,8 +31,9 @@ from vsan_flows import names
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("stream", "flow_overhead", "nova_side_by_side")
-# Measured on a 2-core machine shared with other test runs (load 5-9): stream 55-76 s,
-# flow_overhead 90-175 s, about 80-95 s of CPU for both.
+# Measured on a 2-core machine shared with other test runs (load 5-9): stream 55-76 s before
+# its glance and nova sections, 185-205 s with them (load 6-12); flow_overhead 90-175 s;
+# nova_side_by_side 190-235 s (two 60 s glance-api stalls after nova's broken transfers).
 WATCHDOG_S = 540   # the script dumps its stacks and exits after this long
 DEADLINE_S = 600   # then this test kills its process group
 SPAWN_TASKS = [names.VALIDATE_IMAGE, names.PICK_DATASTORE, names.LOOKUP_IMAGE_CACHE,
@@ -127,9 +128,11 @@ def positive(figures: dict, *keys: str) -> None:
 
 def test_stream_smoke(smoke):
     out, res = report(smoke["stream"])
-    assert res["args"]["sections"] == ["import", "memory", "export", "export-memory"]
+    assert res["args"]["sections"] == ["import", "memory", "export", "export-memory",
+                                       "glance", "nova"]
     for title in ("== Import (spawn) direction", "== Memory: peak RSS",
-                  "== Export (snapshot) direction", "== Export memory: peak RSS"):
+                  "== Export (snapshot) direction", "== Export memory: peak RSS",
+                  "== Glance as source and sink", "== Ours beside nova 34"):
         assert title in out
 
     [(label, imp)] = res["import"].items()
@@ -145,12 +148,25 @@ def test_stream_smoke(smoke):
 
     exp = res["export"][label]
     positive(exp["mbps"], "snapshot", "stream", "bare", "bare_store", "handle")
-    positive(exp["ratio"], "stream", "snapshot", "bare_store", "handle", "stream/bare_store")
+    positive(exp["mbps"], "store_write")
+    positive(exp["ratio"], "stream", "snapshot", "bare_store", "handle", "stream/bare_store",
+             "stream/slower_end")
     assert exp["export_bytes"] > 0
     assert set(exp["snapshot_task_seconds_median"]) == {*SNAPSHOT_TASKS, names.SNAPSHOT_FLOW}
 
     emem = res["export_memory"]["sizes"][mem_label]
     positive(emem, "floor_mib", "snapshot_mib", "snapshot_in_snapshot_mib")
+
+    glance = res["glance"][label]
+    positive(glance["mbps"], "import_stream", "import_bare", "import_spawn", "export_stream",
+             "export_bare", "export_snapshot")
+    positive(glance["ratio"], "import_stream/bare", "export_stream/bare")
+
+    nova = res["nova"][label]
+    positive(nova["seconds"], "spawn", "stream", "nova_import", "nova_copy", "export",
+             "snapshot", "nova_upload")
+    positive(nova["ratio"], "spawn_vs_nova_import", "stream_vs_nova_copy",
+             "export_vs_nova_upload", "snapshot_vs_nova_upload")
 
 
 def test_flow_overhead_smoke(smoke):

@@ -6,6 +6,10 @@ that succeeded after its import was retried, a snapshot of it, a spawn whose und
 middle of its disk transfer (tests/functional/crash_child.py). Tests read them with
 list/show/graph and act on them with resume/revert/abandon/purge; the tests that change a flow
 run in file order, each on its own flow, and purge runs last.
+
+The module runs twice: with the local image store, and with Glance (the session's glance-api;
+the config file names it and its service user, the crashed spawn ran as a user's token, and
+no command may show either token).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import taskflow.engines
 from taskflow.persistence import models
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
-from tests.functional.conftest import make_conf
+from tests.functional.conftest import SERVICE_TOKEN, glance_conf, glance_overrides, make_conf
 from tests.unit.test_inspect import _png_pixels, _rgb
 from vsan_flows import api, exceptions, imagecache
 from vsan_flows.images import LocalImageService
@@ -46,13 +50,19 @@ class World:
     conf: object
     conf_file: Path
     db_url: str
-    images: LocalImageService
+    images: LocalImageService  # or GlanceImageService
+    glance: object = None  # the glance-api, when the world's images are in Glance
     ids: dict[str, str] = field(default_factory=dict)  # role -> flow id
     names: dict[str, str] = field(default_factory=dict)  # role -> instance name
 
 
 def _write_conf(path: Path, simulator, wsdl_url: str, state_dir: Path, db_url: str,
-                images_dir: Path) -> None:
+                images_dir: Path, glance=None) -> None:
+    """A compute node's vsan-flows.conf; with ``glance``, Glance and its service user."""
+    glance_lines = "" if glance is None else (
+        "image_service = glance\n"  # still in [vsan_flows]
+        "[glance]\nauth_type = admin_token\n"
+        f"endpoint = {glance.url}\ntoken = {SERVICE_TOKEN}\ntimeout = 60\n")
     path.write_text(
         "[vmware]\n"
         f"host_ip = {simulator.host}\nhost_port = {simulator.port}\n"
@@ -61,7 +71,7 @@ def _write_conf(path: Path, simulator, wsdl_url: str, state_dir: Path, db_url: s
         "task_poll_interval = 0.05\napi_retry_count = 2\n"
         "[vsan_flows]\n"
         f"state_dir = {state_dir}\npersistence_connection = {db_url}\n"
-        f"image_store_dir = {images_dir}\nimport_retries = 1\n")
+        f"image_store_dir = {images_dir}\nimport_retries = 1\n" + glance_lines)
 
 
 def _flow_ids(backend) -> dict[tuple[str, str], str]:
@@ -70,19 +80,27 @@ def _flow_ids(backend) -> dict[tuple[str, str], str]:
             for book, fd in persistence.list_flow_details(backend)}
 
 
-@pytest.fixture(scope="module")
-def world(simulator, wsdl_url, vsphere, tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", "glance"])
+def world(request, simulator, wsdl_url, vsphere, tmp_path_factory):
     base = tmp_path_factory.mktemp("cli-flows")
     state_dir, images_dir = base / "state", base / "images"
     db_url = f"sqlite:///{base}/flows.sqlite"
+    glance = request.getfixturevalue("glance_api") if request.param == "glance" else None
     conf = make_conf(simulator, wsdl_url, state_dir,
                      vsan_flows__persistence_connection=db_url,
                      vsan_flows__image_store_dir=str(images_dir),
-                     vsan_flows__import_retries=1)
+                     vsan_flows__import_retries=1,
+                     **(glance_overrides(glance) if glance is not None else {}))
     conf_file = base / "vsan-flows.conf"
-    _write_conf(conf_file, simulator, wsdl_url, state_dir, db_url, images_dir)
-    images = LocalImageService(images_dir)
-    w = World(conf, conf_file, db_url, images)
+    _write_conf(conf_file, simulator, wsdl_url, state_dir, db_url, images_dir, glance)
+    if glance is None:
+        images = LocalImageService(images_dir)
+    else:
+        from vsan_flows.glance import GlanceImageService
+
+        images = GlanceImageService.from_conf(glance_conf(glance))
+        images_before = {m.id for m in images.list()}
+    w = World(conf, conf_file, db_url, images, glance)
     ctl = simulator.control
     vms_before = {vm["name"] for vm in ctl.status()["vms"]}
     vmdk = base / "disk.vmdk"
@@ -112,6 +130,10 @@ def world(simulator, wsdl_url, vsphere, tmp_path_factory):
                 "state_dir": str(state_dir), "db_url": db_url, "op": "spawn",
                 "instance": w.names["half"], "image_id": images.add_file(vmdk, name="half"),
                 "images_dir": str(images_dir), "cue": "transfer"}
+        if glance is not None:  # the configured service, as a user's request
+            from tests.functional.test_crash_resume import USER_TOKEN
+
+            args.update(images_dir=None, conf=glance_overrides(glance), context=USER_TOKEN)
         proc = subprocess.run([sys.executable, "-m", "tests.functional.crash_child",
                                json.dumps(args)], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
@@ -126,6 +148,10 @@ def world(simulator, wsdl_url, vsphere, tmp_path_factory):
     finally:
         ctl.reset()
         _cleanup(conf, vsphere, images, ctl, vms_before)
+        if glance is not None:
+            for meta in images.list():
+                if meta.id not in images_before:
+                    images.delete(meta.id)
 
 
 def _cleanup(conf, vsphere, images, ctl, vms_before) -> None:
@@ -431,8 +457,13 @@ def test_resume_the_half_done_spawn(world, control, destroy_after):
     with contextlib.closing(_backend(world)) as backend:
         image = persistence.find_flow_detail(backend, world.ids["half"])[0].meta["image"]
     destroy_after.extend([name, imagecache.vm_name(image, "")])
+    mark = world.glance.settled_mark(world.images) if world.glance else 0
     out = ok(cli(world, "resume", world.ids["half"], "--force", debug=True))
     assert "resumed: SUCCESS" in out
+    if world.glance:  # the config file's service user read the image: no user request left
+        end = world.glance.settled_mark(world.images)
+        resumed = [ln for ln in world.glance.access_lines()[mark:end] if image in ln]
+        assert resumed and all(ln.endswith("token=" + SERVICE_TOKEN) for ln in resumed)
     vms = {vm["name"] for vm in control.status()["vms"]}
     assert name in vms
     (cached,) = [n for n in vms if n.startswith(imagecache.vm_name(image, ""))]
@@ -534,5 +565,6 @@ def test_secrets_never_shown(world, simulator, tmp_path):
         text = proc.stdout + proc.stderr
         where = f"{'--debug ' if debug else ''}{' '.join(args)}"
         assert simulator.password not in text, where
+        assert SERVICE_TOKEN not in text and "user-token" not in text, where
         assert "vmware_soap_session" not in text, where
         assert not NFC_WITH_ID.search(text), where

@@ -95,6 +95,25 @@ def test_download_checks_the_hash_glance_recorded(images, glance_api, small_vmdk
 
 
 @GLANCE
+def test_a_download_cut_short_is_never_taken_for_the_image(images, glance_api, small_vmdk):
+    """A store that lost the image's tail: Glance announces the recorded size and sends what
+    it has, so the body ends early - on the wire exactly what a glance-api restart looks
+    like, hence retryable - and the error says how far it got."""
+    image_id = images.add_file(small_vmdk, name="truncated")
+    stored = next(p for p in glance_api.stored_files() if p.name == image_id)
+    size = stored.stat().st_size
+    with open(stored, "r+b") as f:
+        f.truncate(size - 4096)
+    got = 0
+    with images.open(image_id) as f, pytest.raises(exceptions.ImageServiceUnavailable) as err:
+        while chunk := f.read(MiB):
+            got += len(chunk)
+    assert got == size - 4096
+    assert image_id in str(err.value) and f"after {got} of {size} bytes" in str(err.value)
+    assert images.show(image_id).status == "active"  # the worker was freed: Glance answers
+
+
+@GLANCE
 def test_format_inspector_refusal_415(images, glance_api, tmp_path):
     raw = disks.make_raw_renamed(tmp_path / "raw.vmdk", 4 * MiB)
     image_id = images.create({"name": "raw", "disk_format": "vmdk",
@@ -233,54 +252,6 @@ def test_a_callers_token_is_used_for_its_run_and_the_service_user_otherwise(
     assert lines and all(f"token={SERVICE_TOKEN}" in line for line in lines), lines
 
 
-@GLANCE
-def test_cli_resumes_a_spawn_killed_mid_stream_with_the_config_file_alone(
-        simulator, wsdl_url, tmp_path, vsphere, images, glance_api, control, destroy_after):
-    """`vsan-flows flows resume` after a crash: nothing but a config file naming Glance."""
-    import contextlib
-    import subprocess
-
-    from tests.functional.test_cli_flows import ROOT, _write_conf
-    from tests.functional.test_crash_resume import USER_TOKEN, _run_child
-    from vsan_flows import imagecache
-    from vsan_flows.runtime import persistence
-
-    vmdk = disks.make_stream_optimized(tmp_path / "cli.vmdk", 64 * MiB, data_mib=16)
-    image_id = images.add_file(vmdk, name="cli-glance")
-    db_url = f"sqlite:///{tmp_path}/flows.sqlite"
-    instance = "cli-glance-" + uuid.uuid4().hex[:8]
-    destroy_after.extend([instance, imagecache.vm_name(image_id, "")])
-    control.throttle_nfc(2 * MiB, direction="upload")
-    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
-               "transfer", glance_api)
-    control.reset()
-
-    conf_file = tmp_path / "vsan-flows.conf"
-    _write_conf(conf_file, simulator, wsdl_url, tmp_path / "state", db_url,
-                tmp_path / "no-local-images")
-    service_token = "cli-service-token-" + uuid.uuid4().hex[:8]
-    with open(conf_file, "a") as f:
-        f.write("image_service = glance\n"  # still in [vsan_flows]
-                "[glance]\nauth_type = admin_token\n"
-                f"endpoint = {glance_api.url}\ntoken = {service_token}\ntimeout = 60\n")
-    backend = persistence.backend_from_url(db_url)
-    with contextlib.closing(backend):
-        (flow_id,) = [fd.uuid for _b, fd in persistence.list_flow_details(backend)]
-    mark = len(glance_api.access_lines())
-    proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "vsan-flows"), "--config-file", str(conf_file),
-         "--debug", "flows", "resume", flow_id, "--force"],
-        cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert "resumed: SUCCESS" in proc.stdout
-    vms = {vm["name"] for vm in control.status()["vms"]}
-    destroy_after[-1] = next(n for n in vms if n.startswith(imagecache.vm_name(image_id, "")))
-    resumed = [line for line in glance_api.access_lines()[mark:] if image_id in line]
-    assert resumed and all(line.endswith(f"token={service_token}") for line in resumed)
-    assert service_token not in proc.stdout + proc.stderr  # --debug output included
-    assert USER_TOKEN not in proc.stdout + proc.stderr
-
-
 # --------------------------------------------------------------------------- Glance restarts
 
 
@@ -330,7 +301,9 @@ def test_glance_crash_mid_download_is_retried(simulator, wsdl_url, tmp_path, vsp
     conf = make_conf(simulator, wsdl_url, tmp_path, vsan_flows__import_retries=2,
                      **glance_overrides(restartable_glance))
     images = GlanceImageService.from_conf(conf)
-    vmdk = disks.make_stream_optimized(tmp_path / "restart.vmdk", 64 * MiB, data_mib=16)
+    # Large enough that a second into the (throttled) PUT Glance is still sending: the copy
+    # reads a few MiB ahead of the PUT, and loopback socket buffers hold several more.
+    vmdk = disks.make_stream_optimized(tmp_path / "restart.vmdk", 64 * MiB, data_mib=32)
     image_id = images.add_file(vmdk, name="restart")
     name = "grestart-" + uuid.uuid4().hex[:8]
     destroy_after.append(name)

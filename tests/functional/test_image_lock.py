@@ -8,6 +8,7 @@ error with nothing created. Simulator call counts (ImportVApp) prove how many im
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -191,3 +192,67 @@ def test_a_wait_longer_than_the_bound_fails_clearly_and_creates_nothing(
     assert "nothing was created" in message and "image_lock_timeout" in message
     assert control.calls("ImportVApp") == imports_before
     # (the autouse leak check proves nothing was left in vCenter)
+
+
+def test_a_killed_waiter_leaves_nothing_to_undo_and_its_flow_later_links(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, destroy_after):
+    """Waiting for another flow's import creates nothing: killing the waiter costs nothing."""
+    from vsan_flows import conf as vconf
+    from vsan_flows.runtime import persistence
+
+    state = tmp_path / "state"
+    conf = make_conf(simulator, wsdl_url, state)
+    image_id = images.add_file(small_vmdk, name="waiter-dies")
+    holder, waiter = _name("lock-holder"), _name("lock-waiter")
+    destroy_after.extend([holder, waiter])
+    imports_before = control.calls("ImportVApp")
+    control.throttle_nfc(128 * 1024, direction="upload")  # the holder imports ~30 s
+    results: dict = {}
+    [holding] = _threads_spawning(conf, vsphere, images, image_id, [holder], results)
+    holding.start()
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while control.calls("ImportVApp") == imports_before:
+            assert time.monotonic() < deadline, "the holder never started its import"
+            time.sleep(0.1)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
+                "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+                "state_dir": str(state), "db_url": vconf.persistence_url(conf), "op": "spawn",
+                "instance": waiter, "image_id": image_id, "images_dir": str(images.directory),
+                "cue": "none"})],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def waiting() -> bool:  # the waiter's flow is parked in placement, on the lock
+            with contextlib.closing(persistence.open_backend(conf)) as backend:
+                for book, fd in persistence.list_flow_details(backend):
+                    if (book.meta or {}).get("instance") == waiter:
+                        return any(ad.name == "PickVsanDatastore" and ad.state == "RUNNING"
+                                   for ad in fd)
+            return False
+
+        while not waiting():
+            assert child.poll() is None, child.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the waiter never reached the lock"
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside its wait: the holder still streams
+        assert holding.is_alive(), "the holder finished before the waiter was killed"
+        child.kill()
+        assert child.wait(timeout=30) == -9
+        watchdog.join_all([holding], 300, "the lock holder")
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        control.reset()
+    assert not isinstance(results[holder], Exception), results[holder]
+    assert control.calls("ImportVApp") - imports_before == 1, "the waiter imported nothing"
+    names = [vm["name"] for vm in control.status()["vms"]]
+    assert waiter not in names and not [n for n in names if n.startswith("vsanflows-import-")]
+    # Its flow is still there, unfinished; a restart finishes it by linking to the cache.
+    outcomes = api.resume_unfinished(conf, vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["completed"], outcomes
+    entry = _assert_all_linked(control, image_id, [holder, waiter])
+    destroy_after.append(entry["name"])
+    assert control.calls("ImportVApp") - imports_before == 1

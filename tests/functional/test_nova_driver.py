@@ -4,7 +4,9 @@ nova 34.0.0 is imported for real: its CONF (our options registered beside [vmwar
 objects (Instance, Flavor, ImageMeta), its driver loader ([DEFAULT] compute_driver by dotted
 path), its VMware driver code building the VM and its own lookups (get_info, list_instances,
 destroy, power_off) finding the VMs our flows made. Under native threads in this process and
-under eventlet monkey-patching in a child process.
+under eventlet monkey-patching in a child process. Glance is the session's glance-api
+(tests/functional/glance_api.py: one worker, so a download nova or we leave open would stall
+the next request).
 """
 
 from __future__ import annotations
@@ -23,15 +25,6 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 HOST = "compute-vsan-1"
 CACHE_VMS = "vsanflows-image-*"
-
-
-@pytest.fixture(scope="module")
-def glance_api(tmp_path_factory):
-    from tests.functional.glance_server import GlanceServer
-
-    server = GlanceServer(tmp_path_factory.mktemp("glance"))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

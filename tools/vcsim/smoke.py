@@ -22,8 +22,7 @@ import urllib.error
 import urllib.request
 
 from pyVim import connect
-from pyVmomi import vim
-from pyVmomi import vmodl
+from pyVmomi import vim, vmodl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -31,12 +30,12 @@ PC = vmodl.query.PropertyCollector
 
 
 def check(cond, what):
-    print('%s %s' % ('ok  ' if cond else 'FAIL', what))
+    print('{} {}'.format('ok  ' if cond else 'FAIL', what))
     if not cond:
         sys.exit(1)
 
 
-class Sim(object):
+class Sim:
     def __init__(self, binary, workdir):
         self.state_path = os.path.join(workdir, 'state.json')
         self.log = open(os.path.join(workdir, 'vcsim.log'), 'w')
@@ -46,7 +45,7 @@ class Sim(object):
                                      stdout=subprocess.DEVNULL)
         while not os.path.exists(self.state_path):
             if self.proc.poll() is not None:
-                sys.exit('vsan-vcsim exited: see %s' % self.log.name)
+                sys.exit(f'vsan-vcsim exited: see {self.log.name}')
             time.sleep(0.01)
         self.start_time = time.time() - t0
         with open(self.state_path) as f:
@@ -114,9 +113,9 @@ def import_spec(name, ds='vsanDatastore'):
     disk = dev.VirtualDeviceSpec(operation='add', fileOperation='create', device=dev.VirtualDisk(
         key=-101, controllerKey=-100, unitNumber=0, capacityInKB=65536,
         backing=dev.VirtualDisk.FlatVer2BackingInfo(
-            fileName='[%s]' % ds, diskMode='persistent', thinProvisioned=True)))
+            fileName=f'[{ds}]', diskMode='persistent', thinProvisioned=True)))
     cfg = vim.vm.ConfigSpec(name=name, guestId='otherGuest',
-                            files=vim.vm.FileInfo(vmPathName='[%s]' % ds),
+                            files=vim.vm.FileInfo(vmPathName=f'[{ds}]'),
                             deviceChange=[ctrl, disk])
     return vim.VirtualMachineImportSpec(configSpec=cfg)
 
@@ -149,8 +148,8 @@ def main():
 
     sim = Sim(binary, work)
     st = sim.state
-    print('     start %.2fs, state %s' % (sim.start_time, json.dumps(st)))
-    check(st['url'] == 'https://127.0.0.1:%d/sdk' % st['port'], 'state file url')
+    print(f'     start {sim.start_time:.2f}s, state {json.dumps(st)}')
+    check(st['url'] == f"https://127.0.0.1:{st['port']}/sdk", 'state file url')
     check(len(st['thumbprint'].split(':')) == 20, 'state file thumbprint')
 
     si = connect.SmartConnect(host='127.0.0.1', port=st['port'], user='user',
@@ -173,7 +172,7 @@ def main():
     lease.HttpNfcLeaseComplete()
     files = {f['path']: f['size'] for f in sim.ctl('/files')[1]}
     check(status == 200 and files.get('smoke/smoke.vmdk') == len(data),
-          'import PUT stored %d bytes (%.0f MB/s)' % (len(data), rate))
+          f'import PUT stored {len(data)} bytes ({rate:.0f} MB/s)')
     vm = info.entity
 
     # Export: GET returns the same bytes.
@@ -184,10 +183,10 @@ def main():
     rate = len(got) / (time.time() - t0) / 1e6
     lease.HttpNfcLeaseComplete()
     check(status == 200 and hashlib.sha256(got).digest() == hashlib.sha256(data).digest(),
-          'export GET identical (%.0f MB/s)' % rate)
+          f'export GET identical ({rate:.0f} MB/s)')
 
     # Linked clone: child of the source disk; the source is untouched.
-    clone = wait(si, vm.CloneVM_Task(dc.vmFolder, 'smoke-lc', vim.vm.CloneSpec(
+    wait(si, vm.CloneVM_Task(dc.vmFolder, 'smoke-lc', vim.vm.CloneSpec(
         location=vim.vm.RelocateSpec(diskMoveType='createNewChildDiskBacking', pool=pool),
         powerOn=False, template=False)))
     vms = {v['name']: v for v in sim.ctl('/status')[1]['vms']}
@@ -215,8 +214,8 @@ def main():
         check(True, 'nfc cut knob')
     lease.HttpNfcLeaseAbort()
     sim.ctl('/datastore', {'name': 'vsanDatastore-2', 'free_space': 1234})
-    check(props(si, dss['vsanDatastore-2']['obj'], ['summary.freeSpace'])['summary.freeSpace'] == 1234,
-          'datastore knob')
+    free = props(si, dss['vsanDatastore-2']['obj'], ['summary.freeSpace'])['summary.freeSpace']
+    check(free == 1234, 'datastore knob')
     sim.ctl('/sessions/terminate', {})
     try:
         find_all(si, vim.VirtualMachine, ['name'])
@@ -228,7 +227,8 @@ def main():
                               pwd='pass', disableSslCertValidation=True)
     # Linked clone first: a parent disk outlives its VM while a child uses
     # it, and is then left behind (as on vSphere).
-    for v in sorted(find_all(si, vim.VirtualMachine, ['name']), key=lambda v: v['name'] != 'smoke-lc'):
+    vms = find_all(si, vim.VirtualMachine, ['name'])
+    for v in sorted(vms, key=lambda v: v['name'] != 'smoke-lc'):
         wait(si, v['obj'].Destroy_Task())
     status = sim.ctl('/status')[1]
     check(status['vms'] == [] and status['leases'] == [] and sim.ctl('/files')[1] == [],

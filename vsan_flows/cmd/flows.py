@@ -311,7 +311,9 @@ def _drive(conf: cfg.ConfigOpts, backend: Any, fd: Any, action: Any, failed: str
     try:
         with api.open_handles(conf) as handles:  # as resume on service start does
             action(backend, fd, handles.transients(), engine=conf.vsan_flows.engine,
-                   max_workers=conf.vsan_flows.max_workers)
+                   max_workers=conf.vsan_flows.max_workers, locks=api.flow_locks(conf))
+    except exceptions.FlowBusy:
+        raise  # started by a live process since _act looked: nothing was done
     except exceptions.VsanFlowsError as exc:
         _b, after = persistence.find_flow_detail(backend, fd.uuid)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -322,12 +324,14 @@ def _drive(conf: cfg.ConfigOpts, backend: Any, fd: Any, action: Any, failed: str
 def _act(conf: cfg.ConfigOpts, args: argparse.Namespace, action: str,
          check: Callable[[Any], None]) -> tuple[Any, Any, Any]:
     """Open the store, find the flow, apply the state check and the ownership guard."""
+    from vsan_flows import api
     from vsan_flows.runtime import admin, persistence
 
     backend = _backend(conf)
     book, fd = persistence.find_flow_detail(backend, args.flow_id)
     check(fd)
-    admin.check_may_act(book, fd, action, force=args.force, take_over=args.take_over)
+    admin.check_may_act(book, fd, action, force=args.force, take_over=args.take_over,
+                        running_by=api.flow_locks(conf).holder(book.uuid))
     return backend, book, fd
 
 
@@ -368,6 +372,7 @@ def cmd_revert(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
 
 def cmd_abandon(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
     """`flows abandon ID`: terminal FAILURE + an ``abandoned`` record (see runtime.admin)."""
+    from vsan_flows import api
     from vsan_flows.runtime import admin, runner
 
     backend, book, fd = _act(conf, args, "abandon", admin.check_abandonable)
@@ -378,8 +383,10 @@ def cmd_abandon(conf: cfg.ConfigOpts, args: argparse.Namespace) -> int:
             return 1
         if args.take_over:
             admin.take_over(backend, book, args.take_over)
-        previous = admin.abandon(backend, fd, by=f"{getpass.getuser()}@{runner.host_name()}",
-                                 reason=args.reason)
+        with api.flow_locks(conf).hold(book.uuid, fd.uuid):  # no runner may start meanwhile
+            previous = admin.abandon(backend, fd,
+                                     by=f"{getpass.getuser()}@{runner.host_name()}",
+                                     reason=args.reason)
     output.out(f"flow {fd.uuid} abandoned (was {previous}); it will not be resumed. What it "
                f"created is listed by `vsan-flows flows show {fd.uuid}`.")
     return 0

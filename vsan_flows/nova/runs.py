@@ -40,6 +40,7 @@ class NovaRuns:
         # The host's import locks (a file per image under state_dir): every nova-compute
         # worker and vsan-flows process on this host takes the same ones.
         self.image_locks = api.image_locks(conf)
+        self.flow_locks = api.flow_locks(conf)
         self._backend = None
         self._lock = threading.Lock()
 
@@ -106,11 +107,13 @@ class NovaRuns:
         return runner.resume_all(self.backend(),
                                  lambda: self.handles(context).transients(),
                                  engine=self.conf.vsan_flows.engine,
-                                 max_workers=self.conf.vsan_flows.max_workers, host=self.host)
+                                 max_workers=self.conf.vsan_flows.max_workers, host=self.host,
+                                 locks=self.flow_locks)
 
     def _run(self, plan, context) -> dict:
         with contextlib.closing(self.handles(context)) as live:
             return runner.run(plan, live.transients(), backend=self.backend(),
                               engine=self.conf.vsan_flows.engine,
-                              max_workers=self.conf.vsan_flows.max_workers, host=self.host)
+                              max_workers=self.conf.vsan_flows.max_workers, host=self.host,
+                              locks=self.flow_locks)
 

@@ -6,9 +6,11 @@ they live here, beside the runner, and the CLI only asks, confirms and prints. T
 * **Ownership.** Every flow's logbook names the host that runs it; that host's compute service
   resumes it on restart. Acting on another host's flow would race it, so actions refuse unless
   the admin names that host (take-over) to say it is gone for good; the flow then belongs here.
-* **Running right now.** The store records no process id, so "RUNNING" cannot be told apart
-  from "was RUNNING when the process died". A RUNNING flow of this host is refused unless
-  forced (the admin says no process runs it).
+* **Running right now.** A process of this host that runs a flow holds the flow's lock
+  (runtime/flowlock.py): while a live process holds it, every action is refused, ``--force``
+  or not. The store itself records no process id, so a RUNNING flow whose lock is free (its
+  runner died, or ran with another state_dir) still needs ``--force``: the admin says no
+  process runs it.
 * **Abandon keeps the record.** Abandon sets the flow's state to FAILURE (terminal: the restart
   path only resumes unfinished states) and records who, when, why and the previous state in the
   flow detail's meta under ``abandoned``. The stored results (VM ids, datastore paths) are what
@@ -24,7 +26,7 @@ from typing import Any
 from taskflow import states
 from taskflow.persistence import models
 
-from vsan_flows.exceptions import FlowError
+from vsan_flows.exceptions import FlowBusy, FlowError
 from vsan_flows.runtime import runner
 
 #: Flow states in which a process may be executing the flow at this moment.
@@ -37,8 +39,14 @@ def is_abandoned(fd: models.FlowDetail) -> bool:
 
 
 def check_may_act(book: models.LogBook, fd: models.FlowDetail, action: str, *,
-                  force: bool = False, take_over: str | None = None) -> None:
-    """Refuse (FlowError: problem + fix) what could race another process or host."""
+                  force: bool = False, take_over: str | None = None,
+                  running_by: str | None = None) -> None:
+    """Refuse (FlowError: problem + fix) what could race another process or host.
+
+    ``running_by``: the live process of this host holding the flow's lock, if any.
+    """
+    if running_by:
+        raise FlowBusy(fd.uuid, running_by)
     me = runner.host_name()
     owner = (book.meta or {}).get("host")
     taking_over = bool(take_over) and owner not in (None, me)
@@ -51,7 +59,8 @@ def check_may_act(book: models.LogBook, fd: models.FlowDetail, action: str, *,
                         "flows of another host", "Drop --take-over.")
     if fd.state in ACTIVE and not taking_over and not force:
         raise FlowError(fd.uuid, f"is {fd.state} on this host and may be running right now "
-                        "(the store records no process id, so this cannot be checked)",
+                        "(no process with this state_dir holds its lock, but one with another "
+                        "state_dir might run it)",
                         f"If no nova-compute/vsan-flows process runs it (it crashed, or the "
                         f"service is stopped), add --force to {action} it.")
     abandoned = (fd.meta or {}).get("abandoned") if is_abandoned(fd) else None

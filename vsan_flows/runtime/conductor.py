@@ -29,8 +29,8 @@ from taskflow import states
 from taskflow.conductors.backends.impl_blocking import BlockingConductor
 from taskflow.listeners import base as listener_base
 
-from vsan_flows import names
-from vsan_flows.runtime import jobs, legacy, persistence, runner
+from vsan_flows import exceptions, names
+from vsan_flows.runtime import flowlock, jobs, legacy, persistence, runner
 from vsan_flows.runtime.jobs import FINISHED
 from vsan_flows.runtime.listeners import FlowLogger
 
@@ -95,7 +95,8 @@ class VsanFlowsConductor(BlockingConductor):
 
     def __init__(self, name: str, board, *, transients: Mapping[str, Any], persistence,
                  engine: str, max_workers: int | None = None, wait_timeout: float | None = None,
-                 max_jobs: int | None = None) -> None:
+                 max_jobs: int | None = None,
+                 flow_locks: flowlock.FlowLocks | None = None) -> None:
         options = runner.engine_options(engine, max_workers)
         super().__init__(name, board, persistence=persistence, engine=options.pop("engine"),
                          engine_options=options, wait_timeout=wait_timeout)
@@ -103,6 +104,7 @@ class VsanFlowsConductor(BlockingConductor):
         self._vsan_max_jobs = max_jobs
         self._vsan_dispatched = 0
         self._vsan_tokens: dict[str, str] = {}  # job -> its flow's token, while it runs here
+        self._vsan_flow_locks = flow_locks or flowlock.process_only()
 
     def _flow_detail_from_job(self, job):
         # The book a job object carries is read once and may predate a takeover: reload.
@@ -142,8 +144,18 @@ class VsanFlowsConductor(BlockingConductor):
             return True
         LOG.info("Conductor %s runs job %s (%s)", self._name, job.uuid, job.name)
         try:
+            # A process of this host may run the flow outside the board (an admin's `flows
+            # resume`): running it here too would make two engines. Release the job instead;
+            # it is claimed again once that process is done with it.
+            self._vsan_flow_locks.acquire(job.book_uuid, fd.uuid)
+        except exceptions.FlowBusy as exc:
+            LOG.warning("Conductor %s releases job %s: flow %s is run by %s", self._name,
+                        job.uuid, fd.uuid, exc.holder)
+            return False
+        try:
             return super()._dispatch_job(job)
         finally:
+            self._vsan_flow_locks.release(job.book_uuid)
             # However the flow stopped here, the image import locks it took in this process
             # go (a flow that runs again takes them again).
             token = self._vsan_tokens.pop(job.uuid, None)
@@ -186,7 +198,8 @@ def run_conductor(conf: cfg.ConfigOpts, make_transients: Callable[[], Mapping[st
         conductor = VsanFlowsConductor(
             name, board, transients=make_transients(), persistence=backend,
             engine=conf.vsan_flows.engine, max_workers=conf.vsan_flows.max_workers,
-            wait_timeout=conf.vsan_flows.conductor_wait_timeout, max_jobs=max_jobs)
+            wait_timeout=conf.vsan_flows.conductor_wait_timeout, max_jobs=max_jobs,
+            flow_locks=flowlock.for_conf(conf))
         for event, key in (("job_consumed", "consumed"), ("job_abandoned", "released"),
                            ("job_trashed", "trashed")):
             conductor.notifier.register(event, functools.partial(_count, counts, key))

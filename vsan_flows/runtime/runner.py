@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ from taskflow.persistence import models
 from taskflow.types import failure as tf_failure
 
 from vsan_flows import exceptions, names
-from vsan_flows.runtime import legacy, persistence
+from vsan_flows.runtime import flowlock, legacy, persistence
 from vsan_flows.runtime.listeners import FlowLogger
 from vsan_flows.runtime.plan import Plan
 
@@ -46,8 +47,9 @@ def host_name() -> str:
     return socket.gethostname()
 
 
-def new_book(backend, name: str, meta: Mapping[str, Any]) -> models.LogBook:
-    book = models.LogBook(name)
+def new_book(backend, name: str, meta: Mapping[str, Any], *,
+             book_uuid: str | None = None) -> models.LogBook:
+    book = models.LogBook(name, uuid=book_uuid)
     book.meta = {"host": host_name(), **meta}
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
@@ -63,7 +65,7 @@ def engine_options(engine: str, max_workers: int | None) -> dict[str, Any]:
 
 
 def prepare(plan: Plan, backend, *, host: str | None = None, engine: str = "serial",
-            max_workers: int | None = None):
+            max_workers: int | None = None, book_uuid: str | None = None):
     """Save ``plan``'s logbook and flow detail (store injected) without running anything.
 
     Returns the logbook and the engine, ready to run here once live handles are injected, or
@@ -72,23 +74,38 @@ def prepare(plan: Plan, backend, *, host: str | None = None, engine: str = "seri
     meta = dict(plan.book_meta)
     if host is not None:
         meta["host"] = host
-    book = new_book(backend, plan.book_name, meta)
+    book = new_book(backend, plan.book_name, meta, book_uuid=book_uuid)
     return book, taskflow.engines.load_from_factory(
         plan.factory, factory_kwargs=dict(plan.factory_kwargs), store=dict(plan.store),
         book=book, backend=backend, **engine_options(engine, max_workers))
 
 
 def run(plan: Plan, transients: Mapping[str, Any], *, backend=None, engine: str = "serial",
-        max_workers: int | None = None, listeners: tuple = (), host: str | None = None) -> dict:
+        max_workers: int | None = None, listeners: tuple = (), host: str | None = None,
+        locks: flowlock.FlowLocks | None = None) -> dict:
     """Run a new flow to the end; returns its results, or raises one of our errors.
 
     ``host`` is the owner its logbook records (default: this machine's name); only that host
-    resumes it after a restart.
+    resumes it after a restart. The flow's lock (``locks``) is taken before its logbook is
+    saved, so no other process can see it unlocked while this one lives.
     """
-    _book, eng = prepare(plan, backend or memory_backend(), engine=engine,
-                         max_workers=max_workers, host=host)
-    eng.storage.inject(dict(transients), transient=True)
-    return _run(eng, listeners)
+    book_uuid = str(uuid.uuid4())
+    with _locks(locks).hold(book_uuid, plan.book_name):
+        _book, eng = prepare(plan, backend or memory_backend(), engine=engine,
+                             max_workers=max_workers, host=host, book_uuid=book_uuid)
+        eng.storage.inject(dict(transients), transient=True)
+        return _run(eng, listeners)
+
+
+def _locks(locks: flowlock.FlowLocks | None) -> flowlock.FlowLocks:
+    return locks if locks is not None else flowlock.process_only()
+
+
+def _book_of(backend, flow_detail: models.FlowDetail,
+             book: models.LogBook | None) -> models.LogBook:
+    if book is None:
+        book, _ = persistence.find_flow_detail(backend, flow_detail.uuid)
+    return book
 
 
 def unfinished(backend, host: str | None = None) -> list[tuple[models.LogBook,
@@ -124,8 +141,19 @@ def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any],
 
 def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
            engine: str = "serial", max_workers: int | None = None, listeners: tuple = (),
-           book: models.LogBook | None = None) -> dict:
-    """Finish an interrupted flow: forward where that is safe, via its Retry where not."""
+           book: models.LogBook | None = None,
+           locks: flowlock.FlowLocks | None = None) -> dict:
+    """Finish an interrupted flow: forward where that is safe, via its Retry where not.
+
+    Raises FlowBusy, touching nothing, when a live process of this host runs the flow.
+    """
+    book = _book_of(backend, flow_detail, book)
+    with _locks(locks).hold(book.uuid, flow_detail.uuid):
+        return _resume(backend, _reread(backend, flow_detail), transients, engine,
+                       max_workers, listeners, book)
+
+
+def _resume(backend, flow_detail, transients, engine, max_workers, listeners, book) -> dict:
     eng = load(backend, flow_detail, transients, engine=engine, max_workers=max_workers,
                book=book)
     eng.compile()
@@ -134,9 +162,16 @@ def resume(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
     return _run(eng, listeners)
 
 
+def _reread(backend, flow_detail: models.FlowDetail) -> models.FlowDetail:
+    # What the caller read may predate the lock: the previous runner may have moved it on.
+    with contextlib.closing(backend.get_connection()) as conn:
+        return conn.get_flow_details(flow_detail.uuid, lazy=False)
+
+
 def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
            engine: str = "serial", max_workers: int | None = None, listeners: tuple = (),
-           book: models.LogBook | None = None) -> None:
+           book: models.LogBook | None = None,
+           locks: flowlock.FlowLocks | None = None) -> None:
     """Roll a flow back completely (an admin's choice), retrying undo steps that failed.
 
     TaskFlow has no "revert this saved flow" call: every task/retry atom that did anything
@@ -145,6 +180,13 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
     runs again. Success is judged by the final flow state: a complete revert still re-raises
     the failures on record.
     """
+    book = _book_of(backend, flow_detail, book)
+    with _locks(locks).hold(book.uuid, flow_detail.uuid):
+        _revert(backend, _reread(backend, flow_detail), transients, engine, max_workers,
+                listeners, book)
+
+
+def _revert(backend, flow_detail, transients, engine, max_workers, listeners, book) -> None:
     eng = load(backend, flow_detail, transients, engine=engine, max_workers=max_workers,
                book=book)
     eng.compile()
@@ -176,12 +218,14 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
                engine: str = "serial", max_workers: int | None = None,
-               host: str | None = None) -> list[tuple[str, str, str]]:
+               host: str | None = None,
+               locks: flowlock.FlowLocks | None = None) -> list[tuple[str, str, str]]:
     """Resume every unfinished flow of this host; returns (flow id, name, outcome) each.
 
     A flow whose logbook says ``on_restart: revert`` (an operation that is unsafe to finish
     late) is rolled back instead. Spawn and snapshot are safe to resume: every task looks its
-    effects up by persisted identity before acting.
+    effects up by persisted identity before acting. A flow a live process of this host still
+    runs (it holds the flow's lock) is left to it; one that process finished meanwhile too.
 
     Live handles are built once, only if there is something to resume.
     """
@@ -189,21 +233,33 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     if not todo:
         return []
     transients = make_transients()
-    outcomes = []
-    for book, fd in todo:
-        try:
+    return [(fd.uuid, fd.name,
+             resume_one(backend, book, fd, transients, engine=engine, max_workers=max_workers,
+                        locks=locks))
+            for book, fd in todo]
+
+
+def resume_one(backend, book: models.LogBook, fd: models.FlowDetail,
+               transients: Mapping[str, Any], *, engine: str = "serial",
+               max_workers: int | None = None,
+               locks: flowlock.FlowLocks | None = None) -> str:
+    """What restart does with one unfinished flow; the outcome in words, never raises."""
+    try:
+        with _locks(locks).hold(book.uuid, fd.uuid):
+            fd = _reread(backend, fd)
+            if fd.state not in UNFINISHED:
+                return f"left alone: its previous runner ended it ({fd.state})"
             if (book.meta or {}).get("on_restart") == "revert":
-                revert(backend, fd, transients, engine=engine, max_workers=max_workers,
-                       book=book)
-                outcomes.append((fd.uuid, fd.name, "reverted (its flow asks for that)"))
-                continue
-            resume(backend, fd, transients, engine=engine, max_workers=max_workers,
-                   book=book)
-            outcomes.append((fd.uuid, fd.name, "completed"))
-        except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
-            LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
-            outcomes.append((fd.uuid, fd.name, f"rolled back: {exc}"))
-    return outcomes
+                _revert(backend, fd, transients, engine, max_workers, (), book)
+                return "reverted (its flow asks for that)"
+            _resume(backend, fd, transients, engine, max_workers, (), book)
+            return "completed"
+    except exceptions.FlowBusy as exc:
+        LOG.info("flow %s (%s) not resumed: %s", fd.uuid, fd.name, exc.holder)
+        return f"left alone: {exc.holder} runs it"
+    except Exception as exc:  # noqa: BLE001 - one bad flow must not stop the others
+        LOG.warning("resumed flow %s (%s) ended in failure: %s", fd.uuid, fd.name, exc)
+        return f"rolled back: {exc}"
 
 
 def fail_interrupted_transfers(eng) -> None:

@@ -53,7 +53,17 @@ class ReserveImage(task.Task):
             images.delete(image_id)
             LOG.info("undo: deleted image %s (the snapshot flow was rolled back)", image_id)
         elif meta.status != "killed":
-            images.mark_killed(image_id, "the snapshot flow failed and was rolled back")
+            try:
+                images.mark_killed(image_id, "the snapshot flow failed and was rolled back")
+            except exceptions.ImageServiceRefused as err:
+                if err.status != 403:
+                    raise  # 401: other credentials (a resume's service user) may succeed
+                # Not ours to discard (an image of another project: these credentials may
+                # read it, not delete it): it holds none of our data, and a retry of this
+                # undo with the same credentials cannot succeed, so the rollback goes on.
+                LOG.warning("undo: image %s (%s, no data from this flow) left as it is: %s",
+                            image_id, meta.status, err)
+                return
             LOG.info("undo: marked image %s killed (the snapshot flow was rolled back)",
                      image_id)
 

@@ -66,7 +66,10 @@ def begin_export(ctx: VSphere, vm_id: str) -> str:
     return leases.ready_or_aborted(ctx, lease)
 
 
-def open_export(ctx: VSphere, lease_id: str) -> transfer.LeaseDownloadHandle:
+def open_export(ctx: VSphere, lease_id: str) -> transfer.ReadAhead:
+    """The lease's disk as a read handle that reads ahead in a thread of its own, so the image
+    service stores one chunk while the next ones come off the wire; the caller closes it."""
     lease = ref(lease_id, "HttpNfcLease")
     device = transfer.disk_device(ctx.session, lease, ctx.host, ctx.port)
-    return transfer.LeaseDownloadHandle(ctx.session, lease, device, cacerts=ctx.cacerts)
+    handle = transfer.LeaseDownloadHandle(ctx.session, lease, device, cacerts=ctx.cacerts)
+    return transfer.ReadAhead(handle, what="The disk export")

@@ -15,20 +15,28 @@ they do are wrong for us:
   plain (non-monkey-patched) thread blocks in a socket send; our handles send
   ``HttpNfcLeaseProgress`` from the write/read path instead (oslo throttles it to once a minute).
 
-The copy loop itself stays oslo.vmware's (``image_transfer._start_transfer``): same chunking,
-same deadline, same progress updaters.
+The copy loop is ours, not oslo.vmware's ``image_transfer._start_transfer``: that loop reads a
+64 KiB chunk, then writes it, so a transfer runs at 1/(1/read + 1/write) — measured on the
+export, 153-194 MB/s where the GET alone did 598-668 MB/s and the image store alone 171-199.
+Ours reads in a thread of its own (:class:`ReadAhead`), a few 1 MiB chunks ahead of the writer,
+so a transfer runs at the pace of its slower end with memory bounded by the read-ahead. Both
+directions go through it: an import as :func:`copy` (image -> lease PUT), an export as the
+:class:`ReadAhead` that :func:`vsan_flows.vsphere.exports.open_export` returns, which the
+image service's upload pulls from (lease GET -> image store or Glance).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from oslo_vmware import exceptions as vexc
-from oslo_vmware import image_transfer, rw_handles, vim_util
+from oslo_vmware import rw_handles, vim_util
 
 from vsan_flows import exceptions
 from vsan_flows.vsphere import faults
@@ -36,8 +44,15 @@ from vsan_flows.vsphere import faults
 LOG = logging.getLogger(__name__)
 
 # How long a single socket operation may block before the transfer is declared dead. The
-# whole-transfer bound is image_transfer_timeout_secs, checked between chunks by oslo's loop.
+# whole-transfer bound is image_transfer_timeout_secs, checked by copy() between chunks.
 SOCKET_TIMEOUT = 120.0
+
+#: What the reader thread reads at a time, and how many such chunks it may hold ahead of the
+#: writer: a transfer holds at most (READ_AHEAD + 2) chunks, whatever the disk size (one being
+#: read, READ_AHEAD waiting, one being written). 1 MiB keeps the per-chunk Python work (progress,
+#: the stream check, the lease-size check) out of the profile; oslo's 64 KiB did not.
+CHUNK_SIZE = 1 << 20
+READ_AHEAD = 4
 
 
 @dataclass(frozen=True)
@@ -255,24 +270,175 @@ class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
         return "download from export lease " + vim_util.get_moref_value(self._lease)
 
 
+class ReadAhead:
+    """A read handle whose source is read in a thread of its own, up to ``depth`` chunks ahead.
+
+    Whoever consumes it (our :func:`copy` loop, an image service's upload) writes while the
+    next chunks are being read, instead of the two taking turns. The source's failure is
+    raised to the consumer in order, where the bytes stop (what was read before it is still
+    delivered first); the consumer's failure ends in :meth:`close`, which stops the reader and
+    waits for it, then closes the source: no thread outlives the transfer.
+
+    The thread is started on the first read, so a handle never read from costs nothing and
+    leaves nothing running. It is a ``threading.Thread`` looked up at run time, so under
+    eventlet monkey-patching it is a greenthread, and the source's green socket is read from
+    a green thread as it must be.
+    """
+
+    def __init__(self, source, *, chunk_size: int = CHUNK_SIZE, depth: int = READ_AHEAD,
+                 deadline: float | None = None, what: str = "The disk transfer") -> None:
+        self._src = source
+        self._chunk = chunk_size
+        self._depth = max(1, depth)
+        self._deadline = deadline
+        self._what = what
+        self._cv = threading.Condition()
+        # Chunks read and not yet handed out; the last item may be b"" (end) or _Failure.
+        self._queue: collections.deque = collections.deque()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._leftover = b""
+        self._end: object | None = None  # b"" at the end of the stream, or the _Failure
+        self.bytes_read = 0  # handed to the consumer
+        # What the source announced (an export's Content-Length), for the caller's checks.
+        self.content_length = getattr(source, "content_length", None)
+
+    # ---------------------------------------------------------------- the reader thread
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while len(self._queue) >= self._depth and not self._stopping:
+                        self._cv.wait()
+                    if self._stopping:
+                        return
+                data = self._src.read(self._chunk)
+                with self._cv:
+                    if self._stopping:
+                        return
+                    self._queue.append(data)
+                    self._cv.notify_all()
+                if not data:
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            with self._cv:
+                self._queue.append(_Failure(exc))
+                self._cv.notify_all()
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vsan-flows-read-ahead",
+                                        daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- the consumer's side
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (a whole read-ahead chunk when ``n`` is -1 or larger)."""
+        if not self._leftover:
+            self._leftover = self._next()
+        data = self._leftover
+        if 0 <= n < len(data):
+            data, self._leftover = data[:n], data[n:]
+        else:
+            self._leftover = b""
+        self.bytes_read += len(data)
+        return data
+
+    def _next(self) -> bytes:
+        if self._end is not None:
+            return self._raise_end()
+        if self._thread is None:
+            self._start()
+        with self._cv:
+            while not self._queue:
+                wait = None
+                if self._deadline is not None:
+                    wait = self._deadline - time.monotonic()
+                    if wait <= 0:
+                        raise _Timeout()
+                self._cv.wait(wait)
+            item = self._queue.popleft()
+            self._cv.notify_all()
+        if isinstance(item, _Failure) or not item:
+            self._end = item
+            return self._raise_end()
+        return item
+
+    def _raise_end(self) -> bytes:
+        if isinstance(self._end, _Failure):
+            raise self._end.exc
+        return b""
+
+    def close(self) -> None:
+        """Stop the reader, wait until it has stopped, then close the source.
+
+        A reader blocked in the source's read stops when that read returns: a healthy source
+        answers at once, a dead one within its socket timeout (SOCKET_TIMEOUT for the
+        lease, Glance's own for an image download).
+        """
+        with self._cv:
+            self._stopping = True
+            self._queue.clear()
+            self._cv.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(SOCKET_TIMEOUT + 10)
+            if thread.is_alive():
+                LOG.warning("%s: the reader thread is still blocked in a read after %.0f s",
+                            self._what, SOCKET_TIMEOUT + 10)
+        self._leftover = b""
+        self._src.close()
+
+    def __str__(self) -> str:
+        return f"read-ahead of {self._src}"
+
+
+class _Failure:
+    """The source's exception, queued after the chunks read before it."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class _Timeout(Exception):
+    """The transfer's deadline passed while the writer waited for the reader."""
+
+
 def copy(read_handle, write_handle, timeout_secs: int, what: str = "The disk transfer",
          total: int | None = None) -> None:
-    """oslo.vmware's copy loop: chunked, bounded by timeout_secs, closes both handles.
+    """Write what ``read_handle`` gives to ``write_handle`` while the next chunks are read.
 
-    ``_start_transfer`` is private in oslo.vmware but is the loop every public helper there
-    uses; its public wrappers all create their own lease, which our flows cannot allow.
+    Bounded by ``timeout_secs`` (checked between chunks and while waiting for the reader);
+    both handles are closed whatever happens, the write handle last (ours reads vCenter's
+    answer there and may raise). Our errors pass through as they are; anything else from
+    either end becomes a TransferError that says what broke.
     """
+    deadline = time.monotonic() + timeout_secs
+    source = ReadAhead(read_handle, deadline=deadline, what=what)
     try:
-        image_transfer._start_transfer(read_handle, write_handle, timeout_secs)
-    except vexc.ImageTransferException as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, exceptions.VsanFlowsError):
-            raise cause from None
-        if isinstance(cause, image_transfer.Timer.Timeout):
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    raise _Timeout()
+                data = source.read()
+                if not data:
+                    break
+                write_handle.write(data)
+        except _Timeout:
             raise exceptions.TransferTimeout(what, timeout_secs, _done(read_handle),
                                              total) from None
-        raise exceptions.TransferError(
-            f"the disk transfer broke: {_describe(cause) or exc.msg}") from None
+        except exceptions.VsanFlowsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - either end's failure, said in one line
+            raise exceptions.TransferError(
+                f"the disk transfer broke: {_describe(exc)}") from None
+        finally:
+            source.close()
+    finally:
+        write_handle.close()
 
 
 def _done(handle) -> int | None:
