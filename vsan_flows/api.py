@@ -18,10 +18,11 @@ from oslo_config import cfg
 
 from vsan_flows import conf as vconf
 from vsan_flows import exceptions, names
-from vsan_flows.imagelocks import ImageLocks
+from vsan_flows.imagelocks import ImageLocks, ZooKeeperLocks
 from vsan_flows.images import ImageService, LocalImageService
 from vsan_flows.policy import Policy
-from vsan_flows.runtime import flowlock, persistence, runner
+from vsan_flows.runtime import fencing, flowlock, jobs, persistence, runner
+from vsan_flows.runtime.conductor import conductor_name
 from vsan_flows.runtime.plan import Plan
 from vsan_flows.vsphere.session import VSphere, connect
 
@@ -115,19 +116,27 @@ class Handles:
     """
 
     def __init__(self, vsphere: VSphere, images: ImageService, policy: Policy, *,
-                 owns_vsphere: bool = False, image_locks: ImageLocks | None = None) -> None:
+                 owns_vsphere: bool = False, image_locks: ImageLocks | None = None,
+                 owns_image_locks: bool = False) -> None:
         self.vsphere = vsphere
         self.images = images
         self.policy = policy
         # Without a directory: threads of this process only (open_handles gives the host's).
         self.image_locks = image_locks or ImageLocks(None)
         self._owns_vsphere = owns_vsphere
+        self._owns_image_locks = owns_image_locks
 
     def transients(self) -> dict:
+        # In the caller's process no jobboard claim can be lost: the runner's per-flow lock
+        # keeps a second local runner away. A conductor injects its job's fence instead.
         return {names.VSPHERE: self.vsphere, names.IMAGES: self.images,
-                names.POLICY: self.policy, names.IMAGE_LOCKS: self.image_locks}
+                names.POLICY: self.policy, names.IMAGE_LOCKS: self.image_locks,
+                names.FENCE: fencing.UNFENCED}
 
     def close(self) -> None:
+        if self._owns_image_locks:  # its ZooKeeper connection, if it made one
+            self._owns_image_locks = False
+            self.image_locks.close()
         if self._owns_vsphere:
             self._owns_vsphere = False
             self.vsphere.close()
@@ -140,9 +149,15 @@ class Handles:
 
 
 def image_locks(conf: cfg.ConfigOpts) -> ImageLocks:
-    """The host's import locks: every process with this state_dir shares them."""
+    """The import locks: every process with this state_dir shares them, and every host that
+    shares the jobboard's ZooKeeper when one is configured."""
+    shared = None
+    if conf.vsan_flows.jobboard_hosts:
+        shared = ZooKeeperLocks(jobs.board_hosts(conf), jobs.board_path(conf),
+                                f"{conductor_name(conf)}:{os.getpid()}",
+                                conf.vsan_flows.jobboard_session_timeout)
     return ImageLocks(os.path.join(vconf.state_dir(conf), "locks"),
-                      conf.vsan_flows.image_lock_timeout)
+                      conf.vsan_flows.image_lock_timeout, zookeeper=shared)
 
 
 def flow_locks(conf: cfg.ConfigOpts) -> flowlock.FlowLocks:
@@ -155,7 +170,7 @@ def open_handles(conf: cfg.ConfigOpts, *, vsphere: VSphere | None = None,
     """Live handles from config; pieces passed in are used as they are (and not closed)."""
     return Handles(vsphere or connect(conf), images or image_service(conf),
                    Policy.from_conf(conf), owns_vsphere=vsphere is None,
-                   image_locks=image_locks(conf))
+                   image_locks=image_locks(conf), owns_image_locks=True)
 
 
 # --------------------------------------------------------------------------- operations

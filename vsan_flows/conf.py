@@ -131,10 +131,11 @@ flows_opts = [
         "image_lock_timeout",
         default=7200.0,
         min=0.0,
-        help="Seconds a spawn waits for another spawn on this host that is importing the same "
-        "image to the same datastore (one import per image per datastore; the others link to "
-        "it). Locks live under <state_dir>/locks. After that the spawn fails, having created "
-        "nothing.",
+        help="Seconds a spawn waits for another spawn that is importing the same image (one "
+        "import per image per datastore; the others link to it). Locks live under "
+        "<state_dir>/locks and, when jobboard_hosts is set, also in that ZooKeeper (under "
+        "jobboard_path), so hosts sharing it import an image once. After that the spawn fails, "
+        "having created nothing.",
     ),
     cfg.BoolOpt(
         "verify_stored_size",

@@ -297,15 +297,27 @@ class InstanceNotFound(VsanFlowsError):
 
 
 class ImageLockTimeout(VsanFlowsError):
-    """Another spawn on this host kept importing this image longer than we may wait."""
+    """Another spawn kept importing this image longer than we may wait."""
 
-    def __init__(self, image_id: str, timeout_secs: float) -> None:
+    def __init__(self, image_id: str, timeout_secs: float, where: str = "on this host") -> None:
         self.image_id = image_id
         self.timeout_secs = timeout_secs
         super().__init__(
-            f"Waited {timeout_secs:g} s for another spawn's import of image {image_id} on this "
-            "host to finish; nothing was created. Retry the spawn, or raise [vsan_flows] "
+            f"Waited {timeout_secs:g} s for another spawn's import of image {image_id} {where} "
+            "to finish; nothing was created. Retry the spawn, or raise [vsan_flows] "
             "image_lock_timeout if imports of this image take longer."
+        )
+
+
+class ImageLockUnavailable(VsanFlowsError):
+    """The cross-host import lock could not be taken: ZooKeeper did not answer."""
+
+    def __init__(self, image_id: str, hosts: str, cause: BaseException) -> None:
+        self.image_id = image_id
+        super().__init__(
+            f"could not take the import lock of image {image_id} in ZooKeeper at {hosts} "
+            f"({type(cause).__name__}: {cause or 'no answer'}); nothing was created. Check "
+            "that ZooKeeper runs there, or correct [vsan_flows] jobboard_hosts."
         )
 
 

@@ -19,6 +19,15 @@ Why this shape:
   for that token, and every task of the critical section calls it. A flow resumed after a
   crash therefore re-acquires the lock at its next such task: it never assumes it still holds
   one from before (this object is a live handle, rebuilt per process, never persisted).
+* **Hosts sharing ZooKeeper.** When a jobboard is configured, the lock is also taken with
+  kazoo's Lock recipe (an ephemeral sequential node per waiter under
+  ``<jobboard_path>/image-locks/<hash of the image id>``): hosts that share the ZooKeeper
+  import an image once. A holder that dies loses its session after the session timeout and
+  its node with it, so a waiter on another host takes over. It is taken *after* the host's
+  own locks, so at most one waiter per host queues in ZooKeeper. A holder whose session is
+  lost while it imports no longer excludes anyone: a second import may then run, and the
+  find-then-rename of RegisterShadowVM (under the same lock, taken again) keeps the cache
+  at one entry per name.
 * **A bounded wait.** A waiter gives up after ``timeout`` seconds with
   :class:`~vsan_flows.exceptions.ImageLockTimeout`; waiting creates nothing in vCenter, so a
   waiter that gives up or is killed leaves nothing to undo.
@@ -33,8 +42,10 @@ import threading
 import time
 
 import fasteners
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, LockTimeout
 
-from vsan_flows.exceptions import ImageLockTimeout
+from vsan_flows.exceptions import ImageLockTimeout, ImageLockUnavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -48,10 +59,60 @@ _THREAD_LOCKS: dict[tuple[str | None, str], threading.Lock] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
 
 
+#: Seconds to wait for the first ZooKeeper connection of the cross-host locks.
+CONNECT_TIMEOUT = 10.0
+
+
+def _digest(key: str) -> str:
+    # Image ids come from the image service: hash them into a safe file or node name.
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class ZooKeeperLocks:
+    """The cross-host half: kazoo Lock recipes on the jobboard's ZooKeeper.
+
+    The client connects on the first lock taken (a host that never imports never connects)
+    and lives as long as this object; ``identifier`` (host name and process) is what the
+    lock's node says, for whoever looks at ZooKeeper.
+    """
+
+    def __init__(self, hosts: str, path: str, identifier: str,
+                 session_timeout: float = 10.0) -> None:
+        self.hosts = hosts
+        self.path = path.rstrip("/") + "/image-locks"
+        self.identifier = identifier
+        self.session_timeout = session_timeout
+        self._client: KazooClient | None = None
+        self._guard = threading.Lock()
+
+    def lock(self, key: str):
+        with self._guard:
+            if self._client is None:
+                client = KazooClient(hosts=self.hosts, timeout=self.session_timeout)
+                try:
+                    client.start(timeout=CONNECT_TIMEOUT)
+                except BaseException:
+                    client.stop()  # it would keep trying to connect in the background
+                    client.close()
+                    raise
+                self._client = client
+            return self._client.Lock(f"{self.path}/{_digest(key)}", self.identifier)
+
+    def close(self) -> None:
+        with self._guard:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.stop()
+            finally:
+                client.close()
+
+
 class _Held:
-    def __init__(self, thread_lock: threading.Lock, file_lock) -> None:
+    def __init__(self, thread_lock: threading.Lock, file_lock, zk_lock=None) -> None:
         self.thread_lock = thread_lock
         self.file_lock = file_lock
+        self.zk_lock = zk_lock
 
 
 class ImageLocks:
@@ -61,9 +122,11 @@ class ImageLocks:
     one); ``None`` means threads of this process only (tests, in-memory runs).
     """
 
-    def __init__(self, directory: str | None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, directory: str | None, timeout: float = DEFAULT_TIMEOUT, *,
+                 zookeeper: ZooKeeperLocks | None = None) -> None:
         self.directory = directory
         self.timeout = float(timeout)
+        self.zookeeper = zookeeper
         self._guard = threading.Lock()
         self._held: dict[tuple[str, str], _Held] = {}  # (key, owner) -> what it holds
         if directory is not None:
@@ -75,9 +138,7 @@ class ImageLocks:
             return _THREAD_LOCKS.setdefault((self.directory, key), threading.Lock())
 
     def _path(self, key: str) -> str:
-        # Image ids come from the image service: hash them into a safe file name.
-        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return os.path.join(self.directory, f"image-import-{digest}.lock")
+        return os.path.join(self.directory, f"image-import-{_digest(key)}.lock")
 
     def holds(self, image_id: str, owner: str) -> bool:
         with self._guard:
@@ -96,22 +157,44 @@ class ImageLocks:
         t0 = time.monotonic()
         if not thread_lock.acquire(timeout=self.timeout):
             raise ImageLockTimeout(image_id, self.timeout)
-        file_lock = None
+        file_lock = zk_lock = None
         try:
             if self.directory is not None:
                 file_lock = fasteners.InterProcessLock(self._path(key))
                 left = max(0.0, deadline - time.monotonic())
                 if not file_lock.acquire(timeout=left, delay=0.05, max_delay=0.5):
                     raise ImageLockTimeout(image_id, self.timeout)
+            if self.zookeeper is not None:
+                zk_lock = self._zk_acquire(image_id, deadline)
         except BaseException:
+            if file_lock is not None and file_lock.acquired:
+                file_lock.release()
             thread_lock.release()
             raise
         with self._guard:
-            self._held[(key, owner)] = _Held(thread_lock, file_lock)
+            self._held[(key, owner)] = _Held(thread_lock, file_lock, zk_lock)
         waited = time.monotonic() - t0
         if waited > 1.0:
             LOG.info("import lock of image %s acquired by flow %s after %.1f s", image_id, owner,
                      waited)
+
+    def _zk_acquire(self, image_id: str, deadline: float):
+        where = f"on the hosts sharing ZooKeeper {self.zookeeper.hosts}"
+        try:
+            lock = self.zookeeper.lock(image_id)
+            left = max(0.0, deadline - time.monotonic())
+            # kazoo removes its waiting node when the wait times out or fails.
+            lock.acquire(timeout=left)
+        except LockTimeout:
+            raise ImageLockTimeout(image_id, self.timeout, where) from None
+        except Exception as exc:  # noqa: BLE001 - kazoo's connect timeout is no KazooException
+            raise ImageLockUnavailable(image_id, self.zookeeper.hosts, exc) from None
+        return lock
+
+    def close(self) -> None:
+        """Drop the ZooKeeper connection (its locks go with its session)."""
+        if self.zookeeper is not None:
+            self.zookeeper.close()
 
     def release_owner(self, owner: str) -> int:
         """Release every lock ``owner`` holds (its engine stopped, however it ended)."""
@@ -128,6 +211,13 @@ class ImageLocks:
         if held is None:
             return False
         try:
+            if held.zk_lock is not None:
+                try:
+                    held.zk_lock.release()
+                except KazooException:  # the session went: its node went with it
+                    LOG.warning("import lock of image %s: ZooKeeper node not released by "
+                                "flow %s (session lost; the node went with it)", image_id,
+                                owner, exc_info=True)
             if held.file_lock is not None:
                 held.file_lock.release()
         finally:

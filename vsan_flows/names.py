@@ -16,7 +16,8 @@ VSPHERE = "vsphere"
 IMAGES = "images"
 POLICY = "policy"
 IMAGE_LOCKS = "image_locks"      # one import per image per datastore (imagelocks)
-TRANSIENTS = (VSPHERE, IMAGES, POLICY, IMAGE_LOCKS)
+FENCE = "fence"                  # may this engine still act for its flow (runtime.fencing)
+TRANSIENTS = (VSPHERE, IMAGES, POLICY, IMAGE_LOCKS, FENCE)
 
 # --------------------------------------------------------------------------- store keys
 # The facts every flow starts with (JSON, persisted).

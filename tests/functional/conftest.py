@@ -229,3 +229,16 @@ def destroy_after(vsphere):
     yield names
     for name in names:
         instances.destroy_by_name(vsphere, name)
+
+
+@pytest.fixture(scope="module")
+def zookeeper(tmp_path_factory):
+    """A throwaway ZooKeeper server (its own JVM, port and directory) per test module."""
+    from tests.functional import zookeeper as zk_helper
+
+    try:
+        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
+    except zk_helper.ZooKeeperError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()

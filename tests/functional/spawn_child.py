@@ -20,7 +20,7 @@ from vsan_flows.vsphere.session import connect
 def main() -> None:
     args = json.loads(sys.argv[1])
     sim = SimpleNamespace(**json.load(open(args["sim_state"])))
-    conf = make_conf(sim, args["wsdl_url"], args["state_dir"])
+    conf = make_conf(sim, args["wsdl_url"], args["state_dir"], **args.get("conf", {}))
     images = LocalImageService(args["images_dir"])
     vsphere = connect(conf)
     print("ready", flush=True)

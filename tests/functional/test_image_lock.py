@@ -3,7 +3,9 @@
 Threads of one process and separate processes share the host's import locks (under
 state_dir/locks): concurrent spawns of a new image wait for one import and link to it, a killed
 lock holder releases the lock to a waiter, and a wait that lasts too long ends in a clear
-error with nothing created. Simulator call counts (ImportVApp) prove how many imports ran.
+error with nothing created. Hosts that share the jobboard's ZooKeeper (here: processes with
+their own state_dir and conductor name) share a kazoo lock the same way. Simulator call counts
+(ImportVApp) prove how many imports ran.
 """
 
 from __future__ import annotations
@@ -67,6 +69,54 @@ def _threads_spawning(conf, vsphere, images, image_id, names, results):
             for n in names]
 
 
+def _spawn_child(simulator, wsdl_url, images, state: Path, instance: str, image_id: str,
+                 conf: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.functional.spawn_child", json.dumps({
+            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(state), "images_dir": str(images.directory),
+            "instance": instance, "image_id": image_id, "conf": conf})],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+
+
+def _dying_holder(simulator, wsdl_url, images, state: Path, db_url: str, instance: str,
+                  image_id: str, conf: dict | None = None) -> subprocess.Popen:
+    """A spawn that takes the image's lock and SIGKILLs itself mid-transfer."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
+            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(state), "db_url": db_url, "op": "spawn", "instance": instance,
+            "image_id": image_id, "images_dir": str(images.directory), "cue": "transfer",
+            "conf": conf or {}})],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _go(procs: list[subprocess.Popen]) -> None:
+    """Wait until every child is logged in, then let them all spawn at once."""
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+def _outcome(p: subprocess.Popen) -> dict:
+    return json.loads(p.communicate(timeout=300)[0].splitlines()[-1])
+
+
+@contextlib.contextmanager
+def _reaped(procs: list):
+    """Children still running when the test ends (it failed) are killed."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def test_threads_and_processes_spawning_a_new_image_import_it_once(
         simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, destroy_after):
     conf = make_conf(simulator, wsdl_url, tmp_path / "state")
@@ -77,30 +127,16 @@ def test_threads_and_processes_spawning_a_new_image_import_it_once(
     proc_names = [_name("lock-proc") for _ in range(PROCESSES)]
     thread_names = [_name("lock-thread") for _ in range(THREADS)]
     destroy_after.extend(proc_names + thread_names)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.spawn_child", json.dumps({
-            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
-            "state_dir": str(tmp_path / "state"), "images_dir": str(images.directory),
-            "instance": name, "image_id": image_id})],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for name in proc_names]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()[-3000:]
-        results: dict = {}
+    procs = [_spawn_child(simulator, wsdl_url, images, tmp_path / "state", name, image_id, {})
+             for name in proc_names]
+    results: dict = {}
+    with _reaped(procs):
         workers = _threads_spawning(conf, vsphere, images, image_id, thread_names, results)
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        _go(procs)
         for w in workers:
             w.start()
         watchdog.join_all(workers, 300, "spawning threads")
-        outs = [json.loads(p.communicate(timeout=300)[0].splitlines()[-1]) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        outs = [_outcome(p) for p in procs]
     errors = [f"{n}: {r}" for n, r in results.items() if isinstance(r, Exception)]
     errors += [o["error"] for o in outs if "error" in o]
     assert not errors, errors
@@ -121,12 +157,7 @@ def test_a_killed_lock_holder_releases_and_a_waiter_imports(
     destroy_after.extend([holder] + waiters)
     imports_before = control.calls("ImportVApp")
     control.throttle_nfc(1 * MiB, direction="upload")  # the holder is mid-transfer a while
-    child = subprocess.Popen(
-        [sys.executable, "-m", "tests.functional.crash_child", json.dumps({
-            "sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
-            "state_dir": str(state), "db_url": db_url, "op": "spawn", "instance": holder,
-            "image_id": image_id, "images_dir": str(images.directory), "cue": "transfer"})],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _dying_holder(simulator, wsdl_url, images, state, db_url, holder, image_id)
     try:
         deadline = time.monotonic() + 120
         while control.calls("ImportVApp") == imports_before:  # the holder holds the lock
@@ -256,3 +287,107 @@ def test_a_killed_waiter_leaves_nothing_to_undo_and_its_flow_later_links(
     entry = _assert_all_linked(control, image_id, [holder, waiter])
     destroy_after.append(entry["name"])
     assert control.calls("ImportVApp") - imports_before == 1
+
+
+# --------------------------------------------------------------------------- across hosts
+
+def _host(zookeeper, path: str, name: str) -> dict:
+    """Settings of one "host": its own conductor name; ZooKeeper shared by all hosts."""
+    return {"vsan_flows__jobboard_hosts": [zookeeper.hosts], "vsan_flows__jobboard_path": path,
+            "vsan_flows__jobboard_session_timeout": 2.0, "vsan_flows__conductor_name": name}
+
+
+def test_two_hosts_sharing_zookeeper_import_a_new_image_once(
+        simulator, wsdl_url, tmp_path, images, control, small_vmdk, destroy_after, zookeeper):
+    """Separate state_dirs (no shared lock file): only ZooKeeper's lock keeps them apart."""
+    path = f"/vsan-flows-test/{uuid.uuid4().hex[:8]}"
+    image_id = images.add_file(small_vmdk, name="two-hosts")
+    imports_before = control.calls("ImportVApp")
+    control.throttle_nfc(2 * MiB, direction="upload")
+    names = [_name("host-a-vm"), _name("host-b-vm")]
+    destroy_after.extend(names)
+    procs = [_spawn_child(simulator, wsdl_url, images, tmp_path / host, name, image_id,
+                          _host(zookeeper, path, host))
+             for host, name in zip(("host-a", "host-b"), names, strict=True)]
+    with _reaped(procs):
+        _go(procs)
+        outs = [_outcome(p) for p in procs]
+    assert not [o["error"] for o in outs if "error" in o], outs
+    entry = _assert_all_linked(control, image_id, names)
+    destroy_after.append(entry["name"])
+    assert control.calls("ImportVApp") - imports_before == 1, "one import for two hosts"
+
+
+def test_a_killed_holder_on_one_host_releases_to_a_waiter_on_another(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, destroy_after,
+        zookeeper):
+    path = f"/vsan-flows-test/{uuid.uuid4().hex[:8]}"
+    state_a = tmp_path / "host-a"
+    db_a = f"sqlite:///{state_a}/flows.sqlite"
+    image_id = images.add_file(small_vmdk, name="holder-host-dies")
+    holder, waiter = _name("host-a-holder"), _name("host-b-waiter")
+    destroy_after.extend([holder, waiter])
+    imports_before = control.calls("ImportVApp")
+    control.throttle_nfc(1 * MiB, direction="upload")  # the holder is mid-transfer a while
+    child = _dying_holder(simulator, wsdl_url, images, state_a, db_a, holder, image_id,
+                          _host(zookeeper, path, "host-a"))
+    procs = [child]
+    with _reaped(procs):
+        deadline = time.monotonic() + 120
+        while control.calls("ImportVApp") == imports_before:  # the holder holds the lock
+            assert child.poll() is None, child.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the holder never started its import"
+            time.sleep(0.2)
+        other = _spawn_child(simulator, wsdl_url, images, tmp_path / "host-b", waiter,
+                             image_id, _host(zookeeper, path, "host-b"))
+        procs.append(other)
+        _go([other])
+        assert child.wait(timeout=120) == -9, child.communicate()[1][-3000:]
+        out = _outcome(other)
+    assert "error" not in out, out
+    assert control.calls("ImportVApp") - imports_before == 2, "the holder's, then the waiter's"
+    entry = _assert_all_linked(control, image_id, [waiter])
+    destroy_after.append(entry["name"])
+    # Host A restarts: its flow re-takes the lock (never assumed held from before the crash)
+    # and finishes, linking to the entry on its chosen datastore.
+    conf_a = make_conf(simulator, wsdl_url, state_a, vsan_flows__persistence_connection=db_a,
+                       vsan_flows__import_retries=2, **_host(zookeeper, path, "host-a"))
+    outcomes = api.resume_unfinished(conf_a, vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["completed"], outcomes
+    entries = {e["name"]: e for e in _entries(control, image_id)}
+    destroy_after.extend(n for n in entries if n != entry["name"])
+    assert len(entries) <= 2  # at most one per datastore
+    assert not [vm["name"] for vm in control.status()["vms"]
+                if vm["name"].startswith("vsanflows-import-")], "half-imports left"
+
+
+def test_a_wait_on_another_hosts_import_is_bounded_and_says_where(
+        simulator, wsdl_url, tmp_path, vsphere, images, control, small_vmdk, zookeeper):
+    """Another host (its own state_dir: no shared lock file) holds the ZooKeeper lock."""
+    path = f"/vsan-flows-test/{uuid.uuid4().hex[:8]}"
+    image_id = images.add_file(small_vmdk, name="held-on-another-host")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from vsan_flows.imagelocks import ImageLocks, ZooKeeperLocks
+        locks = ImageLocks({str(tmp_path / "host-a" / "locks")!r}, zookeeper=ZooKeeperLocks(
+            {zookeeper.hosts!r}, {path!r}, "host-a:holder", 2.0))
+        locks.hold({image_id!r}, "someone-else")
+        print("held", flush=True)
+        sys.stdin.readline()
+    """)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    conf = make_conf(simulator, wsdl_url, tmp_path / "host-b",
+                     vsan_flows__image_lock_timeout=1.0, **_host(zookeeper, path, "host-b"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        imports_before = control.calls("ImportVApp")
+        with pytest.raises(exceptions.ImageLockTimeout) as caught:
+            api.spawn(conf, _name("zk-lock-timeout"), image_id, vsphere=vsphere,
+                      images=images)
+    finally:
+        holder.kill()
+        holder.wait()
+    message = str(caught.value)
+    assert message.startswith(f"Waited 1 s for another spawn's import of image {image_id} "
+                              f"on the hosts sharing ZooKeeper {zookeeper.hosts}"), message
+    assert "nothing was created" in message
+    assert control.calls("ImportVApp") == imports_before

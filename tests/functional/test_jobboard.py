@@ -33,16 +33,6 @@ SESSION_TIMEOUT = 2.0  # ZooKeeper session of each conductor: bounds the takeove
 
 
 @pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory):
-    try:
-        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
-    except zk_helper.ZooKeeperError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def vmdk(tmp_path_factory):
     path = tmp_path_factory.mktemp("jobdisks") / "job.vmdk"
     disks.make_stream_optimized(path, 16 * MiB, data_mib=16)
@@ -141,6 +131,16 @@ def _vms_named(control, name: str) -> list[dict]:
     return [vm for vm in control.status()["vms"] if vm["name"] == name]
 
 
+def _assert_linked_once(control, instance: str, image_id: str) -> None:
+    """One VM of that name, one cache entry of the image, the VM's disk linked to it."""
+    vms = _vms_named(control, instance)
+    assert len(vms) == 1
+    cached = [vm for vm in control.status()["vms"]
+              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
+    assert len(cached) == 1
+    assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
+
+
 def test_two_conductors_run_each_job_exactly_once(rig, images, vmdk, control, destroy_after,
                                                   tmp_path):
     conf, start = rig
@@ -228,12 +228,7 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
           f"done {t_done - t_takeover:.2f} s later")
     assert result["instance_name"] == instance
     assert job_id in survivor.jobs_run() and job_id in victim.jobs_run()
-    vms = _vms_named(control, instance)
-    assert len(vms) == 1
-    cached = [vm for vm in control.status()["vms"]
-              if vm["name"].startswith(imagecache.vm_name(image_id, ""))]
-    assert len(cached) == 1
-    assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
+    _assert_linked_once(control, instance, image_id)
     # The cut transfer and its restart through the Retry; nothing else imported.
     assert control.calls("ImportVApp") - before == 2
     assert t_takeover - t_kill < SESSION_TIMEOUT + 5

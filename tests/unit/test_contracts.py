@@ -22,9 +22,10 @@ from vsan_flows.runtime import runner
 from vsan_flows.vsphere import faults
 
 # The live handles each flow reads (all of names.TRANSIENTS are injected into every flow).
-LIVE = {"spawn": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS},
-        "snapshot": {names.VSPHERE, names.IMAGES},
-        "nova-root-disk": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS}}
+LIVE = {"spawn": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS, names.FENCE},
+        "snapshot": {names.VSPHERE, names.IMAGES, names.FENCE},
+        "nova-root-disk": {names.VSPHERE, names.IMAGES, names.POLICY, names.IMAGE_LOCKS,
+                           names.FENCE}}
 # What each flow hands back to its caller (api.spawn/snapshot results, nova's driver).
 RESULTS = {"spawn": {"instance_vm", "shadow_vm", "bytes_sent", "datastore"},
            "snapshot": {"image_upload"},

@@ -12,6 +12,10 @@
   disk and starts over.
 * A conductor asked to stop (SIGTERM, Ctrl-C) lets the running task finish, suspends the flow
   and releases (abandons) the job, which another conductor then resumes.
+* A conductor that is *cut off* (its ZooKeeper session suspended or lost, or its claim read
+  back as someone else's) is fenced (:mod:`vsan_flows.runtime.fencing`): its engine stops
+  before its next task without undoing anything, records no outcome, and leaves the flow to
+  the conductor that holds the job now.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from oslo_config import cfg
-from taskflow import states
+from taskflow import engines, states
 from taskflow.conductors.backends.impl_blocking import BlockingConductor
 from taskflow.listeners import base as listener_base
 
 from vsan_flows import exceptions, names
-from vsan_flows.runtime import flowlock, jobs, legacy, persistence, runner
+from vsan_flows.runtime import fencing, flowlock, jobs, legacy, persistence, runner
 from vsan_flows.runtime.jobs import FINISHED
 from vsan_flows.runtime.listeners import FlowLogger
 
@@ -48,11 +52,17 @@ class _OutcomeRecorder(listener_base.Listener):
     name and message (our messages carry no secrets by construction).
     """
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, fence=fencing.UNFENCED) -> None:
         super().__init__(engine, task_listen_for=(), retry_listen_for=(),
                          flow_listen_for=FINISHED)
+        self._fence = fence
 
     def _flow_receiver(self, state, details):
+        if self._fence.tripped:
+            # A fenced engine's ending is not the flow's: the job's owner now runs it.
+            LOG.info("flow %s: not recording %s, this engine was fenced (%s)",
+                     self._engine.storage.flow_uuid, state, self._fence.tripped)
+            return
         try:
             self._engine.storage.update_flow_metadata({"outcome": outcome_of(self._engine,
                                                                              state)})
@@ -96,7 +106,8 @@ class VsanFlowsConductor(BlockingConductor):
     def __init__(self, name: str, board, *, transients: Mapping[str, Any], persistence,
                  engine: str, max_workers: int | None = None, wait_timeout: float | None = None,
                  max_jobs: int | None = None,
-                 flow_locks: flowlock.FlowLocks | None = None) -> None:
+                 flow_locks: flowlock.FlowLocks | None = None,
+                 session: fencing.SessionWatch | None = None) -> None:
         options = runner.engine_options(engine, max_workers)
         super().__init__(name, board, persistence=persistence, engine=options.pop("engine"),
                          engine_options=options, wait_timeout=wait_timeout)
@@ -105,6 +116,9 @@ class VsanFlowsConductor(BlockingConductor):
         self._vsan_dispatched = 0
         self._vsan_tokens: dict[str, str] = {}  # job -> its flow's token, while it runs here
         self._vsan_flow_locks = flow_locks or flowlock.process_only()
+        self._vsan_session = session
+        self._vsan_fences: dict[str, fencing.Fence] = {}  # job -> its engine's fence
+        self._vsan_fenced: set[str] = set()  # jobs whose engine was fenced, until finished
 
     def _flow_detail_from_job(self, job):
         # The book a job object carries is read once and may predate a takeover: reload.
@@ -116,8 +130,25 @@ class VsanFlowsConductor(BlockingConductor):
     def _engine_from_job(self, job):
         jobs.update_book_meta(self._persistence, job.book_uuid,
                               {"conductor": self._name, "job": job.uuid})
-        engine = super()._engine_from_job(job)
-        engine.storage.inject(self._vsan_transients, transient=True)
+        live = dict(self._vsan_transients)
+        if self._vsan_session is None:
+            engine = super()._engine_from_job(job)
+        else:
+            # TaskFlow's own _engine_from_job (flow detail + store), with a backend that
+            # stops persisting once the engine is fenced: a stale engine must not write
+            # over the flow record its job's new owner is writing.
+            fd = self._flow_detail_from_job(job)
+            fence = self._vsan_session.fence(job, fd.uuid)
+            store = {**((fd.meta or {}).get("store") or {}),
+                     **((job.details or {}).get("store") or {})}
+            engine = engines.load_from_detail(
+                fd, store=store, engine=self._engine,
+                backend=fencing.FencedBackend(self._persistence, fence),
+                **self._engine_options)
+            self._vsan_fences[job.uuid] = fence
+            live[names.FENCE] = fence
+            fence.guard(engine)
+        engine.storage.inject(live, transient=True)
         engine.compile()
         engine.prepare()
         # Same resume semantics as runner.resume: a transfer caught RUNNING was cut off.
@@ -127,7 +158,8 @@ class VsanFlowsConductor(BlockingConductor):
         return engine
 
     def _listeners_from_job(self, job, engine):
-        return [*super()._listeners_from_job(job, engine), _OutcomeRecorder(engine),
+        fence = self._vsan_fences.get(job.uuid, fencing.UNFENCED)
+        return [*super()._listeners_from_job(job, engine), _OutcomeRecorder(engine, fence),
                 FlowLogger(engine)]
 
     def _dispatch_job(self, job):
@@ -156,6 +188,14 @@ class VsanFlowsConductor(BlockingConductor):
             return super()._dispatch_job(job)
         finally:
             self._vsan_flow_locks.release(job.book_uuid)
+            fence = self._vsan_fences.pop(job.uuid, None)
+            if fence is not None:
+                self._vsan_session.forget(fence)
+                if fence.tripped:
+                    self._vsan_fenced.add(job.uuid)
+                    LOG.warning("Conductor %s: job %s was fenced (%s); its flow is left to "
+                                "the conductor that holds the job", self._name, job.uuid,
+                                fence.tripped)
             # However the flow stopped here, the image import locks it took in this process
             # go (a flow that runs again takes them again).
             token = self._vsan_tokens.pop(job.uuid, None)
@@ -163,6 +203,15 @@ class VsanFlowsConductor(BlockingConductor):
             if token and locks is not None:
                 locks.release_owner(token)
             self._count_dispatch()
+
+    def _try_finish_job(self, job, consume, trash=False):
+        if job.uuid in self._vsan_fenced:
+            # However a fenced engine ended, the flow is not done: never consume or trash
+            # it. Releasing fails harmlessly when the claim is already someone else's, and
+            # frees the job when the session came back with the claim still ours.
+            self._vsan_fenced.discard(job.uuid)
+            consume = trash = False
+        return super()._try_finish_job(job, consume, trash)
 
     def _count_dispatch(self) -> None:
         # TaskFlow's run(max_dispatches=N) dispatches N + 1 jobs (it counts after submitting,
@@ -195,11 +244,13 @@ def run_conductor(conf: cfg.ConfigOpts, make_transients: Callable[[], Mapping[st
             backend = persistence.open_backend(conf)
             stack.callback(backend.close)
         board = stack.enter_context(jobs.connect(conf, backend, name=name))
+        session = fencing.SessionWatch(jobs.client_of(board), name)
+        stack.callback(session.close)
         conductor = VsanFlowsConductor(
             name, board, transients=make_transients(), persistence=backend,
             engine=conf.vsan_flows.engine, max_workers=conf.vsan_flows.max_workers,
             wait_timeout=conf.vsan_flows.conductor_wait_timeout, max_jobs=max_jobs,
-            flow_locks=flowlock.for_conf(conf))
+            flow_locks=flowlock.for_conf(conf), session=session)
         for event, key in (("job_consumed", "consumed"), ("job_abandoned", "released"),
                            ("job_trashed", "trashed")):
             conductor.notifier.register(event, functools.partial(_count, counts, key))

@@ -128,6 +128,15 @@ def connect(conf: cfg.ConfigOpts, backend=None, *, name: str = "vsan-flows"):
         board.close()
 
 
+def client_of(board):
+    """The kazoo client under a ZooKeeper jobboard.
+
+    TaskFlow keeps it private (``_client``) and offers no connection-state hook; fencing
+    needs both the client's session state and its session id, so it is reached here, once.
+    """
+    return board._client
+
+
 # --------------------------------------------------------------------------- posting
 
 def _store_and_board(stack: contextlib.ExitStack, conf: cfg.ConfigOpts, backend, board):

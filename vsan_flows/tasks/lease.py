@@ -20,13 +20,18 @@ class CreateImportLease(task.Task):
 
     default_provides = "import_lease"
 
-    def execute(self, vsphere, image_locks, image: dict, datastore: dict, flow_token: str,
-                import_vm_name: str, cached_shadow: dict | None) -> dict | None:
+    def execute(self, vsphere, image_locks, fence, image: dict, datastore: dict,
+                flow_token: str, import_vm_name: str, cached_shadow: dict | None) -> dict | None:
         if cached_shadow:
             return None  # the image cache already holds this image: import nothing
         # Held since placement; taken again here when this run is a resume or a retry
         # in another process (a lock is never assumed to survive a crash).
         image_locks.hold(image["id"], flow_token)
+        # The import VM's name carries the flow token, so every engine that ever ran this
+        # flow names its import the same: a leftover may be what the flow's live owner is
+        # streaming into right now. Only the live owner may destroy it or import again; an
+        # engine that lost its claim refuses here (fencing) instead of destroying it.
+        fence.verify()
         leftover = instances.find(vsphere, import_vm_name)
         if leftover is not None:
             # A crashed earlier attempt of this same flow; its lease is dead with it.
@@ -53,7 +58,8 @@ class CreateExportLease(task.Task):
 
     default_provides = "export_lease"
 
-    def execute(self, vsphere, snapshot_clone: dict) -> dict:
+    def execute(self, vsphere, fence, snapshot_clone: dict) -> dict:
+        fence.verify()  # only the flow's live owner starts an export (see CreateImportLease)
         return {"lease": exports.begin_export(vsphere, snapshot_clone["vm"])}
 
     def revert(self, vsphere, result=None, **kwargs) -> None:
