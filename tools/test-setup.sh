@@ -42,8 +42,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 # 2b. nova (the compute driver's host, vsan_flows/nova/). It installs beside our requirements
-# without changing any version (pip check); its tests use the glance-api of step 3.
-if ! .venv/bin/python -c 'import nova, glanceclient' 2>/dev/null; then
+# without changing any version (pip check); its tests use the glance-api of step 3, and
+# test_nova_rest_api.py nova's own functional harness (placement, oslotest, wsgi-intercept).
+if ! .venv/bin/python -c 'import nova, glanceclient, placement, oslotest, wsgi_intercept' 2>/dev/null; then
   log "installing nova 34.0.0 into .venv"
   .venv/bin/pip install -q -r nova-requirements.txt
 fi

@@ -63,6 +63,20 @@ class VsanVCDriver(vmware_driver.VMwareVCDriver):
         self._runs.close()
         super().cleanup_host(host)
 
+    def manage_image_cache(self, context, all_instances):
+        """nova's pass over its own cache (``vmware_base`` folders), then over ours."""
+        super().manage_image_cache(context, all_instances)
+        self.age_vsan_image_cache(all_instances)
+
+    def age_vsan_image_cache(self, all_instances) -> dict[str, list[str]]:
+        """Our part of nova's image-cache pass: evict shadow VMs no instance uses any more
+        once nova's minimum age has passed (vsan_flows.nova.cache_aging)."""
+        done = self._runs.age_image_cache(all_instances)
+        if any(done.values()):
+            LOG.info("image cache pass on %s: %s", self._runs.host,
+                     {k: v for k, v in done.items() if v})
+        return done
+
     def snapshot(self, context, instance, image_id, update_task_state):
         vm_id = self._runs.instance_vm(instance.uuid)
         if vm_id is None or not self._runs.runs_on_vm(vm_id):

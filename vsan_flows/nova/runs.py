@@ -2,8 +2,9 @@
 
 Flows run in the calling thread (nova's own worker), persisted under nova's ``[DEFAULT] host``
 so that only this compute service picks them up after a restart, and marked "revert on
-restart": nova marks an interrupted build ERROR and reschedules it, and deletes the image of an
-interrupted snapshot, so finishing either late would only leave something nobody wants.
+restart": nova sets a build interrupted by a restart ERROR (its init_host; no reschedule), and
+deletes the image of an interrupted snapshot, so finishing either late would only leave
+something nobody wants.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from oslo_config import cfg
 from vsan_flows import api
 from vsan_flows import conf as vconf
 from vsan_flows.images import LocalImageService
+from vsan_flows.nova import cache_aging
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
 from vsan_flows.vsphere import identity
@@ -92,6 +94,13 @@ class NovaRuns:
     def snapshot(self, context, instance_uuid: str, image_id: str) -> dict:
         plan = api.plan(self.conf, "snapshot", instance_uuid, image_id, on_restart="revert")
         return self._run(plan, context)
+
+    def age_image_cache(self, all_instances) -> dict[str, list[str]]:
+        """Evict cache entries unused for nova's minimum age (vsan_flows.nova.cache_aging)."""
+        ic = self.conf.image_cache
+        return cache_aging.age(self.vsphere, self.image_locks, all_instances,
+                               enabled=ic.remove_unused_base_images,
+                               min_age_s=ic.remove_unused_original_minimum_age_seconds)
 
     def revert_interrupted(self, context) -> list[tuple[str, str, str]]:
         """Roll back every flow of this host that a crash interrupted (see module doc)."""
