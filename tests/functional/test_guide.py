@@ -512,6 +512,8 @@ NOT_OPTIONS = {
     "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task", "CreateVM_Task",
     # nova's own option, compared with ours in concurrency.md
     "max_concurrent_builds",
+    # code names from the fencing and transfer sections of concurrency.md
+    "run_iter", "READ_AHEAD", "CHUNK_SIZE", "verifies_hash",
 }
 
 
