@@ -32,8 +32,17 @@ SPAWN_CUES = [f"{a}:before" for a in SPAWN_ATOMS] + ["CloneLinkedDisk:after", "t
 SNAPSHOT_ATOMS = ["ReserveImage", "ReadInstance", "CreateVmSnapshot", "CloneFromSnapshot",
                   "CreateExportLease", "StreamDiskToImage", "CompleteLease", "Cleanup"]
 SNAPSHOT_CUES = [f"{a}:before" for a in SNAPSHOT_ATOMS] + ["Cleanup:after", "transfer"]
+# Killed inside each vSphere call that changes something: vCenter acted and answered, the
+# process died before it handled the answer (nothing of it saved).
+SPAWN_CALLS = ["call:ImportVApp", "call:HttpNfcLeaseComplete", "call:ReconfigVM_Task",
+               "call:CreateVM_Task"]
+SNAPSHOT_CALLS = ["call:CreateSnapshot_Task", "call:CloneVM_Task", "call:ExportVm",
+                  "call:HttpNfcLeaseComplete", "call:RemoveSnapshot_Task", "call:Destroy_Task"]
+SPAWN_CUES += SPAWN_CALLS
+SNAPSHOT_CUES += SNAPSHOT_CALLS
 # Cues after which resume legitimately starts the transfer over with a fresh lease.
-RESTARTS_TRANSFER = {"StreamDiskToLease:before", "StreamDiskToImage:before", "transfer"}
+RESTARTS_TRANSFER = {"StreamDiskToLease:before", "StreamDiskToImage:before", "transfer",
+                     "call:ImportVApp", "call:ExportVm"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +75,9 @@ WRITES_B = [(3 * MiB + 511 + 1000, random.Random(13).randbytes(8192)),
             (30 * MiB, random.Random(14).randbytes(4096))]
 AFTER_VM_SNAPSHOT = {"CloneFromSnapshot:before", "CreateExportLease:before",
                      "StreamDiskToImage:before", "CompleteLease:before", "transfer",
-                     "Cleanup:before", "Cleanup:after"}
+                     "Cleanup:before", "Cleanup:after", "call:CreateSnapshot_Task",
+                     "call:CloneVM_Task", "call:ExportVm", "call:HttpNfcLeaseComplete",
+                     "call:RemoveSnapshot_Task", "call:Destroy_Task"}
 
 
 def _with(content: bytes, writes) -> bytes:
@@ -96,9 +107,10 @@ def _image_raw(images, image_id, tmp_path) -> bytes:
 # registers or cleans up, and after the last one. (The whole matrix on three databases took
 # a third of the suite.)
 SERVER_SPAWN_CUES = ["PickVsanDatastore:before", "StreamDiskToLease:before",
-                     "RegisterShadowVM:before", "CloneLinkedDisk:after", "transfer"]
+                     "RegisterShadowVM:before", "CloneLinkedDisk:after", "transfer",
+                     "call:ImportVApp"]
 SERVER_SNAPSHOT_CUES = ["CreateVmSnapshot:before", "StreamDiskToImage:before",
-                        "Cleanup:before", "Cleanup:after", "transfer"]
+                        "Cleanup:before", "Cleanup:after", "transfer", "call:ExportVm"]
 
 
 def _matrix(cues: list[str], server_cues: list[str]) -> list[tuple[str, str]]:
@@ -137,6 +149,17 @@ def _run_child(simulator, wsdl_url, tmp_path, db_url, op, instance, image_id, im
                            json.dumps(args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == -9, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+
+
+def _assert_nothing_left(control, images, glance=None) -> None:
+    """The leak check the conftest runs after the test, here at once, plus the image store."""
+    status = control.status()
+    open_leases = [lease for lease in status["leases"]
+                   if lease["state"] in ("initializing", "ready")]
+    assert not open_leases, f"leases left open: {open_leases}"
+    if glance is None:
+        parts = sorted(p.name for p in images.directory.glob("*.part"))
+        assert not parts, f"half-written image data left in the store: {parts}"
 
 
 def _conf(simulator, wsdl_url, tmp_path, db_url, glance=None):
@@ -189,6 +212,7 @@ def _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
     assert vms[0]["disks"][0]["parent"] == cached[0]["disks"][0]["file"]
     imports = control.calls("ImportVApp") - before
     assert imports == (2 if cue in RESTARTS_TRANSFER else 1), imports
+    _assert_nothing_left(control, images, glance)
     return image_id
 
 
@@ -241,12 +265,12 @@ def _crash_and_resume_snapshot(cue, simulator, wsdl_url, tmp_path, db_url, vsphe
     expected = _with(with_a, WRITES_B) if cue in AFTER_VM_SNAPSHOT else with_a
     assert _sha(control.guest_read(instance)) == _sha(expected), \
         "the instance lost writes (A, or B made after the VM snapshot)"
-
+    _assert_nothing_left(control, images, glance)
     return image_id
 
 
 @pytest.mark.parametrize("cue", ["CloneFromSnapshot:before", "StreamDiskToImage:before",
-                                 "transfer", "Cleanup:before"])
+                                 "transfer", "Cleanup:before", *SNAPSHOT_CALLS])
 def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_url, tmp_path,
                                                           vsphere, images, control, vmdk,
                                                           vmdk_raw, destroy_after, sim_conf):
@@ -279,6 +303,7 @@ def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_u
     assert next(v for v in status["vms"] if v["name"] == instance)["snapshots"] == 0
     assert not [v for v in status["vms"] if v["name"].startswith("vsanflows-export")]
     assert not status["leases"]
+    _assert_nothing_left(control, images)
     assert _sha(control.guest_read(instance)) == _sha(_with_a(vmdk_raw)), \
         "the instance's disk changed"
 
@@ -322,16 +347,14 @@ def test_snapshot_into_glance_killed_mid_upload_resumes_on_config_alone(
     assert received == meta.size
 
 
-def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp_path,
-                                                         vsphere, images, control, vmdk):
-    """resume_unfinished reverts instead of resuming when the flow's logbook asks for it."""
-
-
+@pytest.mark.parametrize("cue", ["CloneLinkedDisk:after", *SPAWN_CALLS])
+def test_spawn_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_url, tmp_path,
+                                                       vsphere, images, control, vmdk):
+    """Killed (inside a vSphere call too), then reverted: no VM, lease or file is left."""
     db_url = _db_url("sqlite", tmp_path)
     image_id = images.add_file(vmdk, name="unsafe")
     instance = "unsafe-" + uuid.uuid4().hex[:8]
-    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
-               "CloneLinkedDisk:after")
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images, cue)
     _ask_for_revert_on_restart(db_url)
     outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
                                      vsphere=vsphere, images=images)
@@ -339,3 +362,4 @@ def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp
     names = [vm["name"] for vm in control.status()["vms"]]
     assert instance not in names
     assert not [n for n in names if n.startswith(imagecache.vm_name(image_id, ""))]
+    _assert_nothing_left(control, images)

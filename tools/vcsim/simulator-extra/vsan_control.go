@@ -37,6 +37,7 @@ func NewControlHandler() http.Handler {
 	c.mux.HandleFunc("/vm/write", post(c.guestWrite))
 	c.mux.HandleFunc("/vm/read", c.guestRead)
 	c.mux.HandleFunc("/export", post(c.export))
+	c.mux.HandleFunc("/lease/timeout", post(c.leaseTimeout))
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
 	})
@@ -521,5 +522,6 @@ func ResetKnobs() {
 	resetMethodFaults()
 	resetLeaseFaults()
 	resetNFCFaults()
+	resetLeaseTimeout()
 	SetExportAnnounceLength(false)
 }
