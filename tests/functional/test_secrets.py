@@ -278,4 +278,5 @@ def test_a_failed_transfer_never_hands_out_its_lease_url(simulator, wsdl_url, tm
 
     for where, text in texts.items():
         found = NFC_WITH_ID.search(text)
-        assert not found, f"lease URL in {where}: ...{text[max(0, found.start() - 200):found.end() + 50]}"
+        context = text[max(0, found.start() - 200):found.end() + 50] if found else ""
+        assert not found, f"lease URL in {where}: ...{context}"
