@@ -32,14 +32,7 @@ MiB = 1024 * 1024
 SESSION_TIMEOUT = 2.0  # ZooKeeper session of each conductor: bounds the takeover time
 
 
-@pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory):
-    try:
-        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
-    except zk_helper.ZooKeeperError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+zookeeper = zk_helper.module_fixture()
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from taskflow.types import failure as tf_failure
 
+from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
 from vsan_flows import api, exceptions, imagecache
 from vsan_flows.runtime import persistence
@@ -191,16 +192,7 @@ def _zk_texts(hosts: str, path: str) -> list[str]:
         client.close()
 
 
-@pytest.fixture(scope="module")
-def zookeeper(tmp_path_factory):
-    from tests.functional import zookeeper as zk_helper
-
-    try:
-        server = zk_helper.start(tmp_path_factory.mktemp("zookeeper"))
-    except zk_helper.ZooKeeperError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+zookeeper = zk_helper.module_fixture()
 
 
 def test_a_failed_transfer_never_hands_out_its_lease_url(simulator, wsdl_url, tmp_path, vsphere,

@@ -113,3 +113,24 @@ def start(workdir: Path, *, tick_ms: int = 500, timeout: float = 30.0) -> ZooKee
     zk.stop()
     raise ZooKeeperError(f"ZooKeeper did not answer on port {port} within {timeout:g} s: "
                          f"{zk.log_tail()}")
+
+
+def _module_server(tmp_path_factory):
+    import pytest
+
+    try:
+        server = start(tmp_path_factory.mktemp("zookeeper"))
+    except ZooKeeperError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+def module_fixture():
+    """A ``zookeeper`` fixture for a test module: one real server for its tests.
+
+    Use as ``zookeeper = zk_helper.module_fixture()`` at module level.
+    """
+    import pytest
+
+    return pytest.fixture(scope="module", name="zookeeper")(_module_server)
