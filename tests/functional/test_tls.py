@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.functional import zookeeper as zk_helper
 from tests.functional.conftest import make_conf
 from vsan_flows import driver as vdriver
 from vsan_flows import exceptions
@@ -193,6 +194,45 @@ def test_init_host_with_untrusted_certificate_fails_at_once(tls_sim, wsdl_url, t
     _assert_cert_error(out)
 
 
+zookeeper = zk_helper.module_fixture()
+
+
+def _run_cli(conf_file: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).with_name("vsan-flows")),
+                           "--config-file", str(conf_file), *args],
+                          capture_output=True, text=True, timeout=WATCHDOG_SECS,
+                          stdin=subprocess.DEVNULL)
+    return proc, time.monotonic() - start
+
+
+def _assert_one_line_cert_error(proc, secs, sim) -> None:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "[vmware] ca_file" in lines[0] and "Traceback" not in proc.stderr, lines
+    assert sim.password not in proc.stdout + proc.stderr
+    assert secs < 60, secs
+
+
+def test_conductor_with_untrusted_certificate_stops_at_start(tls_sim, wsdl_url, tmp_path,
+                                                            zookeeper):
+    conf_file = tmp_path / "conductor.conf"
+    conf_file.write_text(
+        "[vmware]\n"
+        f"host_ip = {tls_sim.host}\nhost_port = {tls_sim.port}\n"
+        f"host_username = {tls_sim.username}\nhost_password = {tls_sim.password}\n"
+        f"wsdl_location = {wsdl_url}\napi_retry_count = 10\n"
+        "[vsan_flows]\n"
+        f"state_dir = {tmp_path / 'state'}\n"
+        f"persistence_connection = sqlite:///{tmp_path}/flows.sqlite\n"
+        f"image_store_dir = {tmp_path / 'images'}\n"
+        f"jobboard_hosts = {zookeeper.hosts}\n"
+        f"jobboard_path = /vsan-flows-tls/{uuid.uuid4().hex[:8]}\n")
+    proc, secs = _run_cli(conf_file, "conductor")
+    _assert_one_line_cert_error(proc, secs, tls_sim)
+
+
 def test_flows_resume_with_untrusted_certificate_is_one_line(tls_sim, wsdl_url, tmp_path,
                                                              stored_flow):
     from vsan_flows.runtime import persistence
@@ -209,16 +249,5 @@ def test_flows_resume_with_untrusted_certificate_is_one_line(tls_sim, wsdl_url, 
         f"state_dir = {tmp_path / 'state'}\n"
         f"persistence_connection = {stored_flow['db_url']}\n"
         f"image_store_dir = {stored_flow['images'].directory}\n")
-    start = time.monotonic()
-    proc = subprocess.run([str(Path(sys.executable).with_name("vsan-flows")),
-                           "--config-file", str(conf_file), "flows", "resume", flow_id,
-                           "--force"],
-                          capture_output=True, text=True, timeout=WATCHDOG_SECS,
-                          stdin=subprocess.DEVNULL)
-    secs = time.monotonic() - start
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "[vmware] ca_file" in lines[0] and "Traceback" not in proc.stderr, lines
-    assert tls_sim.password not in proc.stdout + proc.stderr
-    assert secs < 60, secs
+    proc, secs = _run_cli(conf_file, "flows", "resume", flow_id, "--force")
+    _assert_one_line_cert_error(proc, secs, tls_sim)
