@@ -363,3 +363,37 @@ def test_spawn_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_url,
     assert instance not in names
     assert not [n for n in names if n.startswith(imagecache.vm_name(image_id, ""))]
     _assert_nothing_left(control, images)
+
+
+def test_flows_revert_force_ends_the_lease_of_a_killed_import(simulator, wsdl_url, tmp_path,
+                                                              images, control, vmdk):
+    """The admin's `flows revert --force` after a kill inside ImportVApp: no lease stays open."""
+    from vsan_flows.runtime import persistence
+
+    db_url = _db_url("sqlite", tmp_path)
+    image_id = images.add_file(vmdk, name="admin")
+    instance = "admin-" + uuid.uuid4().hex[:8]
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
+               "call:ImportVApp")
+    assert [lease for lease in control.status()["leases"] if lease["state"] == "ready"], \
+        "the killed call left no ready lease: nothing to test"
+    backend = persistence.backend_from_url(db_url)
+    (flow_id,) = [fd.uuid for _book, fd in persistence.list_flow_details(backend)]
+    conf_file = tmp_path / "admin.conf"
+    conf_file.write_text(
+        "[vmware]\n"
+        f"host_ip = {simulator.host}\nhost_port = {simulator.port}\n"
+        f"host_username = {simulator.username}\nhost_password = {simulator.password}\n"
+        f"insecure = true\nwsdl_location = {wsdl_url}\n"
+        "task_poll_interval = 0.05\napi_retry_count = 2\n"
+        "[vsan_flows]\n"
+        f"state_dir = {tmp_path / 'state'}\npersistence_connection = {db_url}\n"
+        f"image_store_dir = {images.directory}\n")
+    proc = subprocess.run([str(Path(sys.executable).with_name("vsan-flows")), "--config-file",
+                           str(conf_file), "flows", "revert", flow_id, "--yes", "--force"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REVERTED" in proc.stdout
+    assert instance not in [vm["name"] for vm in control.status()["vms"]]
+    _assert_nothing_left(control, images)
