@@ -215,6 +215,21 @@ class VCenterUnreachable(VSphereError):
         )
 
 
+class VCenterCertificateError(VSphereError):
+    """vCenter's TLS certificate failed verification: final, never retried."""
+
+    def __init__(self, host: str, port: int, reason: str, ca_file: str | None) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        trusted = f"the CA bundle {ca_file}" if ca_file else "the system's trusted CAs"
+        super().__init__(
+            f"vCenter at {host}:{port} presented a TLS certificate that {trusted} do not "
+            f"vouch for ({reason}). Set [vmware] ca_file to the CA bundle that signed it "
+            "(or, on a test rig only, [vmware] insecure = true)."
+        )
+
+
 class VCenterAuthError(VSphereError):
     def __init__(self, host: str, username: str | None) -> None:
         self.host = host

@@ -371,10 +371,27 @@ class LocalImageService:
             if current.status == STATUS_ACTIVE:
                 raise ImageAlreadyHasData(image_id, current.status)
             data_path.unlink(missing_ok=True)
+            self._drop_stale_parts(image_id)
             props = {**current.properties, "vsan_flows_kill_reason": reason}
             self._save(
                 replace(current, status=STATUS_KILLED, properties=props, updated_at=_now())
             )
+
+    def _drop_stale_parts(self, image_id: str) -> None:
+        """Remove what a writer that died left half-written, unless a writer is live now."""
+        lock_path = self.directory / f"{image_id}.lock"
+        if not lock_path.exists():
+            return
+        fd = os.open(lock_path, os.O_RDWR)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # a live upload owns its .part; it removes it itself on failure
+            for part in self.directory.glob(f"{image_id}.*.part"):
+                part.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
     def list(self) -> list[ImageMeta]:
         images = []

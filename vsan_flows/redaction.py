@@ -208,6 +208,11 @@ _GUARDED_LOGGERS = ("oslo_vmware.rw_handles", "oslo_vmware.image_transfer", "osl
                     "vsan_flows.flow")
 
 
+def _loaded_children(name: str) -> list[logging.Logger]:
+    return [logger for key, logger in list(logging.Logger.manager.loggerDict.items())
+            if key.startswith(name + ".") and isinstance(logger, logging.Logger)]
+
+
 def guard_library_logs(secrets: Secrets | None = None) -> None:
     """Filter the loggers that can carry secrets, at the source, whoever owns the handlers.
 
@@ -215,8 +220,11 @@ def guard_library_logs(secrets: Secrets | None = None) -> None:
     records never leave its logger. The others are redacted by pattern and, given
     ``secrets``, by the configured values too (nova, not us, owns the handlers).
     """
-    suds = logging.getLogger("suds")
-    if suds.getEffectiveLevel() < logging.INFO:
-        suds.setLevel(logging.INFO)
+    # Their own level, not the effective one: a host that turns the root logger to DEBUG
+    # later (nova's debug = true, a test's caplog) must not reopen them. suds.metrics logs
+    # every reply: lease info with its disk URLs (tickets), session keys.
+    for logger in [logging.getLogger("suds"), *_loaded_children("suds")]:
+        if logger.level < logging.INFO:
+            logger.setLevel(logging.INFO)
     for name in _GUARDED_LOGGERS:
         guard_logger(logging.getLogger(name), secrets)

@@ -2,8 +2,10 @@
 
 Used by test_crash_resume.py as a real child process (``python -m
 tests.functional.crash_child JSON``). The cue is an atom name and state ("before" = the atom
-just started RUNNING, "after" = it finished), or "transfer" = at the first progress report
-of the import's or the export's stream task (bytes have moved, not all of them).
+just started RUNNING, "after" = it finished), "transfer" = at the first progress report
+of the import's or the export's stream task (bytes have moved, not all of them), or
+"call:<Method>" = right after vCenter answered that SOAP call (its first time), before the
+answer is handled: vCenter has acted, nothing of it is saved.
 """
 
 from __future__ import annotations
@@ -65,6 +67,22 @@ def _kill_mid_transfer(engine):
     return _Reg()
 
 
+def _kill_after_call(method: str):
+    """Die as soon as vCenter's answer to ``method`` is back in this process."""
+    from oslo_vmware import api as vapi
+
+    original = vapi.VMwareAPISession.invoke_api
+
+    def invoke_api(self, module, called, *args, **kwargs):
+        result = original(self, module, called, *args, **kwargs)
+        if called == method:
+            _die()
+        return result
+
+    vapi.VMwareAPISession.invoke_api = invoke_api
+    return ()
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     sim = SimpleNamespace(**json.load(open(args["sim_state"])))
@@ -77,6 +95,8 @@ def main() -> None:
         listeners = ()
     elif args["cue"] == "transfer":
         listeners = (_kill_mid_transfer,)
+    elif args["cue"].startswith("call:"):
+        listeners = _kill_after_call(args["cue"].split(":", 1)[1])
     else:
         atom, when = args["cue"].split(":")
         listeners = (_kill_on_atom(atom, when),)

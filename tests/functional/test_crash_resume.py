@@ -32,8 +32,17 @@ SPAWN_CUES = [f"{a}:before" for a in SPAWN_ATOMS] + ["CloneLinkedDisk:after", "t
 SNAPSHOT_ATOMS = ["ReserveImage", "ReadInstance", "CreateVmSnapshot", "CloneFromSnapshot",
                   "CreateExportLease", "StreamDiskToImage", "CompleteLease", "Cleanup"]
 SNAPSHOT_CUES = [f"{a}:before" for a in SNAPSHOT_ATOMS] + ["Cleanup:after", "transfer"]
+# Killed inside each vSphere call that changes something: vCenter acted and answered, the
+# process died before it handled the answer (nothing of it saved).
+SPAWN_CALLS = ["call:ImportVApp", "call:HttpNfcLeaseComplete", "call:ReconfigVM_Task",
+               "call:CreateVM_Task"]
+SNAPSHOT_CALLS = ["call:CreateSnapshot_Task", "call:CloneVM_Task", "call:ExportVm",
+                  "call:HttpNfcLeaseComplete", "call:RemoveSnapshot_Task", "call:Destroy_Task"]
+SPAWN_CUES += SPAWN_CALLS
+SNAPSHOT_CUES += SNAPSHOT_CALLS
 # Cues after which resume legitimately starts the transfer over with a fresh lease.
-RESTARTS_TRANSFER = {"StreamDiskToLease:before", "StreamDiskToImage:before", "transfer"}
+RESTARTS_TRANSFER = {"StreamDiskToLease:before", "StreamDiskToImage:before", "transfer",
+                     "call:ImportVApp", "call:ExportVm"}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +75,9 @@ WRITES_B = [(3 * MiB + 511 + 1000, random.Random(13).randbytes(8192)),
             (30 * MiB, random.Random(14).randbytes(4096))]
 AFTER_VM_SNAPSHOT = {"CloneFromSnapshot:before", "CreateExportLease:before",
                      "StreamDiskToImage:before", "CompleteLease:before", "transfer",
-                     "Cleanup:before", "Cleanup:after"}
+                     "Cleanup:before", "Cleanup:after", "call:CreateSnapshot_Task",
+                     "call:CloneVM_Task", "call:ExportVm", "call:HttpNfcLeaseComplete",
+                     "call:RemoveSnapshot_Task", "call:Destroy_Task"}
 
 
 def _with(content: bytes, writes) -> bytes:
@@ -96,9 +107,10 @@ def _image_raw(images, image_id, tmp_path) -> bytes:
 # registers or cleans up, and after the last one. (The whole matrix on three databases took
 # a third of the suite.)
 SERVER_SPAWN_CUES = ["PickVsanDatastore:before", "StreamDiskToLease:before",
-                     "RegisterShadowVM:before", "CloneLinkedDisk:after", "transfer"]
+                     "RegisterShadowVM:before", "CloneLinkedDisk:after", "transfer",
+                     "call:ImportVApp"]
 SERVER_SNAPSHOT_CUES = ["CreateVmSnapshot:before", "StreamDiskToImage:before",
-                        "Cleanup:before", "Cleanup:after", "transfer"]
+                        "Cleanup:before", "Cleanup:after", "transfer", "call:ExportVm"]
 
 
 # With Glance as the image service (sqlite only: the store of flows is not what differs),
@@ -166,6 +178,17 @@ def _run_child(simulator, wsdl_url, tmp_path, db_url, op, instance, image_id, im
     assert proc.returncode == -9, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
 
 
+def _assert_nothing_left(control, images, glance=None) -> None:
+    """The leak check the conftest runs after the test, here at once, plus the image store."""
+    status = control.status()
+    open_leases = [lease for lease in status["leases"]
+                   if lease["state"] in ("initializing", "ready")]
+    assert not open_leases, f"leases left open: {open_leases}"
+    if glance is None:
+        parts = sorted(p.name for p in images.directory.glob("*.part"))
+        assert not parts, f"half-written image data left in the store: {parts}"
+
+
 def _conf(simulator, wsdl_url, tmp_path, db_url, glance=None):
     return make_conf(simulator, wsdl_url, tmp_path / "state",
                      vsan_flows__persistence_connection=db_url, vsan_flows__import_retries=2,
@@ -229,6 +252,7 @@ def _crash_and_resume_spawn(cue, simulator, wsdl_url, tmp_path, db_url, vsphere,
     if glance is not None and cue == "transfer":
         # One whole read cut by the kill (the user's), one whole read after the restart.
         assert _tokens(glance, image_id, ranged=False) == [USER_TOKEN, SERVICE_TOKEN]
+    _assert_nothing_left(control, images, glance)
     return image_id
 
 
@@ -290,6 +314,7 @@ def _crash_and_resume_snapshot(cue, simulator, wsdl_url, tmp_path, db_url, vsphe
         uploads = _tokens(glance, image_id, method="PUT")
         assert uploads == {"transfer": [USER_TOKEN, SERVICE_TOKEN],
                            "CompleteLease:before": [USER_TOKEN]}.get(cue, [SERVICE_TOKEN])
+    _assert_nothing_left(control, images, glance)
     return image_id
 
 
@@ -298,6 +323,7 @@ def _crash_and_resume_snapshot(cue, simulator, wsdl_url, tmp_path, db_url, vsphe
 @pytest.mark.parametrize(("cue", "images"), [
     ("CloneFromSnapshot:before", "local"), ("StreamDiskToImage:before", "local"),
     ("transfer", "local"), ("Cleanup:before", "local"),
+    *[(call, "local") for call in SNAPSHOT_CALLS],
     ("transfer", "glance"), ("Cleanup:before", "glance")], indirect=["images"])
 def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_url, tmp_path,
                                                           vsphere, images, control, vmdk,
@@ -333,6 +359,7 @@ def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_u
     assert next(v for v in status["vms"] if v["name"] == instance)["snapshots"] == 0
     assert not [v for v in status["vms"] if v["name"].startswith("vsanflows-export")]
     assert not status["leases"]
+    _assert_nothing_left(control, images)
     assert _sha(control.guest_read(instance)) == _sha(_with_a(vmdk_raw)), \
         "the instance's disk changed"
 
@@ -349,16 +376,14 @@ def _tokens(glance, image_id, *, ranged: bool | None = None, method: str = "GET"
     return out
 
 
-def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp_path,
-                                                         vsphere, images, control, vmdk):
-    """resume_unfinished reverts instead of resuming when the flow's logbook asks for it."""
-
-
+@pytest.mark.parametrize("cue", ["CloneLinkedDisk:after", *SPAWN_CALLS])
+def test_spawn_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_url, tmp_path,
+                                                       vsphere, images, control, vmdk):
+    """Killed (inside a vSphere call too), then reverted: no VM, lease or file is left."""
     db_url = _db_url("sqlite", tmp_path)
     image_id = images.add_file(vmdk, name="unsafe")
     instance = "unsafe-" + uuid.uuid4().hex[:8]
-    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
-               "CloneLinkedDisk:after")
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images, cue)
     _ask_for_revert_on_restart(db_url)
     outcomes = api.resume_unfinished(_conf(simulator, wsdl_url, tmp_path, db_url),
                                      vsphere=vsphere, images=images)
@@ -366,3 +391,38 @@ def test_a_flow_marked_revert_on_restart_is_rolled_back(simulator, wsdl_url, tmp
     names = [vm["name"] for vm in control.status()["vms"]]
     assert instance not in names
     assert not [n for n in names if n.startswith(imagecache.vm_name(image_id, ""))]
+    _assert_nothing_left(control, images)
+
+
+def test_flows_revert_force_ends_the_lease_of_a_killed_import(simulator, wsdl_url, tmp_path,
+                                                              images, control, vmdk):
+    """The admin's `flows revert --force` after a kill inside ImportVApp: no lease stays open."""
+    from vsan_flows.runtime import persistence
+
+    db_url = _db_url("sqlite", tmp_path)
+    image_id = images.add_file(vmdk, name="admin")
+    instance = "admin-" + uuid.uuid4().hex[:8]
+    _run_child(simulator, wsdl_url, tmp_path, db_url, "spawn", instance, image_id, images,
+               "call:ImportVApp")
+    assert [lease for lease in control.status()["leases"] if lease["state"] == "ready"], \
+        "the killed call left no ready lease: nothing to test"
+    backend = persistence.backend_from_url(db_url)
+    (flow_id,) = [fd.uuid for _book, fd in persistence.list_flow_details(backend)]
+    conf_file = tmp_path / "admin.conf"
+    conf_file.write_text(
+        "[vmware]\n"
+        f"host_ip = {simulator.host}\nhost_port = {simulator.port}\n"
+        f"host_username = {simulator.username}\nhost_password = {simulator.password}\n"
+        f"insecure = true\nwsdl_location = {wsdl_url}\n"
+        "task_poll_interval = 0.05\napi_retry_count = 2\n"
+        "[vsan_flows]\n"
+        f"state_dir = {tmp_path / 'state'}\npersistence_connection = {db_url}\n"
+        f"image_store_dir = {images.directory}\n")
+    proc = subprocess.run([str(Path(sys.executable).with_name("vsan-flows")), "--config-file",
+                           str(conf_file), "flows", "revert", flow_id, "--yes", "--force"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "REVERTED" in proc.stdout
+    assert instance not in [vm["name"] for vm in control.status()["vms"]]
+    _assert_nothing_left(control, images)

@@ -159,3 +159,112 @@ def test_no_secret_leaves_by_any_path(simulator, wsdl_url, tmp_path, pg_url, vsp
             assert secret not in text, f"{secret[:6]}... in {where}"
         assert not NFC_WITH_ID.search(text), f"lease URL in {where}"
     assert "vmware_soap_session" not in shown, "CLI output names the session cookie"
+
+
+# --------------------------------------------------------------------------- lease URLs in errors
+
+def _chain_text(exc: BaseException) -> str:
+    """Everything an exception carries that a caller could print: str, args, its causes."""
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) + \
+        " ".join(repr(a) for a in exc.args) + repr(getattr(exc, "kwargs", ""))
+
+
+def _zk_texts(hosts: str, path: str) -> list[str]:
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=hosts)
+    client.start(timeout=15)
+    try:
+        out, todo = [], [path]
+        while todo:
+            node = todo.pop()
+            if not client.exists(node):
+                continue
+            data, _stat = client.get(node)
+            out.append(f"{node}: {(data or b'').decode('utf-8', 'replace')}")
+            todo += [f"{node}/{child}" for child in client.get_children(node)]
+        return out
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_a_failed_transfer_never_hands_out_its_lease_url(simulator, wsdl_url, tmp_path, vsphere,
+                                                         images, control, zookeeper, caplog,
+                                                         destroy_after):
+    """The upload is cut mid-stream: oslo.vmware's error text names the lease URL (a ticket).
+
+    It must not reach the stored failure, the error nova gets, a logged traceback, or the
+    jobboard's records and the outcome a poster reads back.
+    """
+    from types import SimpleNamespace
+
+    from vsan_flows import driver as vdriver
+    from vsan_flows.runtime import conductor, jobs
+
+    caplog.set_level(logging.DEBUG)
+    db_url = f"sqlite:///{tmp_path}/flows.sqlite"
+    board_path = f"/vsan-flows-secrets/{uuid.uuid4().hex[:8]}"
+    conf = make_conf(simulator, wsdl_url, tmp_path / "state",
+                     vsan_flows__persistence_connection=db_url,
+                     vsan_flows__image_store_dir=str(images.directory),
+                     vsan_flows__jobboard_hosts=[zookeeper.hosts],
+                     vsan_flows__jobboard_path=board_path,
+                     vsan_flows__conductor_wait_timeout=0.2)
+    vmdk = disks.make_stream_optimized(tmp_path / "cut.vmdk", 32 * MiB, data_mib=8)
+    texts: dict[str, str] = {}
+
+    # 1. through the driver, as nova calls it: InstanceDeployFailure's text and its chain
+    control.cut_nfc(1 * MiB, direction="upload")
+    drv = vdriver.VsanFlowsDriver(conf, handles=api.open_handles(conf, vsphere=vsphere,
+                                                                 images=images),
+                                  images=images)
+    instance = SimpleNamespace(uuid=f"sec-cut-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(vdriver.InstanceDeployFailure) as deploy:
+        drv.spawn(None, instance, {"id": images.add_file(vmdk, name="cut")}, [], None, {})
+    control.reset()
+    texts["nova's exception"] = _chain_text(deploy.value)
+    assert "cut" in texts["nova's exception"].lower() or "transfer" in \
+        texts["nova's exception"].lower(), texts["nova's exception"][:500]
+
+    # 1b. a snapshot whose export stream is cut: the download side's errors
+    source = f"sec-src-{uuid.uuid4().hex[:6]}"
+    base_image = images.add_file(vmdk, name="src")
+    api.spawn(conf, source, base_image, vsphere=vsphere, images=images)
+    destroy_after += [source, *[v["name"] for v in control.status()["vms"]
+                                if v["name"].startswith(imagecache.name_prefix(base_image))]]
+    control.cut_nfc(1 * MiB, direction="download")
+    with pytest.raises(exceptions.VsanFlowsError) as snap:
+        api.snapshot(conf, source, images.create({"name": "sec-cut-snap"}), vsphere=vsphere,
+                     images=images)
+    control.reset()
+    texts["snapshot's exception"] = _chain_text(snap.value)
+
+    # 2. through the jobboard: a conductor runs the same failure, the poster reads the outcome
+    control.cut_nfc(1 * MiB, direction="upload")
+    live = api.open_handles(conf, vsphere=vsphere, images=images).transients()
+    job_id = jobs.post(conf, api.plan(conf, "spawn", f"sec-job-{uuid.uuid4().hex[:6]}",
+                                      images.add_file(vmdk, name="cut-job")))
+    zk_during = _zk_texts(zookeeper.hosts, board_path)
+    assert conductor.run_conductor(conf, lambda: live, max_jobs=1)["consumed"] == 1
+    control.reset()
+    with pytest.raises(jobs.JobFailed) as failed:
+        jobs.wait(conf, job_id, 10)
+    texts["job outcome"] = _chain_text(failed.value)
+    texts["jobboard records"] = "\n".join(zk_during + _zk_texts(zookeeper.hosts, board_path))
+
+    # 3. the stored flows (failures with their tracebacks, the outcome in the flow's meta)
+    texts["stored rows"] = "\n".join(_rows(db_url))
+    assert "Traceback" in texts["stored rows"] or "traceback" in texts["stored rows"]
+
+    # 4. every log record with its traceback, formatted as a handler would
+    formatter = logging.Formatter("%(name)s %(message)s")
+    texts["logs"] = "\n".join(formatter.format(r) for r in caplog.records)
+    assert any(r.exc_info for r in caplog.records), "no traceback was logged"
+
+    for where, text in texts.items():
+        found = NFC_WITH_ID.search(text)
+        context = text[max(0, found.start() - 200):found.end() + 50] if found else ""
+        assert not found, f"lease URL in {where}: ...{context}"

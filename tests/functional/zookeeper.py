@@ -113,3 +113,4 @@ def start(workdir: Path, *, tick_ms: int = 500, timeout: float = 30.0) -> ZooKee
     zk.stop()
     raise ZooKeeperError(f"ZooKeeper did not answer on port {port} within {timeout:g} s: "
                          f"{zk.log_tail()}")
+

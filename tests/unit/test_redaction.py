@@ -71,3 +71,22 @@ def test_our_errors_are_scrubbed_where_they_are_made():
     assert "52e1-77aa" not in str(pickle.loads(pickle.dumps(err)))
     assert "52e1-77aa" not in str(exceptions.IncompleteTransfer(
         "The upload to https://h/nfc/52e1-77aa/disk", bytes_sent=1, bytes_expected=2))
+
+
+def test_suds_stays_quiet_when_the_root_logger_turns_to_debug_later():
+    """suds.metrics logs whole SOAP replies (lease URLs, session keys) at DEBUG."""
+    root, suds, metrics = (logging.getLogger(), logging.getLogger("suds"),
+                           logging.getLogger("suds.metrics"))
+    saved = (root.level, suds.level, metrics.level)
+    try:
+        root.setLevel(logging.WARNING)
+        suds.setLevel(logging.NOTSET)
+        metrics.setLevel(logging.NOTSET)
+        redaction.guard_library_logs()
+        root.setLevel(logging.DEBUG)  # the host turns debug on after we connected
+        assert not metrics.isEnabledFor(logging.DEBUG)
+        assert not suds.isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved[0])
+        suds.setLevel(saved[1])
+        metrics.setLevel(saved[2])

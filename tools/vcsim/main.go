@@ -153,6 +153,8 @@ func main() {
 	controlAddr := flag.String("control", "127.0.0.1:0", "control API address (http)")
 	tmpdir := flag.String("tmpdir", "", "directory for the datastore directories (default: <state>.d beside the state file)")
 	trace := flag.Bool("trace", false, "dump SOAP traffic to stderr (passwords redacted)")
+	certFile := flag.String("cert", "", "serve this TLS certificate (PEM; with -key) instead of a built-in self-signed one")
+	keyFile := flag.String("key", "", "the private key (PEM) of -cert")
 	wsdlDir := flag.String("wsdl", "", "serve the .wsdl/.xsd files of this directory under /sdk/ (as vCenter serves /sdk/vimService.wsdl)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "usage: %s -state PATH [-listen 127.0.0.1:0] [-control 127.0.0.1:0] [-tmpdir DIR] [-wsdl DIR] [-trace]\n", prog)
@@ -219,6 +221,14 @@ func main() {
 	// own DefaultLogin pointer, so the same credentials are set as a new value.
 	model.Service.Listen = &url.URL{Host: *listenAddr, User: url.UserPassword("user", "pass")}
 	model.Service.TLS = new(tls.Config)
+	if *certFile != "" || *keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			model.Remove()
+			die("cannot load -cert/-key: %s", err)
+		}
+		model.Service.TLS.Certificates = []tls.Certificate{cert}
+	}
 
 	var server *simulator.Server
 	func() {

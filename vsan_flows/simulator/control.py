@@ -77,6 +77,10 @@ class SimulatorControl:
     def set_datastore(self, name: str, **fields: Any) -> None:
         self._call("POST", "/datastore", {"name": name, **fields})
 
+    def lease_timeout(self, seconds: int) -> None:
+        """info.leaseTimeout of leases created from now on (vCenter: 300; /reset restores)."""
+        self._call("POST", "/lease/timeout", {"seconds": seconds})
+
     def reset(self) -> None:
         self._call("POST", "/reset", {})
 

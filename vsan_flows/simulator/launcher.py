@@ -120,12 +120,15 @@ def _served_wsdl_dir(out: Path) -> Path:
 
 def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
           trace: bool = False, latency: str | None = None,
-          latency_scale: float | None = None) -> Simulator:
+          latency_scale: float | None = None, tls_cert: Path | None = None,
+          tls_key: Path | None = None) -> Simulator:
     """Start a simulator whose state, log and datastores live under workdir.
 
     ``latency`` names a latency profile (``none``, the default, or ``vcenter``: a vCenter's
     task times, lease initialisation and NFC bandwidth; docs/simulator-latency.md), applied
-    before this returns; ``latency_scale`` multiplies its delays."""
+    before this returns; ``latency_scale`` multiplies its delays. ``tls_cert``/``tls_key``
+    (PEM) replace its built-in self-signed certificate, for tests of certificate verification.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     binary = Path(binary) if binary else build()
@@ -138,6 +141,8 @@ def start(workdir: Path, *, timeout: float = 60.0, binary: Path | None = None,
            "-wsdl", str(_served_wsdl_dir(workdir / "wsdl"))]
     if trace:
         cmd.append("-trace")
+    if tls_cert or tls_key:
+        cmd += ["-cert", str(tls_cert), "-key", str(tls_key)]
     (workdir / "datastores").mkdir(exist_ok=True)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

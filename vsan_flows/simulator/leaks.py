@@ -37,9 +37,10 @@ class LeakChecker:
         return InventorySnapshot(
             vms=frozenset(vm["name"] for vm in status.get("vms") or []),
             files=frozenset(f"[{f['datastore']}] {f['path']}" for f in self.control.files()),
+            # Open = still holding its VM; one that failed or expired is over.
             leases=frozenset(
                 lease["moref"] for lease in status.get("leases") or []
-                if lease.get("state") not in ("done",)
+                if lease.get("state") in ("initializing", "ready")
             ),
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import home, vm
+from vsan_flows.vsphere import home, leases, vm
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
@@ -22,7 +22,13 @@ def rename(ctx: VSphere, vm_id: str, name: str, note: str) -> None:
     vm.reconfigure(ctx.session, ref(vm_id, "VirtualMachine"), name=name, annotation=note)
 
 
+def exists(ctx: VSphere, vm_id: str) -> bool:
+    return vm.exists(ctx.session, ref(vm_id, "VirtualMachine"))
+
+
 def destroy(ctx: VSphere, vm_id: str) -> bool:
+    """Destroy our VM; a lease a dead process left on it is ended first (it blocks Destroy)."""
+    leases.release_held(ctx, vm_id)
     return vm.destroy(ctx.session, ref(vm_id, "VirtualMachine"))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -22,9 +24,10 @@ from vsan_flows import exceptions, redaction
 
 LOG = logging.getLogger(__name__)
 
-# A vCenter that does not answer TCP within this many seconds is reported unreachable at
-# once, instead of after oslo.vmware's api_retry_count rounds of back-off (minutes).
+# A vCenter that does not answer TCP within this many seconds counts as one failed attempt.
 PROBE_TIMEOUT = 5.0
+# Back-off between login attempts on an unreachable vCenter: 1, 2, 4, 8, 10, 10... seconds.
+MAX_BACKOFF = 10.0
 
 
 @dataclass
@@ -67,13 +70,66 @@ def _probe(host: str, port: int) -> None:
         raise exceptions.VCenterUnreachable(host, port, reason) from None
 
 
+def _tls_failure(exc: BaseException) -> str | None:
+    """Why certificate verification failed, when that is what ``exc`` (or its cause) is."""
+    seen = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e.verify_message or "certificate verify failed"
+        if isinstance(e, ssl.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return "certificate verify failed"
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__,
+                 *[a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]]
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return "certificate verify failed"
+    return None
+
+
+def _login(session: api.VMwareAPISession, v) -> None:
+    """Log in with at most ``api_retry_count`` retries; a certificate failure is final at once.
+
+    oslo.vmware's own login (``_create_session``) sits under a retry decorator with no limit
+    that retries every connection error, an untrusted certificate included: init_host, a
+    conductor or ``flows resume`` would hang for ever. We call the undecorated attempt
+    (``__wrapped__``, set by functools.wraps in the decorator) in our own bounded loop.
+    """
+    login_once = api.VMwareAPISession._create_session.__wrapped__
+    attempts = v.api_retry_count + 1
+    for attempt in range(attempts):
+        try:
+            _probe(v.host_ip, v.host_port)
+            login_once(session)
+            return
+        except (vexc.VimConnectionException, exceptions.VCenterUnreachable) as exc:
+            reason = _tls_failure(exc)
+            if reason is not None:
+                raise exceptions.VCenterCertificateError(v.host_ip, v.host_port, reason,
+                                                         v.ca_file) from None
+            if attempt + 1 >= attempts:
+                if isinstance(exc, exceptions.VCenterUnreachable):
+                    raise exceptions.VCenterUnreachable(
+                        v.host_ip, v.host_port,
+                        f"{exc.reason} ({attempts} attempts)") from None
+                raise exceptions.VCenterUnreachable(
+                    v.host_ip, v.host_port,
+                    f"{type(exc.cause or exc).__name__} ({attempts} attempts)") from None
+            delay = min(2.0 ** attempt, MAX_BACKOFF)
+            LOG.warning("vCenter %s:%s not reachable (attempt %d of %d), retrying in %.0f s",
+                        v.host_ip, v.host_port, attempt + 1, attempts, delay)
+            time.sleep(delay)
+
+
 def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     """Log in to vCenter as [vmware] says; VCenterUnreachable / VCenterAuthError otherwise."""
     v = conf.vmware
     if not v.host_ip:
         raise exceptions.ConfigError("[vmware] host_ip", "is not set",
                                      "Set it to the vCenter server's address.")
-    _probe(v.host_ip, v.host_port)
     redaction.guard_library_logs(redaction.Secrets.from_conf(conf))
     if v.insecure and not v.ca_file:
         # The operator chose this once in config; one warning here instead of urllib3's
@@ -82,12 +138,14 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         LOG.warning("TLS certificate of vCenter %s is not verified ([vmware] insecure=true)",
                     v.host_ip)
     try:
-        return api.VMwareAPISession(
+        session = api.VMwareAPISession(
             v.host_ip, v.host_username, v.host_password,
             api_retry_count=v.api_retry_count, task_poll_interval=v.task_poll_interval,
             port=v.host_port, wsdl_loc=v.wsdl_location, cacert=v.ca_file,
-            insecure=bool(v.insecure and not v.ca_file),
+            insecure=bool(v.insecure and not v.ca_file), create_session=False,
         )
+        _login(session, v)
+        return session
     except vexc.VimFaultException as exc:
         if "InvalidLogin" in (exc.fault_list or []):
             raise exceptions.VCenterAuthError(v.host_ip, v.host_username) from None

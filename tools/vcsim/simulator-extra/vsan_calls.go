@@ -212,6 +212,9 @@ func vsanCallHook(ctx *Context, method *Method, next func() soap.HasFault) soap.
 	} else if refused := vsanRefuse(ctx, method); refused != nil {
 		res = refused
 		injected = " (vSAN rule)"
+	} else if blocked := leaseBlocked(ctx, method); blocked != nil {
+		res = blocked
+		injected = " (held by a lease)"
 	} else {
 		after := diskPreCall(method)
 		res = next()

@@ -38,6 +38,7 @@ func NewControlHandler() http.Handler {
 	c.mux.HandleFunc("/vm/read", c.guestRead)
 	c.mux.HandleFunc("/export", post(c.export))
 	c.mux.HandleFunc("/latency", c.latency) // vsan_latency.go
+	c.mux.HandleFunc("/lease/timeout", post(c.leaseTimeout))
 	c.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "no such endpoint: %s", r.URL.Path)
 	})
@@ -522,5 +523,6 @@ func ResetKnobs() {
 	resetMethodFaults()
 	resetLeaseFaults()
 	resetNFCFaults()
+	resetLeaseTimeout()
 	SetExportAnnounceLength(false)
 }

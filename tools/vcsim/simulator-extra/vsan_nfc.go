@@ -84,6 +84,7 @@ func NewHttpNfcLease(ctx *Context, entity types.ManagedObjectReference) *HttpNfc
 	Map.Put(lease)
 	lease.Info.Lease = lease.Self
 	nfcLease.Store(lease.Reference(), lease)
+	startLeaseTask(lease) // vsan_leases.go
 
 	nfcMu.Lock()
 	mode := nextLeaseFault
@@ -93,6 +94,7 @@ func NewHttpNfcLease(ctx *Context, entity types.ManagedObjectReference) *HttpNfc
 		lease.leaseFault = mode
 		lease.State = types.HttpNfcLeaseStateError
 		lease.Error = leaseFaultFor(mode)
+		finishLeaseTask(lease, lease.Error)
 		log.Printf("lease %s created in state error (%s knob)", lease.Self.Value, mode)
 		// An import is rolled back once the creating call has returned
 		// (ImportVApp still fills in the lease from the VM).
@@ -148,6 +150,7 @@ func (l *HttpNfcLease) failLease(mode string) {
 	})
 	log.Printf("lease %s -> error (%s)", l.Self.Value, mode)
 	l.rollbackImport()
+	finishLeaseTask(l, leaseFaultFor(mode))
 }
 
 // rollbackImport destroys the VM an import lease created.
@@ -187,6 +190,7 @@ func destroyVM(vm *VirtualMachine) error {
 }
 
 func (l *HttpNfcLease) release() {
+	finishLeaseTask(l, leaseEndFault(l))
 	nfcLease.Delete(l.Self)
 	Map.Remove(l.Self)
 	nfcMu.Lock()
@@ -232,6 +236,7 @@ func (l *HttpNfcLease) HttpNfcLeaseProgress(ctx *Context, req *types.HttpNfcLeas
 		return &methods.HttpNfcLeaseProgressBody{Fault_: f}
 	}
 	Map.Update(l, []types.PropertyChange{{Name: "transferProgress", Val: req.Percent}})
+	renewLease(l.Self) // vsan_leases.go
 	return &methods.HttpNfcLeaseProgressBody{Res: new(types.HttpNfcLeaseProgressResponse)}
 }
 
@@ -249,6 +254,7 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 
 	lease := NewHttpNfcLease(ctx, vm.Self)
 	lease.export = true
+	markExportTask(lease)
 
 	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
 	announce := announceLength()
@@ -298,6 +304,7 @@ func (vm *VirtualMachine) ExportVm(ctx *Context, req *types.ExportVm) soap.HasFa
 			Fault:            &types.FileNotFound{FileFault: types.FileFault{File: failure.Error()}},
 			LocalizedMessage: msg,
 		}
+		finishLeaseTask(lease, lease.Error)
 		log.Printf("lease %s (export of %s) -> error: %s", lease.Self.Value, vm.Name, failure)
 	}
 

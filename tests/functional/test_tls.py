@@ -1,0 +1,249 @@
+"""vCenter's certificate is verified, and a failure to verify it is final and says what to set.
+
+A second simulator serves a certificate signed by a CA this module makes. With verification on
+(the default) and the CA not trusted, every way in - a session, the driver's init_host, `flows
+resume` - fails within seconds with one error naming ``[vmware] ca_file``/``insecure``;
+oslo.vmware alone retries that login for ever. With ``ca_file`` naming the CA the login works.
+An unreachable vCenter is retried ``api_retry_count`` times, then reported.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import make_conf
+from vsan_flows import driver as vdriver
+from vsan_flows import exceptions
+from vsan_flows.simulator import launcher
+from vsan_flows.vsphere import session
+
+ROOT = Path(__file__).resolve().parents[2]
+# Far more than a bounded failure needs, far less than "for ever".
+WATCHDOG_SECS = 90
+
+
+def _ca_and_server(directory: Path, name: str) -> tuple[Path, Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    ca_file, cert_file, key_file = (directory / f"{name}-ca.pem", directory / f"{name}.pem",
+                                    directory / f"{name}.key")
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_file, cert_file, key_file
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ca_file, cert, key = _ca_and_server(d, "vcenter")
+    other_ca, _c, _k = _ca_and_server(d, "other")
+    return {"ca": ca_file, "cert": cert, "key": key, "other_ca": other_ca}
+
+
+@pytest.fixture(scope="module")
+def tls_sim(pki, tmp_path_factory):
+    sim = launcher.start(tmp_path_factory.mktemp("tls-vcsim"), tls_cert=pki["cert"],
+                         tls_key=pki["key"])
+    yield sim
+    sim.stop()
+
+
+def _conf(sim, wsdl_url, tmp_path, **overrides):
+    values = {"vmware__insecure": False, **overrides}
+    return make_conf(sim, wsdl_url, tmp_path / "state", **values)
+
+
+def _bounded(fn, *args, **kwargs):
+    """Call fn in a thread; fail the test instead of hanging when it does not return."""
+    out: dict = {}
+
+    def run():
+        start = time.monotonic()
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+        out["secs"] = time.monotonic() - start
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(WATCHDOG_SECS)
+    assert not t.is_alive(), f"still trying after {WATCHDOG_SECS} s: not a final failure"
+    return out
+
+
+def _assert_cert_error(out, ca_file=None) -> None:
+    err = out.get("error")
+    assert isinstance(err, exceptions.VCenterCertificateError), repr(err)
+    msg = str(err)
+    assert "[vmware] ca_file" in msg and "insecure" in msg, msg
+    assert "\n" not in msg
+    if ca_file:
+        assert str(ca_file) in msg
+    assert out["secs"] < 30, out["secs"]
+
+
+def test_untrusted_certificate_is_one_clear_error(tls_sim, wsdl_url, tmp_path):
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path, vmware__api_retry_count=10))
+    _assert_cert_error(out)
+
+
+def test_certificate_from_another_ca_names_the_bundle(tls_sim, wsdl_url, tmp_path, pki):
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["other_ca"])))
+    _assert_cert_error(out, pki["other_ca"])
+
+
+def test_ca_file_makes_the_certificate_trusted(tls_sim, wsdl_url, tmp_path, pki):
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["ca"])))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    try:
+        assert ctx.cacerts == str(pki["ca"])  # lease URLs are verified the same way
+        assert ctx.session.vim.service_content.about.name
+    finally:
+        ctx.close()
+
+
+def test_unreachable_vcenter_is_retried_a_bounded_number_of_times(wsdl_url, tmp_path, tls_sim):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = _conf(tls_sim, wsdl_url, tmp_path, vmware__host_port=port,
+                 vmware__api_retry_count=2)
+    out = _bounded(session.connect, conf)
+    err = out.get("error")
+    assert isinstance(err, exceptions.VCenterUnreachable), repr(err)
+    assert f"127.0.0.1:{port}" in str(err) and "3 attempts" in str(err), str(err)
+    assert 2.5 < out["secs"] < 60, out["secs"]  # back-off 1 s + 2 s between three attempts
+
+
+@pytest.fixture(scope="module")
+def stored_flow(simulator, wsdl_url, tmp_path_factory):
+    """A spawn whose process died before it touched vCenter: init_host/resume will connect."""
+    from vsan_flows.images import LocalImageService
+    from vsan_flows.simulator import disks
+
+    base = tmp_path_factory.mktemp("tls-flow")
+    images = LocalImageService(base / "images")
+    vmdk = base / "d.vmdk"
+    disks.make_stream_optimized(vmdk, 16 * 1024 * 1024, data_mib=1)
+    image_id = images.add_file(vmdk, name="tls")
+    db_url = f"sqlite:///{base}/flows.sqlite"
+    args = {"sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(base / "state"), "db_url": db_url, "op": "spawn",
+            "instance": "tls-" + uuid.uuid4().hex[:8], "image_id": image_id,
+            "cue": "PickVsanDatastore:before", "images_dir": str(images.directory)}
+    proc = subprocess.run([sys.executable, "-m", "tests.functional.crash_child",
+                           json.dumps(args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    return {"db_url": db_url, "base": base, "images": images}
+
+
+def test_init_host_with_untrusted_certificate_fails_at_once(tls_sim, wsdl_url, tmp_path,
+                                                            stored_flow):
+    conf = _conf(tls_sim, wsdl_url, tmp_path,
+                 vsan_flows__persistence_connection=stored_flow["db_url"])
+    drv = vdriver.VsanFlowsDriver(conf, images=stored_flow["images"])
+    try:
+        out = _bounded(drv.init_host)
+    finally:
+        drv.close()
+    _assert_cert_error(out)
+
+
+def _run_cli(conf_file: Path, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([str(Path(sys.executable).with_name("vsan-flows")),
+                           "--config-file", str(conf_file), *args],
+                          capture_output=True, text=True, timeout=WATCHDOG_SECS,
+                          stdin=subprocess.DEVNULL)
+    return proc, time.monotonic() - start
+
+
+def _assert_one_line_cert_error(proc, secs, sim) -> None:
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "[vmware] ca_file" in lines[0] and "Traceback" not in proc.stderr, lines
+    assert sim.password not in proc.stdout + proc.stderr
+    assert secs < 60, secs
+
+
+def test_conductor_with_untrusted_certificate_stops_at_start(tls_sim, wsdl_url, tmp_path,
+                                                            zookeeper):
+    conf_file = tmp_path / "conductor.conf"
+    conf_file.write_text(
+        "[vmware]\n"
+        f"host_ip = {tls_sim.host}\nhost_port = {tls_sim.port}\n"
+        f"host_username = {tls_sim.username}\nhost_password = {tls_sim.password}\n"
+        f"wsdl_location = {wsdl_url}\napi_retry_count = 10\n"
+        "[vsan_flows]\n"
+        f"state_dir = {tmp_path / 'state'}\n"
+        f"persistence_connection = sqlite:///{tmp_path}/flows.sqlite\n"
+        f"image_store_dir = {tmp_path / 'images'}\n"
+        f"jobboard_hosts = {zookeeper.hosts}\n"
+        f"jobboard_path = /vsan-flows-tls/{uuid.uuid4().hex[:8]}\n")
+    proc, secs = _run_cli(conf_file, "conductor")
+    _assert_one_line_cert_error(proc, secs, tls_sim)
+
+
+def test_flows_resume_with_untrusted_certificate_is_one_line(tls_sim, wsdl_url, tmp_path,
+                                                             stored_flow):
+    from vsan_flows.runtime import persistence
+
+    backend = persistence.backend_from_url(stored_flow["db_url"])
+    flow_id = next(fd.uuid for _book, fd in persistence.list_flow_details(backend))
+    conf_file = tmp_path / "tls.conf"
+    conf_file.write_text(
+        "[vmware]\n"
+        f"host_ip = {tls_sim.host}\nhost_port = {tls_sim.port}\n"
+        f"host_username = {tls_sim.username}\nhost_password = {tls_sim.password}\n"
+        f"wsdl_location = {wsdl_url}\napi_retry_count = 10\n"
+        "[vsan_flows]\n"
+        f"state_dir = {tmp_path / 'state'}\n"
+        f"persistence_connection = {stored_flow['db_url']}\n"
+        f"image_store_dir = {stored_flow['images'].directory}\n")
+    proc, secs = _run_cli(conf_file, "flows", "resume", flow_id, "--force")
+    _assert_one_line_cert_error(proc, secs, tls_sim)
