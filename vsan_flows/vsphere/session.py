@@ -19,6 +19,7 @@ from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
 from vsan_flows import exceptions, redaction
+from vsan_flows.vsphere import suds_replies
 
 LOG = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         LOG.warning("TLS certificate of vCenter %s is not verified ([vmware] insecure=true)",
                     v.host_ip)
     try:
-        return api.VMwareAPISession(
+        session = api.VMwareAPISession(
             v.host_ip, v.host_username, v.host_password,
             api_retry_count=v.api_retry_count, task_poll_interval=v.task_poll_interval,
             port=v.host_port, wsdl_loc=v.wsdl_location, cacert=v.ca_file,
@@ -96,6 +97,9 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     except vexc.VimConnectionException as exc:
         raise exceptions.VCenterUnreachable(v.host_ip, v.host_port,
                                             type(exc.cause or exc).__name__) from None
+    # Threads share this session's suds client; see suds_replies for why this is needed.
+    suds_replies.isolate_replies(session.vim.client)
+    return session
 
 
 def connect(conf: cfg.ConfigOpts) -> VSphere:
