@@ -14,7 +14,8 @@ from vsan_flows.vsphere.suds_replies import PerReplyMultiRef
 
 
 def _body(tag: str):
-    return Parser().parse(string=f"<Body><{tag}><returnval>x</returnval></{tag}></Body>".encode()).root()
+    xml = f"<Body><{tag}><returnval>x</returnval></{tag}></Body>"
+    return Parser().parse(string=xml.encode()).root()
 
 
 def _interleaved(shared, monkeypatch) -> list[str]:
