@@ -8,6 +8,13 @@
 # name order) and simulator-extra/*.go added; every other entry of
 # /usr/share/gocode/src is a symlink.  The build is skipped when a hash of
 # all inputs matches the one recorded by the last successful build.
+#
+# VSAN_VCSIM_RACE=1 builds with Go's race detector (go build -race: slower,
+# prints "WARNING: DATA RACE" reports to the simulator's log); its default
+# OUTDIR is <repo>/.build/vcsim-race and the switch is part of the hash, so a
+# race build never stands in for a normal one.  Tests: run them with
+# VSAN_FLOWS_BUILD_DIR=<dir> VSAN_VCSIM_RACE=1 (the launcher builds into
+# <dir>/vcsim), see README.md.
 set -eu
 
 PROG=vsan-vcsim
@@ -15,7 +22,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 GOCODE=${VSAN_VCSIM_GOCODE:-/usr/share/gocode/src}
 GOVMOMI=$GOCODE/github.com/vmware/govmomi
-OUTDIR=${1:-$REPO/.build/vcsim}
+RACE=${VSAN_VCSIM_RACE:-0}
+case $RACE in
+    0 | "") RACE=0; RACEFLAG=; DEFAULT_OUT=$REPO/.build/vcsim ;;
+    1) RACEFLAG=-race; DEFAULT_OUT=$REPO/.build/vcsim-race ;;
+    *) echo "$PROG: VSAN_VCSIM_RACE must be 0 or 1, not '$RACE'" >&2; exit 2 ;;
+esac
+OUTDIR=${1:-$DEFAULT_OUT}
 
 fail() { echo "$PROG: $*" >&2; exit 2; }
 
@@ -39,6 +52,7 @@ fi
 inputs_hash() {
     {
         echo "go: $(go version)"
+        echo "race: $RACE"
         echo "govmomi: $(dpkg-query -W -f '${Version}' golang-github-vmware-govmomi-dev 2>/dev/null) $(stat -c %Y "$GOVMOMI/simulator" "$GOVMOMI/vim25/types/types.go" | tr '\n' ' ')"
         cd "$HERE"
         for f in build.sh main.go patches/*.patch simulator-extra/*.go; do
@@ -92,10 +106,10 @@ cp "$HERE/main.go" "$GOPATH_DIR/src/vsan-vcsim/main.go"
 rm -f "$STAMP"
 if ! (cd "$GOPATH_DIR/src/vsan-vcsim" &&
       GOPATH=$GOPATH_DIR GO111MODULE=off GOFLAGS= GOPROXY=off \
-      go build -o "$BIN.new" .); then
+      go build $RACEFLAG -o "$BIN.new" .); then
     rm -f "$BIN.new"
     fail "go build failed (see above)"
 fi
 mv -f "$BIN.new" "$BIN"
 echo "$HASH" >"$STAMP"
-echo "$PROG: built $BIN" >&2
+echo "$PROG: built $BIN${RACEFLAG:+ (race detector)}" >&2

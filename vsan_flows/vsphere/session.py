@@ -21,6 +21,7 @@ from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
 from vsan_flows import exceptions, redaction
+from vsan_flows.vsphere import suds_replies
 
 LOG = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     except vexc.VimConnectionException as exc:
         raise exceptions.VCenterUnreachable(v.host_ip, v.host_port,
                                             type(exc.cause or exc).__name__) from None
+    # Threads share this session's suds client; see suds_replies for why this is needed.
+    suds_replies.isolate_replies(session.vim.client)
+    return session
 
 
 def connect(conf: cfg.ConfigOpts) -> VSphere:

@@ -277,6 +277,9 @@ func fillDiskCapacities() {
 			continue
 		}
 		Map.WithLock(vm, func() {
+			// CreateVM/CloneVM add a new VM's devices under chainMu, not under that VM's lock.
+			chainMu.Lock()
+			defer chainMu.Unlock()
 			if vm.Config == nil {
 				return
 			}

@@ -188,6 +188,8 @@ func materialiseAll() {
 	for _, e := range Map.All("VirtualMachine") {
 		vm := e.(*VirtualMachine)
 		Map.WithLock(vm, func() {
+			chainMu.RLock() // a clone's devices are added under its source's lock, not its own
+			defer chainMu.RUnlock()
 			diskMu.Lock()
 			defer diskMu.Unlock()
 			if vm.Config == nil {
@@ -226,6 +228,8 @@ func (vm *VirtualMachine) nextDeltaName(name string) string {
 // files as they were; the VM goes on writing into a new child of each.
 func snapshotDisks(vm *VirtualMachine) {
 	Map.WithLock(vm, func() {
+		chainMu.Lock()
+		defer chainMu.Unlock()
 		diskMu.Lock()
 		defer diskMu.Unlock()
 		for _, d := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualDisk)(nil)) {
@@ -265,6 +269,8 @@ func snapshotDiskFiles(snap *VirtualMachineSnapshot) map[int32]string {
 // survive) and leaves the chain, unless another chain still uses that disk.
 func consolidate(vm *VirtualMachine, snapFiles map[int32]string) {
 	Map.WithLock(vm, func() {
+		chainMu.Lock()
+		defer chainMu.Unlock()
 		diskMu.Lock()
 		defer diskMu.Unlock()
 		others := filesInUse(vm.Self)

@@ -152,7 +152,8 @@ func flatName(p string) string {
 }
 
 // filesInUse returns the local files of every disk chain of every VM but
-// skip (and of their snapshots), with their -flat companions.
+// skip (and of their snapshots), with their -flat companions.  The caller
+// holds chainMu (read or write): the other VMs are not locked.
 func filesInUse(skip types.ManagedObjectReference) map[string]bool {
 	used := map[string]bool{}
 	add := func(vm *VirtualMachine, devices []types.BaseVirtualDevice) {
@@ -202,7 +203,9 @@ func (vm *VirtualMachine) deleteFiles(dc *Datacenter) {
 	if vm.Config == nil {
 		return
 	}
+	chainMu.RLock()
 	used := filesInUse(vm.Self)
+	chainMu.RUnlock()
 
 	dirName := vm.Config.Files.LogDirectory
 	if dirName == "" {
@@ -296,6 +299,7 @@ func vdmMissingFlat(dc *types.ManagedObjectReference, name, candidate string) bo
 
 // diskUsedElsewhere reports whether another VM's disk chain (or snapshot)
 // uses the disk file name ("[ds] path"); such a file is never deleted.
+// Called from configureDevices, which holds chainMu.
 func (vm *VirtualMachine) diskUsedElsewhere(name string) bool {
 	p := vm.localPath(name)
 	return p != "" && filesInUse(vm.Self)[p]
