@@ -145,6 +145,8 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
             port=v.host_port, wsdl_loc=v.wsdl_location, cacert=v.ca_file,
             insecure=bool(v.insecure and not v.ca_file), create_session=False,
         )
+        # Threads share this session's suds client; see suds_replies for why this is needed.
+        suds_replies.isolate_replies(session.vim.client)
         _login(session, v)
         return session
     except vexc.VimFaultException as exc:
@@ -155,9 +157,6 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     except vexc.VimConnectionException as exc:
         raise exceptions.VCenterUnreachable(v.host_ip, v.host_port,
                                             type(exc.cause or exc).__name__) from None
-    # Threads share this session's suds client; see suds_replies for why this is needed.
-    suds_replies.isolate_replies(session.vim.client)
-    return session
 
 
 def connect(conf: cfg.ConfigOpts) -> VSphere:
