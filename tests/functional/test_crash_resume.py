@@ -408,16 +408,10 @@ def test_flows_revert_force_ends_the_lease_of_a_killed_import(simulator, wsdl_ur
         "the killed call left no ready lease: nothing to test"
     backend = persistence.backend_from_url(db_url)
     (flow_id,) = [fd.uuid for _book, fd in persistence.list_flow_details(backend)]
+    from tests.functional.test_cli_flows import _write_conf
+
     conf_file = tmp_path / "admin.conf"
-    conf_file.write_text(
-        "[vmware]\n"
-        f"host_ip = {simulator.host}\nhost_port = {simulator.port}\n"
-        f"host_username = {simulator.username}\nhost_password = {simulator.password}\n"
-        f"insecure = true\nwsdl_location = {wsdl_url}\n"
-        "task_poll_interval = 0.05\napi_retry_count = 2\n"
-        "[vsan_flows]\n"
-        f"state_dir = {tmp_path / 'state'}\npersistence_connection = {db_url}\n"
-        f"image_store_dir = {images.directory}\n")
+    _write_conf(conf_file, simulator, wsdl_url, tmp_path / "state", db_url, images.directory)
     proc = subprocess.run([str(Path(sys.executable).with_name("vsan-flows")), "--config-file",
                            str(conf_file), "flows", "revert", flow_id, "--yes", "--force"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
