@@ -18,6 +18,23 @@ GiB = 1024 * MiB
 DRIVER = "vsan_flows.nova.driver.VsanVCDriver"
 
 
+def write_nova_conf(work, simulator, glance_api, host: str) -> tuple[str, dict]:
+    """A nova.conf under ``work`` for this simulator and glance-api; (its path, the sim)."""
+    sim = {"host": simulator.host, "port": simulator.port, "username": simulator.username,
+           "password": simulator.password}
+    conf_file = work / "nova.conf"
+    conf_file.write_text(nova_conf_text(sim, str(work / "state"), host, glance_api.url))
+    return str(conf_file), sim
+
+
+def started_driver(conf_file: str):
+    """nova's config from ``conf_file`` and our driver loaded by nova, its host started."""
+    conf = init_nova(conf_file)
+    driver = load_driver(conf)
+    driver.init_host(conf.host)
+    return conf, driver
+
+
 def nova_conf_text(sim: dict, state_dir: str, host: str, glance_url: str) -> str:
     return f"""[DEFAULT]
 transport_url = fake:/

@@ -359,7 +359,7 @@ def test_snapshot_marked_revert_on_restart_is_rolled_back(cue, simulator, wsdl_u
     assert next(v for v in status["vms"] if v["name"] == instance)["snapshots"] == 0
     assert not [v for v in status["vms"] if v["name"].startswith("vsanflows-export")]
     assert not status["leases"]
-    _assert_nothing_left(control, images)
+    _assert_nothing_left(control, images, glance)
     assert _sha(control.guest_read(instance)) == _sha(_with_a(vmdk_raw)), \
         "the instance's disk changed"
 

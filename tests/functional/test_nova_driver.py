@@ -30,22 +30,16 @@ CACHE_VMS = "vsanflows-image-*"
 @pytest.fixture(scope="module")
 def nova_setup(simulator, glance_api, tmp_path_factory):
     work = tmp_path_factory.mktemp("nova")
-    sim = {"host": simulator.host, "port": simulator.port, "username": simulator.username,
-           "password": simulator.password}
-    conf_file = work / "nova.conf"
-    conf_file.write_text(nova_scenario.nova_conf_text(sim, str(work / "state"), HOST,
-                                                       glance_api.url))
+    conf_file, sim = nova_scenario.write_nova_conf(work, simulator, glance_api, HOST)
     good = disks.make_stream_optimized(work / "good.vmdk", 64 * MiB, data_mib=4)
     bad = disks.make_monolithic_sparse(work / "sparse.vmdk", 8 * MiB)
-    return {"work": work, "sim": sim, "conf_file": str(conf_file), "good": str(good),
+    return {"work": work, "sim": sim, "conf_file": conf_file, "good": str(good),
             "bad": str(bad)}
 
 
 @pytest.fixture(scope="module")
 def nova_driver(nova_setup):
-    conf = nova_scenario.init_nova(nova_setup["conf_file"])
-    driver = nova_scenario.load_driver(conf)
-    driver.init_host(conf.host)
+    conf, driver = nova_scenario.started_driver(nova_setup["conf_file"])
     yield conf, driver
     driver.cleanup_host(conf.host)
 

@@ -104,7 +104,9 @@ def age(vsphere: VSphere, image_locks, instances_live: Iterable, *, enabled: boo
         since = unused_since(note)
         if since is None:
             since = now
-            instances.rename(vsphere, vm_id, name, f"{note} unused-since={since:.0f}")
+            # Not rounded: a mark rounded up lies in the future, and an entry marked then aged in
+            # the same second with a minimum age of 0 was kept (a flaky test found it).
+            instances.rename(vsphere, vm_id, name, f"{note} unused-since={since:.3f}")
             done["marked"].append(name)
         if now - since >= min_age_s:
             if _evict(vsphere, image_locks, name, live_images):
