@@ -211,18 +211,26 @@ def _assert_one_line_cert_error(proc, secs, sim) -> None:
     assert secs < 60, secs
 
 
-def test_conductor_with_untrusted_certificate_stops_at_start(tls_sim, wsdl_url, tmp_path,
-                                                            zookeeper):
-    conf_file = tmp_path / "conductor.conf"
-    conf_file.write_text(
+def _write_tls_conf(path, tls_sim, wsdl_url: str, tmp_path, db_url: str, images_dir,
+                    extra: str = ""):
+    """A config file for the TLS simulator with verification on (the default), no ca_file."""
+    path.write_text(
         "[vmware]\n"
         f"host_ip = {tls_sim.host}\nhost_port = {tls_sim.port}\n"
         f"host_username = {tls_sim.username}\nhost_password = {tls_sim.password}\n"
         f"wsdl_location = {wsdl_url}\napi_retry_count = 10\n"
         "[vsan_flows]\n"
         f"state_dir = {tmp_path / 'state'}\n"
-        f"persistence_connection = sqlite:///{tmp_path}/flows.sqlite\n"
-        f"image_store_dir = {tmp_path / 'images'}\n"
+        f"persistence_connection = {db_url}\n"
+        f"image_store_dir = {images_dir}\n" + extra)
+    return path
+
+
+def test_conductor_with_untrusted_certificate_stops_at_start(tls_sim, wsdl_url, tmp_path,
+                                                            zookeeper):
+    conf_file = _write_tls_conf(
+        tmp_path / "conductor.conf", tls_sim, wsdl_url, tmp_path,
+        f"sqlite:///{tmp_path}/flows.sqlite", tmp_path / "images",
         f"jobboard_hosts = {zookeeper.hosts}\n"
         f"jobboard_path = /vsan-flows-tls/{uuid.uuid4().hex[:8]}\n")
     proc, secs = _run_cli(conf_file, "conductor")
@@ -235,15 +243,7 @@ def test_flows_resume_with_untrusted_certificate_is_one_line(tls_sim, wsdl_url, 
 
     backend = persistence.backend_from_url(stored_flow["db_url"])
     flow_id = next(fd.uuid for _book, fd in persistence.list_flow_details(backend))
-    conf_file = tmp_path / "tls.conf"
-    conf_file.write_text(
-        "[vmware]\n"
-        f"host_ip = {tls_sim.host}\nhost_port = {tls_sim.port}\n"
-        f"host_username = {tls_sim.username}\nhost_password = {tls_sim.password}\n"
-        f"wsdl_location = {wsdl_url}\napi_retry_count = 10\n"
-        "[vsan_flows]\n"
-        f"state_dir = {tmp_path / 'state'}\n"
-        f"persistence_connection = {stored_flow['db_url']}\n"
-        f"image_store_dir = {stored_flow['images'].directory}\n")
+    conf_file = _write_tls_conf(tmp_path / "tls.conf", tls_sim, wsdl_url, tmp_path,
+                                stored_flow["db_url"], stored_flow["images"].directory)
     proc, secs = _run_cli(conf_file, "flows", "resume", flow_id, "--force")
     _assert_one_line_cert_error(proc, secs, tls_sim)
