@@ -144,28 +144,40 @@ class ImageLocks:
         with self._guard:
             return (image_id, owner) in self._held
 
-    def hold(self, image_id: str, owner: str) -> None:
+    def hold(self, image_id: str, owner: str, *, blocking: bool = True) -> bool:
         """Make ``owner`` (a flow token) hold the lock; waits at most ``timeout`` seconds.
 
-        A no-op when ``owner`` holds it already in this process.
+        A no-op when ``owner`` holds it already in this process. With ``blocking=False`` it
+        does not wait: False when someone else holds the lock (nothing is then held).
         """
         key = image_id
         if self.holds(image_id, owner):
-            return
+            return True
         deadline = time.monotonic() + self.timeout
         thread_lock = self._thread_lock(key)
         t0 = time.monotonic()
-        if not thread_lock.acquire(timeout=self.timeout):
+        if not thread_lock.acquire(blocking, self.timeout if blocking else -1):
+            if not blocking:
+                return False
             raise ImageLockTimeout(image_id, self.timeout)
         file_lock = zk_lock = None
         try:
             if self.directory is not None:
                 file_lock = fasteners.InterProcessLock(self._path(key))
                 left = max(0.0, deadline - time.monotonic())
-                if not file_lock.acquire(timeout=left, delay=0.05, max_delay=0.5):
+                if not file_lock.acquire(blocking=blocking, timeout=left, delay=0.05,
+                                         max_delay=0.5):
+                    if not blocking:
+                        thread_lock.release()
+                        return False
                     raise ImageLockTimeout(image_id, self.timeout)
             if self.zookeeper is not None:
-                zk_lock = self._zk_acquire(image_id, deadline)
+                zk_lock = self._zk_acquire(image_id, deadline, blocking)
+                if zk_lock is None:
+                    if file_lock is not None:
+                        file_lock.release()
+                    thread_lock.release()
+                    return False
         except BaseException:
             if file_lock is not None and file_lock.acquired:
                 file_lock.release()
@@ -177,14 +189,27 @@ class ImageLocks:
         if waited > 1.0:
             LOG.info("import lock of image %s acquired by flow %s after %.1f s", image_id, owner,
                      waited)
+        return True
 
-    def _zk_acquire(self, image_id: str, deadline: float):
+    def wait_free(self, image_id: str, owner: str) -> None:
+        """Wait until nobody holds the image's lock, without keeping it.
+
+        Why: the spawns that queue behind an import only need to know it ended; they then
+        look at the cache *together*. Holding the lock for that look serialised them (19
+        waiters of a burst passed one at a time). Bounded by ``timeout`` like :meth:`hold`.
+        """
+        waiter = f"{owner}:waiting"
+        self.hold(image_id, waiter)
+        self.release(image_id, waiter)
+
+    def _zk_acquire(self, image_id: str, deadline: float, blocking: bool = True):
         where = f"on the hosts sharing ZooKeeper {self.zookeeper.hosts}"
         try:
             lock = self.zookeeper.lock(image_id)
             left = max(0.0, deadline - time.monotonic())
             # kazoo removes its waiting node when the wait times out or fails.
-            lock.acquire(timeout=left)
+            if not lock.acquire(blocking=blocking, timeout=left if blocking else None):
+                return None
         except LockTimeout:
             raise ImageLockTimeout(image_id, self.timeout, where) from None
         except Exception as exc:  # noqa: BLE001 - kazoo's connect timeout is no KazooException

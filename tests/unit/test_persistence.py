@@ -14,6 +14,7 @@ import sqlite3
 
 import pytest
 from oslo_config import cfg
+from taskflow import task
 from taskflow.persistence import models
 
 from vsan_flows import conf as vconf
@@ -253,3 +254,73 @@ def test_sqlite_read_only_directory(tmp_path):
     with pytest.raises(persistence.PersistenceError) as info:
         persistence.upgrade_schema(backend)
     assert info.value.kind == "path"
+
+
+# ------------------------------------------------ flow-state saves write only changed atoms
+
+class _Step(task.Task):
+    def execute(self, value):
+        return value + 1
+
+
+class _Boom(task.Task):
+    def execute(self):
+        raise RuntimeError("boom on purpose")
+
+    def revert(self, **kwargs):
+        return None
+
+
+def _run_flow(backend, failing: bool):
+    from taskflow import engines
+    from taskflow.patterns import linear_flow
+
+    flow = linear_flow.Flow("f")
+    flow.add(_Step("one", inject={"value": 1}, provides="a"),
+             _Step("two", rebind={"value": "a"}, provides="b"))
+    if failing:
+        flow.add(_Boom("three"))
+    book = models.LogBook("b", uuid="book-uuid")
+    fd = models.FlowDetail("f", uuid="flow-uuid")
+    book.add(fd)
+    with contextlib.closing(backend.get_connection()) as conn:
+        conn.save_logbook(book)
+    engine = engines.load(flow, flow_detail=fd, book=book, backend=backend)
+    with contextlib.suppress(RuntimeError):
+        engine.run()
+
+
+def _stored(path):
+    db = sqlite3.connect(path)
+    try:
+        flows = sorted(db.execute("select uuid, name, state from flowdetails"))
+        atoms = sorted(db.execute("select name, atom_type, state, intention, results,"
+                                  " failure is not null, revert_results from atomdetails"))
+        return flows, atoms
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["success", "revert"])
+def test_flow_state_saves_store_what_taskflow_stores_with_fewer_atom_writes(tmp_path, failing):
+    import sqlalchemy as sa
+    from taskflow.persistence.backends import impl_sqlalchemy
+
+    stock_path, ours_path = tmp_path / "stock.sqlite", tmp_path / "ours.sqlite"
+    stock = impl_sqlalchemy.SQLAlchemyBackend({"connection": f"sqlite:///{stock_path}"})
+    ours = persistence.backend_from_url(f"sqlite:///{ours_path}")
+    writes = {}
+    for name, backend in (("stock", stock), ("ours", ours)):
+        persistence.upgrade_schema(backend)
+        count = writes.setdefault(name, [0])
+
+        def count_atom_updates(_c, _cur, statement, *_a, _count=count):
+            if statement.lstrip().upper().startswith("UPDATE ATOMDETAILS"):
+                _count[0] += 1
+
+        sa.event.listen(backend.engine, "before_cursor_execute", count_atom_updates)
+        _run_flow(backend, failing)
+        backend.close()
+    assert _stored(ours_path) == _stored(stock_path)
+    # Every atom write that is left changes the atom: TaskFlow's own per-atom saves.
+    assert 0 < writes["ours"][0] < writes["stock"][0], writes

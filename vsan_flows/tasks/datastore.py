@@ -20,10 +20,12 @@ class PickVsanDatastore(task.Task):
     persisted, so a resumed flow keeps it.
 
     When no datastore caches the image this flow may import it, so it takes the image's import
-    lock (held until the import is the cache entry, or released by LookupImageCache on a hit)
-    and chooses again: a spawn that held the lock may just have cached the image, and every
-    spawn waiting here then links to that one import instead of importing on the datastore
-    with the most free space.
+    lock (held until the import is the cache entry) and chooses again under it: a spawn that
+    held the lock may just have cached the image. When another flow holds the lock, this one
+    waits for it to be free *without taking it* and then chooses: every spawn queued behind
+    one import of a new image looks at the cache at once and links to that import (a burst of
+    N spawns passed the lock one at a time before), and only a flow that still finds no entry
+    (the import failed) takes the lock to import.
     """
 
     default_provides = "datastore"
@@ -31,11 +33,23 @@ class PickVsanDatastore(task.Task):
     def execute(self, vsphere, policy, image_locks, image: dict, flow_token: str) -> dict:
         chosen, warm = self._choose(vsphere, policy, image)
         if not warm:
-            image_locks.hold(image["id"], flow_token)
-            chosen, warm = self._choose(vsphere, policy, image)
+            chosen, warm = self._choose_locked(vsphere, policy, image_locks, image, flow_token)
         LOG.info("image %s goes to datastore %s (%s)%s", image["id"], chosen.name, chosen.type,
                  " where it is cached" if warm else "")
         return {"name": chosen.name, "moref": chosen.moref, "type": chosen.type}
+
+    def _choose_locked(self, vsphere, policy, image_locks, image: dict, flow_token: str):
+        image_id = image["id"]
+        if not image_locks.hold(image_id, flow_token, blocking=False):
+            image_locks.wait_free(image_id, flow_token)
+            chosen, warm = self._choose(vsphere, policy, image)
+            if warm:
+                return chosen, warm
+            image_locks.hold(image_id, flow_token)
+        chosen, warm = self._choose(vsphere, policy, image)
+        if warm:  # cached meanwhile: nothing to import, nothing to hold
+            image_locks.release(image_id, flow_token)
+        return chosen, warm
 
     def revert(self, image_locks, image: dict, flow_token: str, **kwargs) -> None:
         image_locks.release(image["id"], flow_token)
