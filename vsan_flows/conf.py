@@ -27,7 +27,10 @@ GLANCE_SERVICE_TYPE = "image"
 
 DEFAULT_STATE_DIR = "/var/lib/vsan-flows"
 #: How many flows one process runs at once unless configured ([vsan_flows] max_concurrent_flows).
-DEFAULT_MAX_CONCURRENT_FLOWS = 10
+#: At least what nova itself runs at once on a host (max_concurrent_builds 10 plus
+#: max_concurrent_snapshots 5: a lower bound here would throttle nova's own concurrency), and
+#: what VMware Horizon allows by default per vCenter (20 concurrent provisioning operations).
+DEFAULT_MAX_CONCURRENT_FLOWS = 20
 
 vmware_opts = [
     cfg.HostAddressOpt("host_ip", help="Hostname or IP address of the vCenter server."),
@@ -142,7 +145,9 @@ flows_opts = [
         help="Flows this process runs at once (spawns and snapshots through one driver, and "
         "the flows a restart resumes); more wait for a running one to end. Each flow mostly "
         "waits on vCenter, so this, not the CPU count, sets how many vCenter operations "
-        "overlap (nova's own max_concurrent_builds defaults to 10 as well).",
+        "overlap. The default covers nova's own max_concurrent_builds (10) plus "
+        "max_concurrent_snapshots (5) and matches VMware Horizon's default of 20 "
+        "concurrent provisioning operations per vCenter.",
     ),
     cfg.IntOpt(
         "import_retries",

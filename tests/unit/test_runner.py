@@ -66,3 +66,20 @@ def test_engine_progress_brackets_are_not_committed_but_reported_progress_is(tmp
     assert meta["reporting"]["progress"] == 0.5     # its own report: kept
     # Two tasks, two bracket reports each (0 % before, 100 % after): four commits fewer.
     assert taskflows - ours == 4, (taskflows, ours)
+
+
+def test_resume_starts_one_flow_of_each_image_in_turn_oldest_first():
+    from taskflow.persistence import models
+
+    def flow(i: int, image: str | None):
+        book = models.LogBook(f"b{i}")
+        book.meta = {"operation": "spawn", "image": image} if image else None
+        return book, models.FlowDetail(f"f{i}", uuid=f"u{i}")
+
+    todo = [flow(0, "a"), flow(1, "a"), flow(2, "a"), flow(3, "b"), flow(4, None),
+            flow(5, "b"), flow(6, "c"), flow(7, None)]
+    order = runner.spread_by_image(todo)
+    assert sorted(order) == list(range(len(todo)))  # every flow, once
+    # Round one: the oldest flow of each image (and each flow without an image);
+    # then the next of each image, and so on.
+    assert order == [0, 3, 4, 6, 7, 1, 5, 2]

@@ -9,6 +9,7 @@ owns it, the operation, the instance and the image, for resume and for the admin
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import socket
@@ -246,8 +247,32 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     width = max(1, min(concurrency, len(todo)))
     if width == 1:
         return [one(bf) for bf in todo]
+    order = spread_by_image(todo)
     with futures.ThreadPoolExecutor(width, thread_name_prefix="vsan-flows-resume") as pool:
-        return list(pool.map(one, todo))
+        done = dict(zip(order, pool.map(one, [todo[i] for i in order]), strict=True))
+    return [done[i] for i in range(len(todo))]
+
+
+def spread_by_image(todo: list[tuple[models.LogBook, models.FlowDetail]]) -> list[int]:
+    """The order to start ``todo`` in (indexes): one flow per image in turn, oldest first.
+
+    Why: flows of one image share its import (one imports under the image's lock, the others
+    wait for it and then link), so started side by side they fill the pool with waiters.
+    Measured resuming 100 flows, 10 per image, 10 at a time under the ``vcenter`` latency
+    profile: in age order each round was one import and nine waiters, one image after the
+    other. Taking one flow of each image in turn lets the imports of different images overlap.
+    """
+    queues: dict[object, collections.deque] = {}
+    for i, (book, _fd) in enumerate(todo):
+        key = (book.meta or {}).get("image") or ("flow", i)
+        queues.setdefault(key, collections.deque()).append(i)
+    order: list[int] = []
+    while queues:
+        for key in list(queues):
+            order.append(queues[key].popleft())
+            if not queues[key]:
+                del queues[key]
+    return order
 
 
 def resume_one(backend, book: models.LogBook, fd: models.FlowDetail,
