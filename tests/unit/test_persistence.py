@@ -301,6 +301,7 @@ def _run_flow(backend, case: str):
     from taskflow import engines, states
 
     book = models.LogBook("b", uuid="book-uuid")
+    book.meta = {"host": "here", "operation": "spawn"}
     fd = models.FlowDetail("f", uuid="flow-uuid")
     book.add(fd)
     with contextlib.closing(backend.get_connection()) as conn:
@@ -330,6 +331,7 @@ def _stored(path):
     db = sqlite3.connect(path)
     db.row_factory = sqlite3.Row
     try:
+        books = sorted(tuple(r) for r in db.execute("select uuid, name, meta from logbooks"))
         flows = sorted(tuple(r) for r in db.execute(
             "select uuid, parent_uuid, name, state, meta from flowdetails"))
         atoms = []
@@ -339,7 +341,7 @@ def _stored(path):
                       "revert_results"):
                 row[k] = json.loads(row[k]) if row[k] else row[k]
             atoms.append(row)
-        return flows, atoms
+        return flows, atoms, books
     finally:
         db.close()
 

@@ -272,12 +272,31 @@ class _FewerWritesConnection(impl_sqlalchemy.Connection):
         self._atom_uuids = sa.select(atoms.c.uuid).where(atoms.c.parent_uuid ==
                                                          sa.bindparam("w_parent"))
         self._atom_insert = sa.insert(atoms)
+        books = self._tables.logbooks
+        self._book_exists = sa.select(books.c.uuid).where(books.c.uuid == sa.bindparam("w_uuid"))
+        self._book_insert = sa.insert(books)
+        self._flow_insert = sa.insert(flows)
 
     @staticmethod
     def _params(values: dict, fields: tuple, uuid: str) -> dict:
         params = {f"v_{f}": values[f] for f in fields}
         params["w_uuid"] = uuid
         return params
+
+    def save_logbook(self, book):
+        """A new logbook is inserted with its flows and atoms (prebuilt statements, one
+        transaction); saving one that exists is TaskFlow's merge."""
+        try:
+            with self._engine.begin() as conn:
+                if conn.execute(self._book_exists, {"w_uuid": book.uuid}).first() is None:
+                    conn.execute(self._book_insert, book.to_dict())
+                    for fd in book:
+                        self._insert_flow_details(conn, fd, book.uuid)
+                    return book
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure,
+                                    f"Failed saving logbook '{book.uuid}'")
+        return super().save_logbook(book)
 
     def update_atom_details(self, atom_detail):
         params = self._params(atom_detail.to_dict(), _ATOM_FIELDS, atom_detail.uuid)
@@ -326,6 +345,12 @@ class _FewerWritesConnection(impl_sqlalchemy.Connection):
             if after != before:
                 atoms = self._tables.atomdetails
                 conn.execute(sa.update(atoms).where(atoms.c.uuid == e_ad.uuid).values(after))
+
+    def _insert_flow_details(self, conn, fd, parent_uuid) -> None:
+        conn.execute(self._flow_insert, {**fd.to_dict(), "parent_uuid": parent_uuid})
+        rows = [self._atom_row(ad, fd.uuid) for ad in fd]
+        if rows:
+            conn.execute(self._atom_insert, rows)
 
     def _insert_atom_details(self, conn, ad, parent_uuid) -> None:
         conn.execute(self._atom_insert, self._atom_row(ad, parent_uuid))
