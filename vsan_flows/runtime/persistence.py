@@ -22,7 +22,10 @@ Why this module exists instead of a bare ``taskflow.persistence.backends.fetch(u
   sqlite connections and run sqlite in WAL mode: every state change is still its own committed
   transaction, so a SIGKILL right after a task is marked done cannot lose it (with
   ``[vsan_flows] sqlite_synchronous = full``, a power loss cannot either). See
-  :func:`backend_from_url` for the measured figures.
+  :func:`backend_from_url` for the measured figures. Each save is then one prebuilt statement
+  without reading the row back first (:class:`_FewerWritesConnection`), and TaskFlow's pool
+  no longer yields the thread after each one unless eventlet runs the threads
+  (:func:`_green_threads`): a spawn's ~25 saves went from ~0.8 ms to ~0.1 ms each.
 """
 
 from __future__ import annotations
@@ -204,7 +207,7 @@ def _sqlite_on_connect(synchronous: str):
       checkpoints: a recorded state change survives the *process* dying (SIGKILL, a compute
       service crash or restart: what resume is for), and the last commits may be lost only
       if the *machine* loses power or the kernel crashes. ``FULL`` fsyncs the log on every
-      commit and survives those too, at one fsync per state change (~35 per spawn).
+      commit and survives those too, at one fsync per state change (~25 per spawn).
     * ``foreign_keys=ON``: TaskFlow's tables cascade on delete, but sqlite ignores foreign
       keys unless asked; without it destroying a logbook leaves its flows and atoms behind.
     """
