@@ -305,6 +305,8 @@ class _FewerWritesConnection(impl_sqlalchemy.Connection):
         params = self._params(atom_detail.to_dict(), _ATOM_FIELDS, atom_detail.uuid)
         try:
             with self._engine.begin() as conn:
+                # rowcount counts matched rows on every backend (SQLAlchemy's MySQL dialects
+                # set FOUND_ROWS), so an unchanged row is not mistaken for a missing one.
                 if conn.execute(self._atom_update, params).rowcount != 1:
                     raise tf_exc.NotFound(f"No atom details found with uuid '{atom_detail.uuid}'")
         except sa_exc.SQLAlchemyError:
