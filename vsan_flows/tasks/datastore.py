@@ -11,6 +11,9 @@ from vsan_flows.vsphere import imports, instances, placement
 
 LOG = logging.getLogger(__name__)
 
+#: In PickVsanDatastore's result: it found no cache entry on the datastore, under the lock.
+NO_ENTRY_UNDER_LOCK = "no_entry_under_lock"
+
 
 class PickVsanDatastore(task.Task):
     """Pick an allowed, accessible datastore with room for the image's virtual size.
@@ -38,7 +41,14 @@ class PickVsanDatastore(task.Task):
                                                candidates)
         LOG.info("image %s goes to datastore %s (%s)%s", image["id"], chosen.name, chosen.type,
                  " where it is cached" if warm else "")
-        return {"name": chosen.name, "moref": chosen.moref, "type": chosen.type}
+        result = {"name": chosen.name, "moref": chosen.moref, "type": chosen.type}
+        if not warm:
+            # The cache entries were just read under the image lock, which this flow keeps
+            # until its import is the entry: none is on this datastore, and none can appear
+            # while the lock is held (only RegisterShadowVM makes one, under it).
+            # LookupImageCache trusts this only while this very run holds the lock.
+            result[NO_ENTRY_UNDER_LOCK] = True
+        return result
 
     def _choose_locked(self, vsphere, policy, image_locks, image: dict, flow_token: str,
                        candidates: list):
