@@ -46,16 +46,18 @@ def _check_nova_version() -> None:
 def _check_vcenter(scheme: str) -> None:
     """Stop the start with one line naming what to set, before nova's session logs in.
 
-    nova's session (oslo.vmware) first fetches vCenter's WSDL over the verified transport;
-    an untrusted certificate or a refused connection fails there at once, but as requests'
-    own exception (``HTTPSConnectionPool(...): Max retries exceeded ... SSLError``) naming no
-    option. Later logins, with the WSDL in oslo.vmware's memory cache, go through
-    ``_create_session``, which retries connection errors, an untrusted certificate included,
-    for ever. So what can be known without SOAP (TCP, and the TLS handshake verified as
-    nova's session verifies it) is checked here, as our own sessions check it: a certificate
-    failure stops nova-compute at once naming ``[vmware] ca_file``, an unanswered vCenter
-    after ``api_retry_count`` retries. Settings nova itself refuses (no host_ip) are left to
-    nova's own message.
+    nova's session (oslo.vmware) first fetches vCenter's WSDL over the verified transport; an
+    untrusted certificate or a refused connection fails there at once, but as requests' own
+    exception (``HTTPSConnectionPool(...): Max retries exceeded ... SSLError``) naming no
+    option. What can be known without SOAP (TCP, and the TLS handshake verified as nova's
+    session verifies it) is checked here, as our own sessions check it: a certificate failure
+    stops nova-compute at once naming ``[vmware] ca_file``, an unanswered vCenter after
+    ``api_retry_count`` retries. Settings nova itself refuses (no host_ip) are left to nova.
+
+    nova's login itself is not wrapped: oslo.vmware's ``_create_session`` retries for ever,
+    but only connection errors of SOAP calls, which at start come after the (unretried) WSDL
+    fetch this check mirrors; only a vCenter failing between the two, or a re-login of a
+    running service, still meets that retry (docs/nova.md).
     """
     v = CONF.vmware
     if not v.host_ip:

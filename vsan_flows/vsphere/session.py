@@ -134,15 +134,14 @@ def check_before_login(host: str, port: int, *, ca_file: str | None, insecure: b
                        retries: int, scheme: str = "https") -> None:
     """What a session's login would run into, found without SOAP and reported at once.
 
-    For a session we do not build (nova's driver logs its own in; oslo.vmware then reports an
-    untrusted certificate as requests' SSLError, or retries it for ever once the WSDL is
-    cached): a TCP connect and, unless nothing is verified, a TLS handshake verified exactly
-    as that session's transport will verify it. A certificate failure raises
-    VCenterCertificateError at once; a vCenter that does not answer is tried ``retries + 1``
-    times (the back-off of our own login), then VCenterUnreachable. ``insecure`` without
-    ``ca_file`` checks no certificate, as the session will not either. Through a proxy
-    (``https_proxy``) our direct connection is not the session's way to vCenter, so nothing
-    is checked: the session goes as it would.
+    For a session we do not build (nova's driver logs its own in, and oslo.vmware reports an
+    untrusted certificate as requests' SSLError, naming no option): a TCP connect and, unless
+    nothing is verified, a TLS handshake verified exactly as that session's transport will
+    verify it. A certificate failure raises VCenterCertificateError at once; a vCenter that
+    does not answer is tried ``retries + 1`` times (the back-off of our own login), then
+    VCenterUnreachable. ``insecure`` without ``ca_file`` checks no certificate, as the session
+    will not either. Through a proxy (``https_proxy``) our direct connection is not the
+    session's way to vCenter, so nothing is checked: the session goes as it would.
     """
     if ca_file and not os.path.exists(ca_file):
         raise exceptions.ConfigError("[vmware] ca_file", f"{ca_file} does not exist",
