@@ -85,9 +85,6 @@ class StreamDiskToImage(task.Task):
 
     def execute(self, vsphere, images, image_id: str, instance: dict, export_lease: dict,
                 flow_token: str) -> dict:
-        meta = images.show(image_id)
-        if meta.status == "active" and meta.properties.get("vsan_flows_flow") == flow_token:
-            return {"size": meta.size}  # uploaded by this flow before a crash or retry
         last = [0.0]
         reader = exports.open_export(vsphere, export_lease["lease"])
         total = reader.content_length
@@ -115,6 +112,14 @@ class StreamDiskToImage(task.Task):
         }
         try:
             done = images.upload(image_id, tap, props)
+        except exceptions.ImageAlreadyHasData:
+            # Asked only now, not before every upload (a Glance round trip per snapshot): the
+            # upload refuses an image with data untouched, and only then is it worth knowing
+            # whether this flow wrote it before a crash or a retry.
+            meta = images.show(image_id)
+            if meta.status == "active" and meta.properties.get("vsan_flows_flow") == flow_token:
+                return {"size": meta.size}
+            raise
         except exceptions.InvalidImage as exc:
             raise exceptions.IncompleteTransfer(
                 f"The disk export (the stream is not a whole streamOptimized disk: "
