@@ -247,3 +247,36 @@ def test_flows_resume_with_untrusted_certificate_is_one_line(tls_sim, wsdl_url, 
                                 stored_flow["db_url"], stored_flow["images"].directory)
     proc, secs = _run_cli(conf_file, "flows", "resume", flow_id, "--force")
     _assert_one_line_cert_error(proc, secs, tls_sim)
+
+
+def test_lease_transfer_verifies_the_host_with_ca_file(tls_sim, wsdl_url, tmp_path, pki):
+    """The disk PUT verifies vCenter's certificate as the login does: with ``ca_file`` it goes
+    through, against another CA it is refused at the handshake, before a byte of disk moves."""
+    import ssl
+
+    from vsan_flows.simulator import disks
+    from vsan_flows.vsphere import imports, instances, leases, transfer
+    from vsan_flows.vsphere.session import ref
+
+    image = tmp_path / "tls.vmdk"
+    disks.make_stream_optimized(image, 4 << 20, data_mib=1)
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["ca"])))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    name = f"tls-{uuid.uuid4().hex[:6]}"
+    try:
+        lease = imports.begin_import(ctx, vm_name=name, datastore_name="vsanDatastore",
+                                     capacity_bytes=4 << 20, adapter_type=None, guest_id=None)
+        device = transfer.disk_device(ctx.session, ref(lease["lease"], "HttpNfcLease"),
+                                      ctx.host, ctx.port)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            transfer.open_lease_request("PUT", device.url, cacerts=str(pki["other_ca"]),
+                                        thumbprint=None, headers={"Content-Length": "1"})
+        with open(image, "rb") as f:
+            sent = imports.upload(ctx, lease["lease"], f, image.stat().st_size)
+        assert sent == image.stat().st_size
+        leases.complete(ctx, lease["lease"])
+    finally:
+        instances.destroy_by_name(ctx, name)
+        ctx.close()

@@ -28,15 +28,21 @@ image service's upload pulls from (lease GET -> image store or Glance).
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+import requests
 from oslo_vmware import exceptions as vexc
 from oslo_vmware import rw_handles, vim_util
+from urllib3 import connection as urllib3_connection
+from urllib3.util import ssl_ as urllib3_ssl
 
 from vsan_flows import exceptions
 from vsan_flows.vsphere import faults
@@ -137,6 +143,56 @@ def complete(session, lease) -> None:
     session.invoke_api(session.vim, "HttpNfcLeaseComplete", lease)
 
 
+@functools.lru_cache(maxsize=8)
+def _verifying_context(cafile: str | None, pinned: bool) -> ssl.SSLContext:
+    """A TLS context that verifies the host against ``cafile`` (None: certifi's bundle, what
+    oslo uses for ``cacerts=True``), made once per process and shared by every transfer.
+
+    ``pinned`` keys the contexts apart: urllib3 turns hostname checking off on the context it
+    is given when a thumbprint pins the certificate, and that must not leak to a transfer
+    that relies on the hostname check.
+    """
+    ctx = urllib3_ssl.create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+    ctx.load_verify_locations(cafile or requests.certs.where())
+    if pinned:
+        ctx.check_hostname = False
+    return ctx
+
+
+def open_lease_request(method: str, url: str, *, cacerts: bool | str, thumbprint: str | None,
+                       headers: dict[str, str]) -> urllib3_connection.HTTPConnection:
+    """Open the HTTPS connection to a lease's disk URL and send the request's headers.
+
+    What oslo's ``FileHandle._create_connection`` sends, the same TLS checks (a CA when
+    ``cacerts`` says so, the lease's SSL thumbprint when it gives one), without its cost: oslo
+    loads certifi's whole CA bundle into a new TLS context on every connection, even when it
+    verifies nothing (``cacerts=False``: ~40 ms of CPU per transfer, measured on the benchmark
+    machine, about a sixth of a 256 MiB import). Here an unverified context costs nothing to
+    make, and a verifying one is made once per process (:func:`_verifying_context`).
+    """
+    u = urllib.parse.urlsplit(url)
+    path = u.path + (f"?{u.query}" if u.query else "")
+    headers = {"User-Agent": rw_handles.USER_AGENT, **headers}
+    if u.scheme == "http":  # oslo allows it; a vCenter's NFC URLs are https
+        conn = urllib3_connection.HTTPConnection(u.hostname, u.port, timeout=SOCKET_TIMEOUT)
+        conn.request(method, path, headers=headers, preload_content=False)
+        return conn
+    if u.scheme != "https":
+        raise ValueError(f"a lease URL must be http(s), not {u.scheme or 'schemeless'}")
+    if cacerts:
+        cafile = cacerts if isinstance(cacerts, str) else None
+        context = _verifying_context(cafile, thumbprint is not None)
+        cert_reqs = ssl.CERT_REQUIRED
+    else:
+        context = urllib3_ssl.create_urllib3_context(cert_reqs=ssl.CERT_NONE)
+        cert_reqs = ssl.CERT_NONE
+    conn = urllib3_connection.HTTPSConnection(
+        u.hostname, u.port, timeout=SOCKET_TIMEOUT, ssl_context=context, cert_reqs=cert_reqs,
+        assert_fingerprint=thumbprint)
+    conn.request(method, path, headers=headers, preload_content=False)
+    return conn
+
+
 class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
     """PUT a disk stream to an existing import lease and insist on the server's answer."""
 
@@ -150,13 +206,14 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
         self._bytes_written = 0
         self._vm_ref = None
         self._on_progress = on_progress
-        self._conn = self._create_write_connection(
-            "PUT", device.url, size, cookies=session.vim.client.cookiejar, overwrite="t",
-            content_type="binary/octet-stream", cacerts=cacerts,
-            ssl_thumbprint=device.thumbprint)
-        self._conn.timeout = SOCKET_TIMEOUT
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(SOCKET_TIMEOUT)
+        # Not oslo's _create_write_connection: see open_lease_request.
+        headers = {"Content-Length": str(size), "Overwrite": "t",
+                   "Content-Type": "binary/octet-stream"}
+        cookie = self._build_vim_cookie_header(session.vim.client.cookiejar)
+        if cookie:
+            headers["Cookie"] = cookie
+        self._conn = open_lease_request("PUT", device.url, cacerts=cacerts,
+                                        thumbprint=device.thumbprint, headers=headers)
         rw_handles.VmdkHandle.__init__(self, session, lease, device.url, self._conn)
         self.response_status: int | None = None
 
