@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from taskflow import task
@@ -54,11 +55,17 @@ class StreamDiskToLease(task.Task):
                 recorded = None  # the source checks it at its end (a Glance download)
             tap = StreamTap(source, image_id=image["id"],
                             expected_hash=tuple(recorded) if recorded else None)
-            sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress)
+            verify = policy.verify_stored_size and import_lease.get("vm")
+            # The VM's disk is read while the host stores the last bytes (our process
+            # only waits then); the lease's state after vCenter's answer.
+            vm_disk_check = functools.partial(
+                imports.check_imported_vm_disk, vsphere, import_lease["vm"], datastore["name"],
+                image["virtual_size"]) if verify else None
+            sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress,
+                                  while_storing=vm_disk_check)
         tap.check_complete()
-        if policy.verify_stored_size and import_lease.get("vm"):
-            imports.check_imported_disk(vsphere, import_lease["lease"], import_lease["vm"],
-                                        datastore["name"], image["virtual_size"])
+        if verify:
+            imports.check_lease_ready(vsphere, import_lease["lease"])
         return sent
 
 

@@ -132,8 +132,11 @@ def abort(session, lease) -> bool:
     return True
 
 
-def complete(session, lease) -> None:
-    state = lease_state(session, lease)
+def complete(session, lease, state: str | None = None) -> None:
+    """HttpNfcLeaseComplete, only on a ready lease. ``state``: the lease's state as the
+    caller has just read it (one property read per completion, not two)."""
+    if state is None:
+        state = lease_state(session, lease)
     if state != "ready":
         detail = lease_error(session, lease) if state == "error" else state
         raise exceptions.LeaseError(
@@ -198,8 +201,15 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
 
     def __init__(self, session, lease, device: LeaseDevice, size: int,
                  on_progress: Callable[[int], None] | None = None,
-                 timeout_secs: float | None = None, cacerts: bool | str = False) -> None:
+                 timeout_secs: float | None = None, cacerts: bool | str = False,
+                 while_storing: Callable[[], None] | None = None) -> None:
+        """``while_storing`` runs in a thread of its own while :meth:`close` waits for the
+        host to store the last bytes and answer (on the simulator that wait is over half of a
+        256 MiB import); whatever it raises is raised from :meth:`close` once the answer was a
+        success. It is for checks that do not depend on the answer."""
         # Deliberately not calling VmdkWriteHandle.__init__: it would create a second lease.
+        self._while_storing = while_storing
+        self._keepalive: _SideCall | None = None
         self._timeout_secs = timeout_secs
         self._deadline = time.monotonic() + timeout_secs if timeout_secs else None
         self._vmdk_size = size
@@ -227,6 +237,26 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
         if self._on_progress:
             self._on_progress(self._bytes_written)
 
+    def update_progress(self) -> None:
+        """The lease's keep-alive (HttpNfcLeaseProgress, at the first write and then once a
+        minute, as oslo throttles it), sent from a thread of its own: the writer never waits
+        for vCenter's answer to it (one SOAP round trip on the first chunk, tens of ms on a
+        loaded host). A failed keep-alive is raised from the next write, or from close."""
+        pending = self._keepalive
+        if pending is not None:
+            if pending.running():
+                return
+            self._keepalive = None
+            pending.result()
+        now = time.time()
+        if now - self._last_progress_udpate < rw_handles.MIN_UPDATE_INTERVAL:
+            return
+        self._last_progress_udpate = now
+        percent = int(self._get_progress())
+        session, lease = self._session, self._lease
+        self._keepalive = _SideCall(lambda: session.invoke_api(
+            session.vim, "HttpNfcLeaseProgress", lease, percent=percent))
+
     def close(self) -> None:
         """Read the answer (only when every byte went out), never touch the lease.
 
@@ -234,9 +264,13 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
         (oslo's close) skips, and where a cut or short upload shows itself. Waiting for the
         answer counts against the transfer's deadline like the bytes before it.
         """
+        side = None
         try:
             if self._bytes_written != self._vmdk_size:
-                return  # the copy loop failed earlier and is raising its own error
+                return  # the copy loop failed earlier and is raising its own error (the
+                # keep-alive, if still on its way, is waited for below, never raised)
+            if self._while_storing is not None:
+                side = _SideCall(self._while_storing)
             if self._deadline is not None:
                 # urllib3's getresponse() re-applies conn.timeout to the socket, so set both.
                 self._conn.timeout = max(0.5, self._deadline - time.monotonic())
@@ -258,7 +292,14 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
                 raise exceptions.IncompleteTransfer(
                     f"The upload (vCenter answered HTTP {resp.status})",
                     bytes_sent=self._bytes_written, bytes_expected=self._vmdk_size)
+            for pending in (side, self._keepalive):
+                if pending is not None:
+                    pending.result()
+            side = self._keepalive = None
         finally:
+            for pending in (side, self._keepalive):
+                if pending is not None:
+                    pending.wait()  # the answer's own error is the one raised
             try:
                 self._conn.close()
             except Exception:  # noqa: BLE001
@@ -266,6 +307,34 @@ class LeaseUploadHandle(rw_handles.VmdkWriteHandle):
 
     def __str__(self) -> str:
         return "upload to import lease " + vim_util.get_moref_value(self._lease)
+
+
+class _SideCall:
+    """``fn()`` in a thread of its own (a green thread under eventlet), started at once."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._fn = fn
+        self._exc: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="vsan-flows-side-call",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:  # noqa: BLE001 - raised by result() in the caller
+            self._exc = exc
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> None:
+        self.wait()
+        if self._exc is not None:
+            raise self._exc
 
 
 class LeaseDownloadHandle(rw_handles.VmdkReadHandle):
