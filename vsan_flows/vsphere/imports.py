@@ -28,11 +28,22 @@ def begin_import(ctx: VSphere, *, vm_name: str, datastore_name: str, capacity_by
                           (capacity_bytes + 1023) // 1024,
                           adapter_type or vm.DEFAULT_ADAPTER, guest_id or "otherGuest")
     lease = transfer.create_import_lease(ctx.session, pool, folder, spec)
+    try:
+        # State and info in one read: a lease that is ready at once (the usual case when
+        # ImportVApp answers) needs no second round trip for its VM.
+        props = transfer.lease_properties(ctx.session, lease, "state", "info")
+    except Exception:
+        # The caller never learns this lease id, so it is released here, not by a revert.
+        transfer.abort(ctx.session, lease)
+        raise
+    if props.get("state") == "ready":
+        entity = getattr(props.get("info"), "entity", None)
+        return {"lease": ref_value(lease),
+                "vm": ref_value(entity) if entity is not None else None}
     lease_id = leases.ready_or_aborted(ctx, lease)
     try:
         entity = transfer.lease_entity(ctx.session, lease)
     except Exception:
-        # The caller never learns this lease id, so it is released here, not by a revert.
         transfer.abort(ctx.session, lease)
         raise
     return {"lease": lease_id, "vm": ref_value(entity) if entity is not None else None}

@@ -78,6 +78,12 @@ def lease_state(session, lease) -> str:
     return session.invoke_api(vim_util, "get_object_property", session.vim, lease, "state")
 
 
+def lease_properties(session, lease, *names: str) -> dict:
+    """Several properties of a lease in one PropertyCollector round trip."""
+    return session.invoke_api(vim_util, "get_object_properties_dict", session.vim, lease,
+                              list(names))
+
+
 def lease_error(session, lease) -> str:
     err = session.invoke_api(vim_util, "get_object_property", session.vim, lease, "error")
     return getattr(err, "localizedMessage", None) or str(err or "unknown error")
