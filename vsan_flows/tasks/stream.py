@@ -22,9 +22,10 @@ class StreamDiskToLease(task.Task):
     Proof is fourfold: vCenter answers the PUT with success, the stream we sent is a complete
     streamOptimized disk (end structure checked on the bytes that went by), its hash is the
     one the image service recorded at upload (a disk corrupted at rest would otherwise become
-    the cached base disk of every later instance), and what vSAN offers after the upload
-    agrees (the lease still ready, the VM's disk on the datastore with the image's capacity;
-    vSAN has no data file whose size could be read). Any miss raises before the lease is
+    the cached base disk of every later instance), and what vSAN offers agrees (the lease
+    still ready after vCenter's answer; the VM's disk on the datastore with the image's
+    capacity, read while the host stores the last bytes; vSAN has no data file whose size
+    could be read). None of it waits on the writer's path. Any miss raises before the lease is
     completed, and the import subflow's revert aborts the lease and destroys the half-imported
     VM.
     """
