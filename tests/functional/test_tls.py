@@ -316,3 +316,35 @@ def test_nova_driver_with_unreachable_vcenter_stops_after_its_retries(tls_sim, t
     assert f"127.0.0.1:{port}" in facts["message"] and "2 attempts" in facts["message"], facts
     assert "\n" not in facts["message"]
     assert "attempt 1 of 2" in proc.stderr  # the one retry, logged
+
+def test_lease_transfer_verifies_the_host_with_ca_file(tls_sim, wsdl_url, tmp_path, pki):
+    """The disk PUT verifies vCenter's certificate as the login does: with ``ca_file`` it goes
+    through, against another CA it is refused at the handshake, before a byte of disk moves."""
+    import ssl
+
+    from vsan_flows.simulator import disks
+    from vsan_flows.vsphere import imports, instances, leases, transfer
+    from vsan_flows.vsphere.session import ref
+
+    image = tmp_path / "tls.vmdk"
+    disks.make_stream_optimized(image, 4 << 20, data_mib=1)
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["ca"])))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    name = f"tls-{uuid.uuid4().hex[:6]}"
+    try:
+        lease = imports.begin_import(ctx, vm_name=name, datastore_name="vsanDatastore",
+                                     capacity_bytes=4 << 20, adapter_type=None, guest_id=None)
+        device = transfer.disk_device(ctx.session, ref(lease["lease"], "HttpNfcLease"),
+                                      ctx.host, ctx.port)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            transfer.open_lease_request("PUT", device.url, cacerts=str(pki["other_ca"]),
+                                        thumbprint=None, headers={"Content-Length": "1"})
+        with open(image, "rb") as f:
+            sent = imports.upload(ctx, lease["lease"], f, image.stat().st_size)
+        assert sent == image.stat().st_size
+        leases.complete(ctx, lease["lease"])
+    finally:
+        instances.destroy_by_name(ctx, name)
+        ctx.close()
