@@ -732,19 +732,30 @@ class Bench(common.Harness):
         returns before that); the folder of the VM it unregistered is removed after."""
         from vsan_flows.vsphere import home
 
-        vm_name = f"OSTACK_IMG_bench-{uuid.uuid4().hex[:8]}"
         pool, folder = home.pool_and_folder(self.vsphere)
-        try:
-            r = nova.fetch(fx["image_id"], vm_name, DATASTORE, folder, pool)
-            stored, nbytes = peers.stored_at(self.sim, vm_name)
-        finally:
-            peers.delete_vm_folder(self.vsphere, nova.session, vm_name, DATASTORE)
+        cut = 0
+        while True:
+            vm_name = f"OSTACK_IMG_bench-{uuid.uuid4().hex[:8]}"
+            try:
+                r = nova.fetch(fx["image_id"], vm_name, DATASTORE, folder, pool)
+                stored, nbytes = peers.stored_at(self.sim, vm_name)
+                break
+            except peers.NovaImportCut as exc:
+                # nova completed the lease before the host had its bytes (its close reads
+                # no answer): nothing was stored, so this run has no time. Said, counted,
+                # run again (at most twice more).
+                cut += 1
+                log(f"  nova import: {exc} ({cut} so far this run)")
+                if cut >= 3:
+                    raise
+            finally:
+                peers.delete_vm_folder(self.vsphere, nova.session, vm_name, DATASTORE)
         if nbytes != fx["file_bytes"]:
             raise RuntimeError(f"nova's import stored {nbytes} of {fx['file_bytes']} bytes")
         secs = max(r["returned"], stored) - r["start"]
         return {"seconds": secs, "mbps": mbps(nbytes, secs),
                 "copy_seconds": max(r["copy_returned"], stored) - r["copy_start"],
-                "returned_early": stored - r["returned"]}
+                "returned_early": stored - r["returned"], "cut_before_stored": cut}
 
     def run_nova_upload(self, nova, instance: str, fx: dict) -> dict:
         """nova's upload_image_stream_optimized of a linked clone at a VM snapshot of the
@@ -990,7 +1001,9 @@ def summarize_nova(fx: dict, runs: dict[str, list[dict]]) -> dict:
     }
     out: dict = {"file_bytes": fx["file_bytes"],
                  "seconds": {k: None if v is None else round(v, 3) for k, v in sec.items()},
-                 "runs": {k: [round(r["seconds"], 3) for r in rs] for k, rs in runs.items()}}
+                 "runs": {k: [round(r["seconds"], 3) for r in rs] for k, rs in runs.items()},
+                 "nova_imports_cut": sum(r.get("cut_before_stored", 0)
+                                         for r in runs["nova_import"])}
     out["ratio"] = {
         "spawn_vs_nova_import": _ratio(sec["nova_import"], sec["spawn"]),
         "stream_vs_nova_copy": _ratio(sec["nova_copy"], sec["stream"]),
@@ -1118,7 +1131,10 @@ def print_report(results: dict) -> None:
             print(f"  {label}: " + ", ".join(f"{k} {fmt(v, '.3f')}"
                                             for k, v in s["ratio"].items())
                   + f"; nova returned {fmt(s['seconds']['nova_returned_early'], '.3f')} s "
-                  "before the simulator had stored its import")
+                  "before the simulator had stored its import"
+                  + (f"; {s['nova_imports_cut']} nova import(s) completed the lease before the "
+                     "host had the bytes (nothing stored; run again)"
+                     if s.get("nova_imports_cut") else ""))
         print("  nova_import = fetch_image_stream_optimized until the simulator logged the PUT "
               "stored; nova_copy = its copy loop (image_transfer)\n  until stored; export = our"
               " CreateExportLease + StreamDiskToImage + CompleteLease (what nova's upload does);"

@@ -21,11 +21,8 @@ Glance's own rules where they differ from the local store:
 
 from __future__ import annotations
 
-import collections
-import hashlib
 import logging
 import re
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
@@ -50,6 +47,7 @@ from vsan_flows.exceptions import (
     IncompleteTransfer,
 )
 from vsan_flows.images import STATUS_ACTIVE, STATUS_QUEUED, ImageMeta
+from vsan_flows.streamcheck import BackgroundHash as _BackgroundHash
 
 LOG = logging.getLogger(__name__)
 
@@ -143,62 +141,6 @@ def _fields(meta: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None:
             out[key] = str(value)
     return out
-
-
-class _BackgroundHash:
-    """A hashlib hash fed from the transfer's thread and computed in a thread of its own.
-
-    hashlib releases the GIL while it hashes a large buffer, so the hash runs beside the
-    network I/O instead of in its way: hashed inline, sha512 halved the Glance -> lease stream
-    on the benchmark machine. What waits to be hashed is bounded in bytes (PENDING_LIMIT),
-    not in chunks, so memory stays flat whatever chunk size the caller reads.
-    """
-
-    PENDING_LIMIT = 4 * CHUNK
-
-    def __init__(self, algo: str) -> None:
-        self._hash = hashlib.new(algo)
-        self.name = self._hash.name
-        self._chunks: collections.deque[bytes | None] = collections.deque()
-        self._pending = 0
-        self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name=f"vsan-flows-{algo}",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._chunks:
-                    self._cv.wait()
-                data = self._chunks.popleft()
-            if data is None:
-                return
-            self._hash.update(data)
-            with self._cv:
-                self._pending -= len(data)
-                self._cv.notify_all()
-
-    def _put(self, data: bytes | None) -> None:
-        size = len(data) if data else 0
-        with self._cv:
-            while self._pending and self._pending + size > self.PENDING_LIMIT:
-                self._cv.wait()
-            self._pending += size
-            self._chunks.append(data)
-            self._cv.notify_all()
-
-    def update(self, data: bytes) -> None:
-        self._put(data)
-
-    def hexdigest(self) -> str:
-        self.stop()
-        return self._hash.hexdigest()
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._put(None)
-            self._thread.join()
 
 
 class _Download:

@@ -13,6 +13,8 @@ once the flow gives up), never an active image with half a disk in it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import hashlib
 import json
@@ -135,6 +137,80 @@ def _chunks(data: Iterable[bytes] | BinaryIO) -> Iterable[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+def _libc_sync_file_range():
+    """glibc's sync_file_range(2), or None: Python's os module has no binding for it."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+
+
+class _WriteBehind:
+    """Write-back of an upload as it is written, and its pages out of the cache once on disk.
+
+    Without it a multi-GiB upload piles up as dirty page cache, the kernel writes it back when
+    it chooses, and the final fsync waits for whatever is left; and every page of the upload
+    is a page the kernel has to find and fill for the first time (measured on the benchmark
+    machine, a VM: writing 540 MB into fresh page cache took 0.6-0.9 s of CPU, into recycled
+    pages 0.09-0.14 s). Here each WINDOW's write-back starts as soon as it is written
+    (``sync_file_range`` WRITE, asynchronous), the window before it is waited for and
+    dropped (``posix_fadvise`` DONTNEED), so at most a few windows are dirty or cached at a
+    time, the pages are recycled, the disk works while the stream goes on, and the final
+    fsync finds almost nothing to do. That fsync stays the durability point: sync_file_range
+    writes data, not metadata, and flushes no disk cache.
+
+    Where sync_file_range is missing (not Linux/glibc) or the filesystem refuses it, this
+    does nothing and the final fsync writes everything, as before.
+    """
+
+    WINDOW = 8 << 20
+
+    def __init__(self, f) -> None:
+        self._f = f
+        self._fd = f.fileno()
+        self._on = _SYNC_FILE_RANGE is not None and hasattr(os, "posix_fadvise")
+        self._started = 0  # write-back started for [0, _started)
+        self._dropped = 0  # on disk and out of the cache for [0, _dropped)
+
+    def written(self, end: int) -> None:
+        """``end`` bytes have been written to the file so far."""
+        if not self._on or end - self._started < self.WINDOW:
+            return
+        self._f.flush()
+        if not self._sync(self._started, end - self._started, _SFR_WRITE):
+            return
+        # The window before the one just started: wait until it is on disk, then drop it.
+        if self._started - self._dropped >= self.WINDOW:
+            if not self._sync(self._dropped, self._started - self._dropped,
+                              _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER):
+                return
+            os.posix_fadvise(self._fd, self._dropped, self._started - self._dropped,
+                             os.POSIX_FADV_DONTNEED)
+            self._dropped = self._started
+        self._started = end
+
+    def drop_all(self) -> None:
+        """After the final fsync: the stored upload leaves nothing of itself in the cache."""
+        if self._on:
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    def _sync(self, offset: int, nbytes: int, flags: int) -> bool:
+        if _SYNC_FILE_RANGE(self._fd, offset, nbytes, flags) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
+            self._on = False  # not here: the final fsync writes everything
+            return False
+        raise OSError(err, f"sync_file_range: {os.strerror(err)}")
 
 
 def _split_meta(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -305,12 +381,15 @@ class LocalImageService:
         received = 0
         try:
             with os.fdopen(fd, "wb") as f:
+                behind = _WriteBehind(f)
                 for chunk in _chunks(data):
                     f.write(chunk)
                     digest.update(chunk)
                     received += len(chunk)
+                    behind.written(received)
                 f.flush()
                 os.fsync(f.fileno())
+                behind.drop_all()
             if expected is not None and received != expected:
                 raise IncompleteTransfer(
                     f"Upload of image {image_id}",

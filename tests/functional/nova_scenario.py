@@ -18,12 +18,14 @@ GiB = 1024 * MiB
 DRIVER = "vsan_flows.nova.driver.VsanVCDriver"
 
 
-def write_nova_conf(work, simulator, glance_api, host: str) -> tuple[str, dict]:
-    """A nova.conf under ``work`` for this simulator and glance-api; (its path, the sim)."""
+def write_nova_conf(work, simulator, glance_api, host: str, **vmware) -> tuple[str, dict]:
+    """A nova.conf under ``work`` for this simulator and glance-api (None: a start needs no
+    Glance); ``vmware`` overrides [vmware] options. Returns (its path, the sim)."""
     sim = {"host": simulator.host, "port": simulator.port, "username": simulator.username,
            "password": simulator.password}
     conf_file = work / "nova.conf"
-    conf_file.write_text(nova_conf_text(sim, str(work / "state"), host, glance_api.url))
+    conf_file.write_text(nova_conf_text(sim, str(work / "state"), host,
+                                        glance_api.url if glance_api else None, **vmware))
     return str(conf_file), sim
 
 
@@ -35,26 +37,23 @@ def started_driver(conf_file: str):
     return conf, driver
 
 
-def nova_conf_text(sim: dict, state_dir: str, host: str, glance_url: str) -> str:
+def nova_conf_text(sim: dict, state_dir: str, host: str, glance_url: str | None,
+                   **vmware) -> str:
+    options = {"host_ip": sim["host"], "host_port": sim["port"],
+               "host_username": sim["username"], "host_password": sim["password"],
+               "insecure": "true", "cluster_name": "DC0_C0", "datastore_regex": "vsan",
+               "task_poll_interval": 0.05, "api_retry_count": 2, **vmware}
+    vmware_lines = "\n".join(f"{k} = {v}" for k, v in options.items() if v is not None)
+    glance = f"[glance]\napi_servers = {glance_url}\n" if glance_url else ""
     return f"""[DEFAULT]
 transport_url = fake:/
 host = {host}
 compute_driver = {DRIVER}
 [vmware]
-host_ip = {sim["host"]}
-host_port = {sim["port"]}
-host_username = {sim["username"]}
-host_password = {sim["password"]}
-insecure = true
-cluster_name = DC0_C0
-datastore_regex = vsan
-task_poll_interval = 0.05
-api_retry_count = 2
+{vmware_lines}
 [oslo_concurrency]
 lock_path = {state_dir}/locks
-[glance]
-api_servers = {glance_url}
-[vsan_flows]
+{glance}[vsan_flows]
 state_dir = {state_dir}
 import_retries = 0
 """
@@ -223,6 +222,29 @@ def spawn_until_killed(driver, vmdk: Path) -> None:
     print("SPAWNED", flush=True)
 
 
+def start_only(conf_file: str, backstop_secs: float) -> None:
+    """For the start tests: nova's driver started, or why not, on one line of stdout.
+
+    Armed with the watchdog's backstop: a start that never ends (oslo.vmware's login
+    retrying for ever) dumps every stack and exits, so the parent reports a hang.
+    """
+    from tests.functional import watchdog
+
+    watchdog.backstop(backstop_secs)
+    start = time.monotonic()
+    try:
+        conf, driver = started_driver(conf_file)
+    except Exception as exc:  # noqa: BLE001 - the class and message are the facts under test
+        print("FAILED " + json.dumps({"type": f"{type(exc).__module__}.{type(exc).__name__}",
+                                      "message": str(exc),
+                                      "secs": round(time.monotonic() - start, 2)}), flush=True)
+        return
+    facts = {"node": driver.get_available_nodes()[0],
+             "secs": round(time.monotonic() - start, 2)}
+    driver.cleanup_host(conf.host)
+    print("STARTED " + json.dumps(facts), flush=True)
+
+
 def main(setup_file: str) -> None:
     """Child-process entry: eventlet first (as an eventlet-patched service does), then run."""
     setup = json.loads(Path(setup_file).read_text())
@@ -230,6 +252,9 @@ def main(setup_file: str) -> None:
         import eventlet
 
         eventlet.monkey_patch()
+    if setup.get("mode") == "start-only":
+        start_only(setup["conf_file"], setup["backstop_secs"])
+        return
     conf = init_nova(setup["conf_file"])
     driver = load_driver(conf)
     driver.init_host(conf.host)

@@ -312,3 +312,44 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
         _forget_after(destroy_after, instance, image_id, control)
     assert result["instance_name"] == instance
     assert control.calls("ImportVApp") - before == 1, "the finished transfer ran again"
+
+
+def test_a_job_whose_flow_a_local_process_runs_is_left_alone_then_run(rig, images, vmdk, control,
+                                                                      vsphere, destroy_after):
+    """While a process of this host runs a job's flow outside the board (an admin's `flows
+    resume`), the conductor releases the job and looks again later, with a growing wait —
+    not claim-refuse-release in a tight loop — and runs it once that process let go."""
+    import threading
+
+    from vsan_flows.runtime import flowlock
+
+    conf, _ = rig
+    live = api.open_handles(conf, vsphere=vsphere, images=images).transients()
+    image_id = images.add_file(vmdk, name="busy")
+    instance = f"busy-{uuid.uuid4().hex[:6]}"
+    job_id = jobs.post(conf, api.plan(conf, "spawn", instance, image_id))
+    with jobs.connect(conf) as board:
+        (job,) = [j for j in board.iterjobs(ensure_fresh=True) if j.uuid == job_id]
+        book_uuid = job.book_uuid
+    admin = flowlock.for_conf(conf)  # what `flows resume` in another process holds
+    admin.acquire(book_uuid)
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        conductor.run_conductor(conf, lambda: live, max_jobs=1)))
+    try:
+        try:
+            worker.start()
+            time.sleep(3.5)
+            assert not any(vm["name"] == instance for vm in control.status()["vms"]), \
+                "the conductor ran the flow while another process held it"
+        finally:
+            admin.release(book_uuid)
+        worker.join(60)
+        assert not worker.is_alive()
+        result = jobs.wait(conf, job_id, 10)
+    finally:
+        _forget_after(destroy_after, instance, image_id, control)
+    assert result["instance_name"] == instance
+    assert outcome["consumed"] == 1
+    # Looked at after 0, 1 and 3 s while busy, then once more after 7 s at the latest.
+    assert 1 <= outcome["released"] <= 4, outcome

@@ -4,7 +4,9 @@ A second simulator serves a certificate signed by a CA this module makes. With v
 (the default) and the CA not trusted, every way in - a session, the driver's init_host, `flows
 resume` - fails within seconds with one error naming ``[vmware] ca_file``/``insecure``;
 oslo.vmware alone retries that login for ever. With ``ca_file`` naming the CA the login works.
-An unreachable vCenter is retried ``api_retry_count`` times, then reported.
+An unreachable vCenter is retried ``api_retry_count`` times, then reported. nova's compute
+driver, started in a child process as nova-compute starts it, stops the same way with nova's
+``InvalidConfiguration`` / ``HypervisorUnavailable`` carrying that one line.
 """
 
 from __future__ import annotations
@@ -247,3 +249,102 @@ def test_flows_resume_with_untrusted_certificate_is_one_line(tls_sim, wsdl_url, 
                                 stored_flow["db_url"], stored_flow["images"].directory)
     proc, secs = _run_cli(conf_file, "flows", "resume", flow_id, "--force")
     _assert_one_line_cert_error(proc, secs, tls_sim)
+
+
+# nova's driver, started as nova-compute starts it, in a child process (nova's CONF is the
+# process's). The child arms the watchdog's backstop: a start that never ends (oslo.vmware's
+# login retrying for ever) dumps every stack and exits, and the test fails showing them.
+NOVA_BACKSTOP_SECS = 45
+
+
+def _start_nova(tmp_path, sim, **vmware) -> tuple[str, dict, subprocess.CompletedProcess]:
+    from tests.functional import nova_scenario
+
+    conf_file, _sim = nova_scenario.write_nova_conf(tmp_path, sim, None, "compute-tls",
+                                                    **{"insecure": "false", **vmware})
+    setup = tmp_path / "start.json"
+    setup.write_text(json.dumps({"conf_file": conf_file, "mode": "start-only",
+                                 "backstop_secs": NOVA_BACKSTOP_SECS}))
+    proc = subprocess.run([sys.executable, "-m", "tests.functional.nova_scenario", str(setup)],
+                          cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=NOVA_BACKSTOP_SECS + 60)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED ", "STARTED "))]
+    assert proc.returncode == 0 and lines, (
+        f"nova's driver neither started nor failed (exit {proc.returncode}); stderr ends:\n"
+        + proc.stderr[-8000:])
+    kind, _, facts = lines[-1].partition(" ")
+    assert sim.password not in proc.stdout + proc.stderr
+    return kind, json.loads(facts), proc
+
+
+def test_nova_driver_with_untrusted_certificate_stops_at_once(tls_sim, tmp_path):
+    """Without the check nova's own login fails too, but as requests' SSLError about
+    ``HTTPSConnectionPool`` and /sdk/vimService.wsdl, naming no option to set."""
+    # Ten retries with back-off would outlast the backstop: only a final failure ends in time.
+    kind, facts, proc = _start_nova(tmp_path, tls_sim, api_retry_count=10)
+    assert kind == "FAILED", facts
+    assert facts["type"] == "nova.exception.InvalidConfiguration", facts
+    msg = facts["message"]
+    assert "[vmware] ca_file" in msg and "insecure" in msg and "\n" not in msg, msg
+    assert f"{tls_sim.host}:{tls_sim.port}" in msg, msg
+    assert "not reachable" not in proc.stderr  # not one retry
+
+
+def test_nova_driver_with_another_ca_names_the_bundle(tls_sim, tmp_path, pki):
+    kind, facts, _proc = _start_nova(tmp_path, tls_sim, api_retry_count=10,
+                                     ca_file=pki["other_ca"])
+    assert (kind, facts["type"]) == ("FAILED", "nova.exception.InvalidConfiguration"), facts
+    assert str(pki["other_ca"]) in facts["message"] and "[vmware] ca_file" in facts["message"]
+
+
+def test_nova_driver_with_ca_file_starts(tls_sim, tmp_path, pki):
+    kind, facts, _proc = _start_nova(tmp_path, tls_sim, ca_file=pki["ca"])
+    assert kind == "STARTED", facts
+    # nova's node name: the cluster's moref and vCenter's uuid, read over the verified session
+    moref, _, vc_uuid = facts["node"].partition(".")
+    assert moref and uuid.UUID(vc_uuid), facts
+
+
+def test_nova_driver_with_unreachable_vcenter_stops_after_its_retries(tls_sim, tmp_path):
+    """Retried as our own sessions retry, then one line (nova alone gave up at the first
+    refusal with requests' ConnectionError)."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kind, facts, proc = _start_nova(tmp_path, tls_sim, host_port=port, api_retry_count=1)
+    assert (kind, facts["type"]) == ("FAILED", "nova.exception.HypervisorUnavailable"), facts
+    assert f"127.0.0.1:{port}" in facts["message"] and "2 attempts" in facts["message"], facts
+    assert "\n" not in facts["message"]
+    assert "attempt 1 of 2" in proc.stderr  # the one retry, logged
+
+def test_lease_transfer_verifies_the_host_with_ca_file(tls_sim, wsdl_url, tmp_path, pki):
+    """The disk PUT verifies vCenter's certificate as the login does: with ``ca_file`` it goes
+    through, against another CA it is refused at the handshake, before a byte of disk moves."""
+    import ssl
+
+    from vsan_flows.simulator import disks
+    from vsan_flows.vsphere import imports, instances, leases, transfer
+    from vsan_flows.vsphere.session import ref
+
+    image = tmp_path / "tls.vmdk"
+    disks.make_stream_optimized(image, 4 << 20, data_mib=1)
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["ca"])))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    name = f"tls-{uuid.uuid4().hex[:6]}"
+    try:
+        lease = imports.begin_import(ctx, vm_name=name, datastore_name="vsanDatastore",
+                                     capacity_bytes=4 << 20, adapter_type=None, guest_id=None)
+        device = transfer.disk_device(ctx.session, ref(lease["lease"], "HttpNfcLease"),
+                                      ctx.host, ctx.port)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            transfer.open_lease_request("PUT", device.url, cacerts=str(pki["other_ca"]),
+                                        thumbprint=None, headers={"Content-Length": "1"})
+        with open(image, "rb") as f:
+            sent = imports.upload(ctx, lease["lease"], f, image.stat().st_size)
+        assert sent == image.stat().st_size
+        leases.complete(ctx, lease["lease"])
+    finally:
+        instances.destroy_by_name(ctx, name)
+        ctx.close()

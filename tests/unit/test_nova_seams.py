@@ -133,3 +133,37 @@ def test_spawn_errors_become_the_nova_class_that_decides_abort_or_reschedule(our
     assert type(mapped) is getattr(nova_exc, theirs)
     if ours == "InvalidImage":
         assert "not streamOptimized" in str(mapped)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [
+    ("VCenterCertificateError", "InvalidConfiguration"),
+    ("ConfigError", "InvalidConfiguration"),
+    ("VCenterUnreachable", "HypervisorUnavailable"),
+])
+def test_start_errors_stop_nova_compute_with_our_one_line(ours, theirs):
+    from nova import exception as nova_exc
+
+    from vsan_flows import exceptions
+    from vsan_flows.nova import errors
+
+    samples = {
+        "VCenterCertificateError": exceptions.VCenterCertificateError(
+            "vc", 443, "self-signed certificate (100%)", None),
+        "ConfigError": exceptions.ConfigError("[vmware] ca_file", "/x does not exist"),
+        "VCenterUnreachable": exceptions.VCenterUnreachable("vc", 443, "refused (3 attempts)"),
+    }
+    mapped = errors.for_start(samples[ours])
+    assert type(mapped) is getattr(nova_exc, theirs)
+    assert str(mapped) == str(samples[ours])  # ours verbatim, not nova's generic text
+
+
+def test_a_missing_ca_file_is_a_configuration_error_before_any_connection(tmp_path):
+    from vsan_flows import exceptions
+    from vsan_flows.vsphere import session
+
+    missing = tmp_path / "nope.pem"
+    with pytest.raises(exceptions.ConfigError) as err:
+        # port 1 on a TEST-NET address: nothing is contacted before the file is looked at
+        session.check_before_login("192.0.2.1", 1, ca_file=str(missing), insecure=False,
+                                   retries=0)
+    assert "[vmware] ca_file" in str(err.value) and str(missing) in str(err.value)

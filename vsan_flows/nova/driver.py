@@ -26,6 +26,7 @@ from vsan_flows import conf as vconf
 from vsan_flows import exceptions
 from vsan_flows.nova import SUPPORTED_NOVA, errors, vmops
 from vsan_flows.nova.runs import NovaRuns
+from vsan_flows.vsphere import session as vsession
 
 LOG = logging.getLogger(__name__)
 CONF = nova.conf.CONF
@@ -42,12 +43,40 @@ def _check_nova_version() -> None:
             "releases. Install a supported nova or a vsan_flows release for yours.")
 
 
+def _check_vcenter(scheme: str) -> None:
+    """Stop the start with one line naming what to set, before nova's session logs in.
+
+    nova's session (oslo.vmware) first fetches vCenter's WSDL over the verified transport; an
+    untrusted certificate or a refused connection fails there at once, but as requests' own
+    exception (``HTTPSConnectionPool(...): Max retries exceeded ... SSLError``) naming no
+    option. What can be known without SOAP (TCP, and the TLS handshake verified as nova's
+    session verifies it) is checked here, as our own sessions check it: a certificate failure
+    stops nova-compute at once naming ``[vmware] ca_file``, an unanswered vCenter after
+    ``api_retry_count`` retries. Settings nova itself refuses (no host_ip) are left to nova.
+
+    nova's login itself is not wrapped: oslo.vmware's ``_create_session`` retries for ever,
+    but only connection errors of SOAP calls, which at start come after the (unretried) WSDL
+    fetch this check mirrors; only a vCenter failing between the two, or a re-login of a
+    running service, still meets that retry (docs/nova.md).
+    """
+    v = CONF.vmware
+    if not v.host_ip:
+        return
+    try:
+        vsession.check_before_login(v.host_ip, v.host_port, ca_file=v.ca_file,
+                                    insecure=v.insecure, retries=v.api_retry_count,
+                                    scheme=scheme)
+    except exceptions.VsanFlowsError as exc:
+        raise errors.for_start(exc) from None
+
+
 class VsanVCDriver(vmware_driver.VMwareVCDriver):
     """nova's VMware driver with vSAN image-cache, root-disk and snapshot steps as flows."""
 
     def __init__(self, virtapi, scheme: str = "https") -> None:
         _check_nova_version()
         vconf.register_nova_opts(CONF)
+        _check_vcenter(scheme)
         super().__init__(virtapi, scheme=scheme)
         self._runs = NovaRuns(CONF, self._session)
         vmops.adopt(self._vmops, self._runs)

@@ -25,6 +25,7 @@ import functools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -93,6 +94,58 @@ def outcome_of(engine, state: str) -> dict[str, Any]:
     return {"state": state, "error_type": error_type, "error": message}
 
 
+#: How long a conductor leaves alone a job whose flow a local process runs: the first wait,
+#: doubled on every new refusal up to the last figure.
+BUSY_BACKOFF = (1.0, 30.0)
+
+
+class _BusyJobs:
+    """The jobs this conductor released because a local process runs their flow, and until when
+    it leaves them alone.
+
+    Why: a released job is unclaimed at once, and TaskFlow's conductor loop claims whatever
+    it finds without pausing after a dispatch, so the same job was claimed, refused and
+    released again in a tight loop (hundreds of ZooKeeper writes and log lines a second) for
+    as long as that process ran the flow.
+    """
+
+    def __init__(self) -> None:
+        self._until: dict[str, tuple[float, float]] = {}  # job -> (not before, last wait)
+        self._guard = threading.Lock()
+
+    def refused(self, job_uuid: str) -> float:
+        with self._guard:
+            _, last = self._until.get(job_uuid, (0.0, 0.0))
+            wait = min(BUSY_BACKOFF[1], last * 2 if last else BUSY_BACKOFF[0])
+            self._until[job_uuid] = (time.monotonic() + wait, wait)
+            return wait
+
+    def ran(self, job_uuid: str) -> None:
+        with self._guard:
+            self._until.pop(job_uuid, None)
+
+    def waiting(self, job_uuid: str) -> bool:
+        with self._guard:
+            until = self._until.get(job_uuid)
+            return until is not None and time.monotonic() < until[0]
+
+
+class _BoardSkippingBusy:
+    """The jobboard as the conductor loop sees it: jobs it must leave alone for now are not
+    listed (everything else is the real board)."""
+
+    def __init__(self, board, busy: _BusyJobs) -> None:
+        self._board = board
+        self._busy = busy
+
+    def iterjobs(self, *args, **kwargs):
+        return (job for job in self._board.iterjobs(*args, **kwargs)
+                if not self._busy.waiting(job.uuid))
+
+    def __getattr__(self, name: str):
+        return getattr(self._board, name)
+
+
 class VsanFlowsConductor(BlockingConductor):
     """TaskFlow's blocking conductor, with what every vsan_flows conductor adds.
 
@@ -109,7 +162,9 @@ class VsanFlowsConductor(BlockingConductor):
                  flow_locks: flowlock.FlowLocks | None = None,
                  session: fencing.SessionWatch | None = None) -> None:
         options = runner.engine_options(engine, max_workers)
-        super().__init__(name, board, persistence=persistence, engine=options.pop("engine"),
+        self._vsan_busy = _BusyJobs()
+        super().__init__(name, _BoardSkippingBusy(board, self._vsan_busy),
+                         persistence=persistence, engine=options.pop("engine"),
                          engine_options=options, wait_timeout=wait_timeout)
         self._vsan_transients = dict(transients)
         self._vsan_max_jobs = max_jobs
@@ -181,9 +236,11 @@ class VsanFlowsConductor(BlockingConductor):
             # it is claimed again once that process is done with it.
             self._vsan_flow_locks.acquire(job.book_uuid, fd.uuid)
         except exceptions.FlowBusy as exc:
-            LOG.warning("Conductor %s releases job %s: flow %s is run by %s", self._name,
-                        job.uuid, fd.uuid, exc.holder)
+            wait = self._vsan_busy.refused(job.uuid)
+            LOG.warning("Conductor %s releases job %s: flow %s is run by %s; it looks again "
+                        "in %.0f s", self._name, job.uuid, fd.uuid, exc.holder, wait)
             return False
+        self._vsan_busy.ran(job.uuid)
         try:
             return super()._dispatch_job(job)
         finally:

@@ -36,7 +36,11 @@ class CloneLinkedDisk(task.Task):
             vm_id = instances.create_linked(
                 vsphere, name=instance_name, datastore_name=datastore["name"],
                 parent_vm_id=shadow_vm["vm"], adapter_type=image["adapter_type"],
-                guest_id=image["os_type"], note=instance_note(flow_token))
+                guest_id=image["os_type"], note=instance_note(flow_token),
+                # The shadow's disk as RegisterShadowVM/LookupImageCache just read it (flows
+                # stored before it was recorded have no capacity: it is read again then).
+                parent_disk={"path": shadow_vm["disk"],
+                             "capacity_kb": shadow_vm.get("capacity_kb")})
         disk = instances.first_disk(vsphere, vm_id)
         return {"vm": vm_id, "name": instance_name, "disk": disk["path"],
                 "parent": disk["parent"]}

@@ -21,7 +21,8 @@ def _lookup(vsphere, image: dict, datastore: dict) -> dict | None:
     if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
         return None
     disk = instances.first_disk(vsphere, vm_id)
-    return {"vm": vm_id, "name": name, "disk": disk["path"], "created": False}
+    return {"vm": vm_id, "name": name, "disk": disk["path"],
+            "capacity_kb": disk["capacity_kb"], "created": False}
 
 
 class LookupImageCache(task.Task):
@@ -86,7 +87,8 @@ class RegisterShadowVM(task.Task):
                                                        flow_token):
             # We renamed it already and crashed before our result was saved.
             disk = instances.first_disk(vsphere, existing)
-            return {"vm": existing, "name": name, "disk": disk["path"], "created": True}
+            return {"vm": existing, "name": name, "disk": disk["path"],
+            "capacity_kb": disk["capacity_kb"], "created": True}
         imported = instances.find(vsphere, import_vm_name)
         if imported is None:
             raise exceptions.VSphereError(
@@ -96,10 +98,12 @@ class RegisterShadowVM(task.Task):
             # Another flow cached the same image meanwhile: keep theirs, drop ours.
             instances.destroy(vsphere, imported)
             disk = instances.first_disk(vsphere, existing)
-            return {"vm": existing, "name": name, "disk": disk["path"], "created": False}
+            return {"vm": existing, "name": name, "disk": disk["path"],
+            "capacity_kb": disk["capacity_kb"], "created": False}
         instances.rename(vsphere, imported, name, imagecache.note(image, flow_token))
         disk = instances.first_disk(vsphere, imported)
-        return {"vm": imported, "name": name, "disk": disk["path"], "created": True}
+        return {"vm": imported, "name": name, "disk": disk["path"],
+            "capacity_kb": disk["capacity_kb"], "created": True}
 
     def revert(self, vsphere, image_locks, image: dict, datastore: dict, flow_token: str,
                result=None, **kwargs) -> None:

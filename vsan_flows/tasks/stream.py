@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 from taskflow import task
@@ -21,9 +22,10 @@ class StreamDiskToLease(task.Task):
     Proof is fourfold: vCenter answers the PUT with success, the stream we sent is a complete
     streamOptimized disk (end structure checked on the bytes that went by), its hash is the
     one the image service recorded at upload (a disk corrupted at rest would otherwise become
-    the cached base disk of every later instance), and what vSAN offers after the upload
-    agrees (the lease still ready, the VM's disk on the datastore with the image's capacity;
-    vSAN has no data file whose size could be read). Any miss raises before the lease is
+    the cached base disk of every later instance), and what vSAN offers agrees (the lease
+    still ready after vCenter's answer; the VM's disk on the datastore with the image's
+    capacity, read while the host stores the last bytes; vSAN has no data file whose size
+    could be read). None of it waits on the writer's path. Any miss raises before the lease is
     completed, and the import subflow's revert aborts the lease and destroys the half-imported
     VM.
     """
@@ -54,11 +56,17 @@ class StreamDiskToLease(task.Task):
                 recorded = None  # the source checks it at its end (a Glance download)
             tap = StreamTap(source, image_id=image["id"],
                             expected_hash=tuple(recorded) if recorded else None)
-            sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress)
+            verify = policy.verify_stored_size and import_lease.get("vm")
+            # The VM's disk is read while the host stores the last bytes (our process
+            # only waits then); the lease's state after vCenter's answer.
+            vm_disk_check = functools.partial(
+                imports.check_imported_vm_disk, vsphere, import_lease["vm"], datastore["name"],
+                image["virtual_size"]) if verify else None
+            sent = imports.upload(vsphere, import_lease["lease"], tap, size, on_progress,
+                                  while_storing=vm_disk_check)
         tap.check_complete()
-        if policy.verify_stored_size and import_lease.get("vm"):
-            imports.check_imported_disk(vsphere, import_lease["lease"], import_lease["vm"],
-                                        datastore["name"], image["virtual_size"])
+        if verify:
+            imports.check_lease_ready(vsphere, import_lease["lease"])
         return sent
 
 
@@ -85,9 +93,6 @@ class StreamDiskToImage(task.Task):
 
     def execute(self, vsphere, images, image_id: str, instance: dict, export_lease: dict,
                 flow_token: str) -> dict:
-        meta = images.show(image_id)
-        if meta.status == "active" and meta.properties.get("vsan_flows_flow") == flow_token:
-            return {"size": meta.size}  # uploaded by this flow before a crash or retry
         last = [0.0]
         reader = exports.open_export(vsphere, export_lease["lease"])
         total = reader.content_length
@@ -115,6 +120,14 @@ class StreamDiskToImage(task.Task):
         }
         try:
             done = images.upload(image_id, tap, props)
+        except exceptions.ImageAlreadyHasData:
+            # Asked only now, not before every upload (a Glance round trip per snapshot): the
+            # upload refuses an image with data untouched, and only then is it worth knowing
+            # whether this flow wrote it before a crash or a retry.
+            meta = images.show(image_id)
+            if meta.status == "active" and meta.properties.get("vsan_flows_flow") == flow_token:
+                return {"size": meta.size}
+            raise
         except exceptions.InvalidImage as exc:
             raise exceptions.IncompleteTransfer(
                 f"The disk export (the stream is not a whole streamOptimized disk: "

@@ -28,24 +28,41 @@ def begin_import(ctx: VSphere, *, vm_name: str, datastore_name: str, capacity_by
                           (capacity_bytes + 1023) // 1024,
                           adapter_type or vm.DEFAULT_ADAPTER, guest_id or "otherGuest")
     lease = transfer.create_import_lease(ctx.session, pool, folder, spec)
+    try:
+        # State and info in one read: a lease that is ready at once (the usual case when
+        # ImportVApp answers) needs no second round trip for its VM.
+        props = transfer.lease_properties(ctx.session, lease, "state", "info")
+    except Exception:
+        # The caller never learns this lease id, so it is released here, not by a revert.
+        transfer.abort(ctx.session, lease)
+        raise
+    if props.get("state") == "ready":
+        entity = getattr(props.get("info"), "entity", None)
+        return {"lease": ref_value(lease),
+                "vm": ref_value(entity) if entity is not None else None}
     lease_id = leases.ready_or_aborted(ctx, lease)
     try:
         entity = transfer.lease_entity(ctx.session, lease)
     except Exception:
-        # The caller never learns this lease id, so it is released here, not by a revert.
         transfer.abort(ctx.session, lease)
         raise
     return {"lease": lease_id, "vm": ref_value(entity) if entity is not None else None}
 
 
 def upload(ctx: VSphere, lease_id: str, source: BinaryIO, size: int,
-           on_progress: Callable[[int], None] | None = None) -> int:
-    """Stream ``size`` bytes to the lease's disk URL and insist every byte was accepted."""
+           on_progress: Callable[[int], None] | None = None,
+           while_storing: Callable[[], None] | None = None) -> int:
+    """Stream ``size`` bytes to the lease's disk URL and insist every byte was accepted.
+
+    ``while_storing``: a check run while the host stores the last bytes (see
+    :class:`~vsan_flows.vsphere.transfer.LeaseUploadHandle`); its failure fails the upload.
+    """
     lease = ref(lease_id, "HttpNfcLease")
     device = transfer.disk_device(ctx.session, lease, ctx.host, ctx.port)
     reader = transfer.ImageStreamReader(source)
     writer = transfer.LeaseUploadHandle(ctx.session, lease, device, size, on_progress,
-                                        ctx.transfer_timeout, cacerts=ctx.cacerts)
+                                        ctx.transfer_timeout, cacerts=ctx.cacerts,
+                                        while_storing=while_storing)
     transfer.copy(reader, writer, ctx.transfer_timeout, "The image upload", size)
     if reader.bytes_read != size:
         raise exceptions.IncompleteTransfer("The image upload", bytes_sent=reader.bytes_read,
@@ -67,12 +84,26 @@ def check_imported_disk(ctx: VSphere, lease_id: str, vm_id: str, datastore_name:
     disk fails (the lease must still be ready), and the VM's own disk device names the disk
     on the chosen datastore with the capacity the image needs.
     """
+    check_lease_ready(ctx, lease_id)
+    check_imported_vm_disk(ctx, vm_id, datastore_name, capacity_bytes)
+
+
+def check_lease_ready(ctx: VSphere, lease_id: str) -> None:
+    """The host fails the lease when writing the disk fails: after the upload it must still
+    be ready. (One property read: read it after vCenter answered the PUT.)"""
     lease = ref(lease_id, "HttpNfcLease")
     state = transfer.lease_state(ctx.session, lease)
     if state != "ready":
         raise exceptions.LeaseError(
             f"import lease {lease_id} went to state {state} after the upload: "
             f"{transfer.lease_error(ctx.session, lease)}")
+
+
+def check_imported_vm_disk(ctx: VSphere, vm_id: str, datastore_name: str,
+                           capacity_bytes: int) -> None:
+    """The imported VM's own disk device names a disk on the chosen datastore with the
+    capacity the image needs. ImportVApp fixes both and the upload does not change them, so
+    this may run while the host stores the last bytes (``upload(while_storing=...)``)."""
     disks = vm.disks(ctx.session, ref(vm_id, "VirtualMachine"))
     if not disks:
         raise exceptions.VSphereError(f"the imported VM {vm_id} has no virtual disk")

@@ -64,13 +64,22 @@ def linked_children(ctx: VSphere, disk_path: str) -> list[str]:
 
 
 def create_linked(ctx: VSphere, *, name: str, datastore_name: str, parent_vm_id: str,
-                  adapter_type: str | None, guest_id: str | None, note: str) -> str:
+                  adapter_type: str | None, guest_id: str | None, note: str,
+                  parent_disk: dict | None = None) -> str:
+    """``parent_disk``: the parent VM's first disk as :func:`first_disk` gave it moments ago
+    in the same flow (path, capacity_kb); without it, it is read here. vCenter refuses the
+    clone if that disk is gone."""
     pool, folder = home.pool_and_folder(ctx)
-    parent_disks = vm.disks(ctx.session, ref(parent_vm_id, "VirtualMachine"))
-    if not parent_disks:
-        raise exceptions.VSphereError(f"image cache VM {parent_vm_id} has no disk to link to")
+    if not (parent_disk and parent_disk.get("path") and parent_disk.get("capacity_kb")):
+        parent_disks = vm.disks(ctx.session, ref(parent_vm_id, "VirtualMachine"))
+        if not parent_disks:
+            raise exceptions.VSphereError(
+                f"image cache VM {parent_vm_id} has no disk to link to")
+        parent_disk = {"path": parent_disks[0].backing.fileName,
+                       "capacity_kb": int(parent_disks[0].capacityInKB)}
     new = vm.create_linked(ctx.session, folder, pool, name=name, datastore_name=datastore_name,
-                           parent_disk=parent_disks[0],
+                           parent_file=parent_disk["path"],
+                           capacity_kb=parent_disk["capacity_kb"],
                            adapter_type=adapter_type or vm.DEFAULT_ADAPTER,
                            guest_id=guest_id or "otherGuest", annotation=note)
     return ref_value(new)

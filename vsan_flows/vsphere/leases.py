@@ -63,7 +63,7 @@ def complete(ctx: VSphere, lease_id: str) -> bool:
     if state == "done":
         return False
     try:
-        transfer.complete(ctx.session, lease)
+        transfer.complete(ctx.session, lease, state)
     except vexc.VimException as exc:
         if faults.is_gone(exc):
             return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import time
@@ -91,6 +92,105 @@ def _tls_failure(exc: BaseException) -> str | None:
     return None
 
 
+def _session_path(host: str, port: int, ca_file: str | None,
+                  insecure: bool) -> tuple[bool | str, bool]:
+    """(``verify`` as oslo.vmware's transport gets it from requests, whether via a proxy).
+
+    oslo.vmware (``service.RequestsTransport``) passes the CA bundle when one is set, else
+    "verify" unless insecure. requests then takes ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``
+    from the environment for a plain True, else its own default bundle, and the environment's
+    proxy for this URL (``no_proxy`` honoured).
+    """
+    import requests
+
+    verify: bool | str = ca_file if ca_file else not insecure
+    url = f"https://{host}:{port}/sdk"
+    settings = requests.Session().merge_environment_settings(url, {}, None, verify, None)
+    proxied = requests.utils.select_proxy(url, settings["proxies"]) is not None
+    verify = settings["verify"]
+    if verify is True:
+        verify = requests.utils.DEFAULT_CA_BUNDLE_PATH
+    return verify, proxied
+
+
+def _handshake(host: str, port: int, verify: str, ca_file: str | None) -> None:
+    """One TLS handshake with the verification requests applies (urllib3, hostname checked)."""
+    conn = urllib3.connection.HTTPSConnection(
+        host, port, timeout=PROBE_TIMEOUT, cert_reqs="CERT_REQUIRED",
+        **({"ca_cert_dir": verify} if os.path.isdir(verify) else {"ca_certs": verify}))
+    try:
+        conn.connect()
+    except (OSError, urllib3.exceptions.HTTPError) as exc:
+        reason = _tls_failure(exc)
+        if reason is not None:
+            raise exceptions.VCenterCertificateError(host, port, reason, ca_file) from None
+        raise exceptions.VCenterUnreachable(
+            host, port, getattr(exc, "strerror", None) or type(exc).__name__) from None
+    finally:
+        conn.close()
+
+
+def check_before_login(host: str, port: int, *, ca_file: str | None, insecure: bool,
+                       retries: int, scheme: str = "https") -> None:
+    """What a session's login would run into, found without SOAP and reported at once.
+
+    For a session we do not build (nova's driver logs its own in, and oslo.vmware reports an
+    untrusted certificate as requests' SSLError, naming no option): a TCP connect and, unless
+    nothing is verified, a TLS handshake verified exactly as that session's transport will
+    verify it. A certificate failure raises VCenterCertificateError at once; a vCenter that
+    does not answer is tried ``retries + 1`` times (the back-off of our own login), then
+    VCenterUnreachable. ``insecure`` without ``ca_file`` checks no certificate, as the session
+    will not either. Through a proxy (``https_proxy``) our direct connection is not the
+    session's way to vCenter, so nothing is checked: the session goes as it would.
+    """
+    if ca_file and not os.path.exists(ca_file):
+        raise exceptions.ConfigError("[vmware] ca_file", f"{ca_file} does not exist",
+                                     "Set it to the CA bundle that signed vCenter's "
+                                     "certificate.")
+    verify: bool | str = False
+    if scheme == "https":
+        verify, proxied = _session_path(host, port, ca_file, insecure)
+        if proxied:
+            LOG.debug("vCenter %s:%s is reached through a proxy: not checked before login",
+                      host, port)
+            return
+
+    def once() -> None:
+        if verify is False:
+            _probe(host, port)
+        else:
+            _handshake(host, port, verify, ca_file)
+
+    _bounded(once, host, port, retries + 1, ca_file)
+
+
+def _bounded(once, host: str, port: int, attempts: int, ca_file: str | None) -> None:
+    """Call ``once`` until it returns, at most ``attempts`` times, backing off 1, 2, 4... s.
+
+    ``once`` raises VCenterUnreachable (or oslo.vmware's VimConnectionException) for a failure
+    worth another try; a certificate failure among them is final at once.
+    """
+    for attempt in range(attempts):
+        try:
+            once()
+            return
+        except (vexc.VimConnectionException, exceptions.VCenterUnreachable) as exc:
+            reason = _tls_failure(exc)
+            if reason is not None:
+                raise exceptions.VCenterCertificateError(host, port, reason, ca_file) from None
+            if attempt + 1 >= attempts:
+                if isinstance(exc, exceptions.VCenterUnreachable):
+                    raise exceptions.VCenterUnreachable(
+                        host, port, f"{exc.reason} ({attempts} attempts)") from None
+                raise exceptions.VCenterUnreachable(
+                    host, port,
+                    f"{type(exc.cause or exc).__name__} ({attempts} attempts)") from None
+            delay = min(2.0 ** attempt, MAX_BACKOFF)
+            LOG.warning("vCenter %s:%s not reachable (attempt %d of %d), retrying in %.0f s",
+                        host, port, attempt + 1, attempts, delay)
+            time.sleep(delay)
+
+
 def _login(session: api.VMwareAPISession, v) -> None:
     """Log in with at most ``api_retry_count`` retries; a certificate failure is final at once.
 
@@ -100,29 +200,12 @@ def _login(session: api.VMwareAPISession, v) -> None:
     (``__wrapped__``, set by functools.wraps in the decorator) in our own bounded loop.
     """
     login_once = api.VMwareAPISession._create_session.__wrapped__
-    attempts = v.api_retry_count + 1
-    for attempt in range(attempts):
-        try:
-            _probe(v.host_ip, v.host_port)
-            login_once(session)
-            return
-        except (vexc.VimConnectionException, exceptions.VCenterUnreachable) as exc:
-            reason = _tls_failure(exc)
-            if reason is not None:
-                raise exceptions.VCenterCertificateError(v.host_ip, v.host_port, reason,
-                                                         v.ca_file) from None
-            if attempt + 1 >= attempts:
-                if isinstance(exc, exceptions.VCenterUnreachable):
-                    raise exceptions.VCenterUnreachable(
-                        v.host_ip, v.host_port,
-                        f"{exc.reason} ({attempts} attempts)") from None
-                raise exceptions.VCenterUnreachable(
-                    v.host_ip, v.host_port,
-                    f"{type(exc.cause or exc).__name__} ({attempts} attempts)") from None
-            delay = min(2.0 ** attempt, MAX_BACKOFF)
-            LOG.warning("vCenter %s:%s not reachable (attempt %d of %d), retrying in %.0f s",
-                        v.host_ip, v.host_port, attempt + 1, attempts, delay)
-            time.sleep(delay)
+
+    def once() -> None:
+        _probe(v.host_ip, v.host_port)
+        login_once(session)
+
+    _bounded(once, v.host_ip, v.host_port, v.api_retry_count + 1, v.ca_file)
 
 
 def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:

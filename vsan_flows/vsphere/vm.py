@@ -145,17 +145,18 @@ def reconfigure(session, vm_ref, *, name: str | None = None,
     session.wait_for_task(task)
 
 
-def create_linked(session, folder, pool, *, name: str, datastore_name: str, parent_disk,
-                  adapter_type: str = DEFAULT_ADAPTER, guest_id: str = "otherGuest",
-                  annotation: str = "", memory_mb: int = 128, vcpus: int = 1):
-    """Create a VM whose only disk is a new child (delta) of ``parent_disk``'s backing.
+def create_linked(session, folder, pool, *, name: str, datastore_name: str, parent_file: str,
+                  capacity_kb: int, adapter_type: str = DEFAULT_ADAPTER,
+                  guest_id: str = "otherGuest", annotation: str = "", memory_mb: int = 128,
+                  vcpus: int = 1):
+    """Create a VM whose only disk is a new child (delta) of the disk ``parent_file``.
 
     This is what makes a spawn cheap on vSAN: the instance shares the cached base disk and
     writes only its own differences.
     """
     config = _vm_config(session.vim.client.factory, name=name, datastore_name=datastore_name,
-                        capacity_kb=parent_disk.capacityInKB, adapter_type=adapter_type,
-                        guest_id=guest_id, parent_file=parent_disk.backing.fileName,
+                        capacity_kb=capacity_kb, adapter_type=adapter_type,
+                        guest_id=guest_id, parent_file=parent_file,
                         memory_mb=memory_mb, vcpus=vcpus, annotation=annotation)
     task = session.invoke_api(session.vim, "CreateVM_Task", folder, config=config, pool=pool)
     info = session.wait_for_task(task)
