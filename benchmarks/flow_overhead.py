@@ -116,13 +116,15 @@ def sql_conf(sim_info: dict, wsdl: str, state_dir: str, db: str, **flows):
 def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str) -> dict:
     """The spawn flow's vSphere calls, in its order, as one plain function.
 
-    Task by task (vsan_flows/tasks/*.py), without the engine, the store, the Retry and the
-    reverts: what a hand-written spawn would do. Returns what the flow returns that the
-    benchmark needs (instance and shadow VM names, bytes sent).
+    Task by task (vsan_flows/tasks/*.py), without the engine, the store, the Retry, the
+    locks and the reverts: what a hand-written spawn would do, checking what it sends as the
+    flow does (stream structure, the image's recorded hash, the stored disk). Returns what
+    the flow returns that the benchmark needs (instance and shadow VM names, bytes sent).
     """
     from vsan_flows import exceptions, imagecache
     from vsan_flows.streamcheck import StreamTap
     from vsan_flows.tasks.image import ValidateStreamOptimizedImage
+    from vsan_flows.tasks.stream import _same_hash as same_hash
     from vsan_flows.vsphere import imports, instances, leases, placement
 
     token = uuid.uuid4().hex[:12]
@@ -160,9 +162,14 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
             vsphere, vm_name=import_vm_name, datastore_name=chosen.name,
             capacity_bytes=image["virtual_size"], adapter_type=image["adapter_type"],
             guest_id=image["os_type"])
-        # StreamDiskToLease
+        # StreamDiskToLease: the same checks, the recorded hash included (as the task: unless
+        # the source checks it itself).
         with images.open(image["id"]) as source:
-            tap = StreamTap(source, image_id=image["id"])
+            recorded = image.get("hash")
+            if recorded and same_hash(getattr(source, "verifies_hash", None), recorded):
+                recorded = None
+            tap = StreamTap(source, image_id=image["id"],
+                            expected_hash=tuple(recorded) if recorded else None)
             sent = imports.upload(vsphere, lease["lease"], tap, image["size"])
         tap.check_complete()
         if policy.verify_stored_size and lease.get("vm"):

@@ -331,6 +331,53 @@ def _eight_task_flow_ms(backend) -> float:
     return (time.perf_counter() - started) * 1000
 
 
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+@pytest.mark.parametrize("second", [Add, Boom], ids=["success", "revert"])
+def test_our_saves_store_what_taskflow_stores(kind, second, databases):
+    """Our connection's saves (persistence._FewerWritesConnection) leave the same rows as
+    TaskFlow's own SQL connection on the servers too (the sqlite case, with retry and resume,
+    is in tests/unit/test_persistence.py)."""
+    from taskflow.persistence.backends import impl_sqlalchemy
+
+    driver = {"postgresql": "postgresql+psycopg2", "mysql": "mysql+pymysql"}[kind]
+    rows = {}
+    for name in ("stock", "ours"):
+        url = databases(kind).new()
+        if name == "stock":
+            backend = impl_sqlalchemy.SQLAlchemyBackend(
+                {"connection": driver + url[url.index("://"):]})
+            with contextlib.closing(backend.get_connection()) as conn:
+                conn.upgrade()
+        else:
+            backend = persistence.backend_from_url(url)
+            persistence.upgrade_schema(backend, url)
+        try:
+            book = models.LogBook("compare", uuid="book-uuid")
+            book.meta = {"host": "here"}
+            flow_detail = models.FlowDetail("three", uuid="flow-uuid")
+            book.add(flow_detail)
+            with contextlib.closing(backend.get_connection()) as conn:
+                conn.save_logbook(book)
+            engine = taskflow.engines.load(three_steps(second=second), store={"x": 1},
+                                           backend=backend, book=book, flow_detail=flow_detail)
+            with contextlib.suppress(RuntimeError):
+                engine.run()
+            with backend.engine.connect() as sql:
+                rows[name] = [
+                    sorted(tuple(r) for r in sql.exec_driver_sql(
+                        "SELECT uuid, name, meta FROM logbooks")),
+                    sorted(tuple(r) for r in sql.exec_driver_sql(
+                        "SELECT uuid, parent_uuid, name, state, meta FROM flowdetails")),
+                    sorted(tuple(r) for r in sql.exec_driver_sql(
+                        "SELECT parent_uuid, name, atom_type, state, intention, results, failure,"
+                        " revert_results, revert_failure, meta, version FROM atomdetails")),
+                ]
+        finally:
+            backend.close()
+    assert rows["ours"] == rows["stock"]
+    assert [r[3] for r in rows["ours"][1]] == ["SUCCESS" if second is Add else "REVERTED"]
+
+
 def test_sqlite_tuning_pays_for_itself(tmp_path, capsys):
     """Ours vs TaskFlow's defaults on sqlite files, interleaved in the same run."""
     default = tf_backends.fetch({"connection": f"sqlite:///{tmp_path}/default.sqlite"})

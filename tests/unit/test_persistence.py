@@ -256,7 +256,7 @@ def test_sqlite_read_only_directory(tmp_path):
     assert info.value.kind == "path"
 
 
-# ------------------------------------------------ flow-state saves write only changed atoms
+# ------------------------------------------------ our saves store what TaskFlow's store
 
 class _Step(task.Task):
     def execute(self, value):
@@ -271,56 +271,125 @@ class _Boom(task.Task):
         return None
 
 
-def _run_flow(backend, failing: bool):
-    from taskflow import engines
+class _FirstAttemptFails(task.Task):
+    def execute(self, attempt):
+        if attempt == 1:
+            raise RuntimeError("first attempt fails on purpose")
+        return {"attempt": attempt, "nested": [1, "two", None]}
+
+
+def _flow(case: str):
+    from taskflow import retry
     from taskflow.patterns import linear_flow
 
     flow = linear_flow.Flow("f")
     flow.add(_Step("one", inject={"value": 1}, provides="a"),
              _Step("two", rebind={"value": "a"}, provides="b"))
-    if failing:
+    if case == "revert":
         flow.add(_Boom("three"))
+    if case == "retry":
+        again = linear_flow.Flow("again", retry=retry.Times(3, name="times", provides="attempt"))
+        again.add(_FirstAttemptFails("flaky"))
+        flow.add(again, _Step("four", rebind={"value": "b"}, provides="c"))
+    if case == "resume":
+        flow.add(_Step("three", rebind={"value": "b"}, provides="c"),
+                 _Step("four", rebind={"value": "c"}, provides="d"))
+    return flow
+
+
+def _run_flow(backend, case: str):
+    from taskflow import engines, states
+
     book = models.LogBook("b", uuid="book-uuid")
+    book.meta = {"host": "here", "operation": "spawn"}
     fd = models.FlowDetail("f", uuid="flow-uuid")
     book.add(fd)
     with contextlib.closing(backend.get_connection()) as conn:
         conn.save_logbook(book)
-    engine = engines.load(flow, flow_detail=fd, book=book, backend=backend)
+    engine = engines.load(_flow(case), flow_detail=fd, book=book, backend=backend,
+                          store={"stored": {"x": [1, 2]}})
+    if case == "resume":
+        # Stop after "two" succeeded, as a crash would (nothing more is saved), then resume
+        # on a fresh engine from what is stored: RESUMING, SUSPENDED... over existing atoms.
+        seen = []
+        engine.atom_notifier.register("*", lambda state, details: seen.append(
+            (details["atom_name"], state)))
+        for _ in engine.run_iter():
+            if ("two", states.SUCCESS) in seen:
+                break
+        with contextlib.closing(backend.get_connection()) as conn:
+            fd = conn.get_flow_details("flow-uuid", lazy=False)
+        engine = engines.load(_flow(case), flow_detail=fd, book=book, backend=backend)
     with contextlib.suppress(RuntimeError):
         engine.run()
 
 
 def _stored(path):
+    """Every column of the flow and atom rows but the timestamps (failures parsed)."""
+    import json
+
     db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
     try:
-        flows = sorted(db.execute("select uuid, name, state from flowdetails"))
-        atoms = sorted(db.execute("select name, atom_type, state, intention, results,"
-                                  " failure is not null, revert_results from atomdetails"))
-        return flows, atoms
+        books = sorted(tuple(r) for r in db.execute("select uuid, name, meta from logbooks"))
+        flows = sorted(tuple(r) for r in db.execute(
+            "select uuid, parent_uuid, name, state, meta from flowdetails"))
+        atoms = []
+        for r in db.execute("select * from atomdetails order by name"):
+            row = {k: r[k] for k in r.keys() if k not in ("created_at", "updated_at", "uuid")}
+            for k in ("failure", "revert_failure", "results", "meta", "version",
+                      "revert_results"):
+                row[k] = json.loads(row[k]) if row[k] else row[k]
+            atoms.append(row)
+        return flows, atoms, books
     finally:
         db.close()
 
 
-@pytest.mark.parametrize("failing", [False, True], ids=["success", "revert"])
-def test_flow_state_saves_store_what_taskflow_stores_with_fewer_atom_writes(tmp_path, failing):
+@pytest.mark.parametrize("case", ["success", "revert", "retry", "resume"])
+def test_our_saves_store_what_taskflow_stores_in_fewer_statements(tmp_path, case):
+    """The same flow on TaskFlow's SQL connection and on ours stores the same rows.
+
+    Ours writes an atom without reading it first and a flow-state change without reading or
+    rewriting its atoms (persistence._FewerWritesConnection): fewer statements, same rows.
+    """
     import sqlalchemy as sa
     from taskflow.persistence.backends import impl_sqlalchemy
 
     stock_path, ours_path = tmp_path / "stock.sqlite", tmp_path / "ours.sqlite"
     stock = impl_sqlalchemy.SQLAlchemyBackend({"connection": f"sqlite:///{stock_path}"})
     ours = persistence.backend_from_url(f"sqlite:///{ours_path}")
-    writes = {}
+    counts = {}
     for name, backend in (("stock", stock), ("ours", ours)):
         persistence.upgrade_schema(backend)
-        count = writes.setdefault(name, [0])
+        count = counts.setdefault(name, {"atom updates": 0, "statements": 0})
 
-        def count_atom_updates(_c, _cur, statement, *_a, _count=count):
+        def counting(_c, _cur, statement, *_a, _count=count):
+            _count["statements"] += 1
             if statement.lstrip().upper().startswith("UPDATE ATOMDETAILS"):
-                _count[0] += 1
+                _count["atom updates"] += 1
 
-        sa.event.listen(backend.engine, "before_cursor_execute", count_atom_updates)
-        _run_flow(backend, failing)
+        sa.event.listen(backend.engine, "before_cursor_execute", counting)
+        _run_flow(backend, case)
         backend.close()
-    assert _stored(ours_path) == _stored(stock_path)
-    # Every atom write that is left changes the atom: TaskFlow's own per-atom saves.
-    assert 0 < writes["ours"][0] < writes["stock"][0], writes
+    stored = _stored(ours_path)
+    assert stored == _stored(stock_path)
+    assert stored[0][0][3] == {"success": "SUCCESS", "revert": "REVERTED", "retry": "SUCCESS",
+                               "resume": "SUCCESS"}[case]
+    # Every atom write that is left is one of TaskFlow's own per-atom saves, and nothing is
+    # read back before it is written.
+    assert 0 < counts["ours"]["atom updates"] < counts["stock"]["atom updates"], counts
+    assert counts["ours"]["statements"] < 0.6 * counts["stock"]["statements"], counts
+
+
+def test_a_save_of_a_missing_atom_or_flow_is_not_found(tmp_path):
+    from taskflow import exceptions as tf_exc
+
+    backend = persistence.backend_from_url(f"sqlite:///{tmp_path / 'flows.sqlite'}")
+    persistence.upgrade_schema(backend)
+    conn = backend.get_connection()
+    with pytest.raises(tf_exc.NotFound):
+        conn.update_atom_details(models.TaskDetail("t", uuid="no-such-atom"))
+    with pytest.raises(tf_exc.NotFound):
+        conn.update_flow_details(models.FlowDetail("f", uuid="no-such-flow"))
+    backend.close()

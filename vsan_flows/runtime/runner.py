@@ -50,11 +50,14 @@ def host_name() -> str:
 
 
 def new_book(backend, name: str, meta: Mapping[str, Any], *,
-             book_uuid: str | None = None) -> models.LogBook:
+             book_uuid: str | None = None, save: bool = True) -> models.LogBook:
+    """A logbook for one flow, recording this host as its owner; saved unless ``save`` is
+    false (TaskFlow saves it with the flow detail it adds)."""
     book = models.LogBook(name, uuid=book_uuid)
     book.meta = {"host": host_name(), **meta}
-    with contextlib.closing(backend.get_connection()) as conn:
-        conn.save_logbook(book)
+    if save:
+        with contextlib.closing(backend.get_connection()) as conn:
+            conn.save_logbook(book)
     return book
 
 
@@ -76,7 +79,9 @@ def prepare(plan: Plan, backend, *, host: str | None = None, engine: str = "seri
     meta = dict(plan.book_meta)
     if host is not None:
         meta["host"] = host
-    book = new_book(backend, plan.book_name, meta, book_uuid=book_uuid)
+    # Saved by load_from_factory, with the flow detail in it: one commit, not two, and never
+    # a logbook without its flow.
+    book = new_book(backend, plan.book_name, meta, book_uuid=book_uuid, save=False)
     return book, taskflow.engines.load_from_factory(
         plan.factory, factory_kwargs=dict(plan.factory_kwargs), store=dict(plan.store),
         book=book, backend=backend, **engine_options(engine, max_workers))

@@ -11,6 +11,9 @@ from vsan_flows.vsphere import imports, instances, placement
 
 LOG = logging.getLogger(__name__)
 
+#: In PickVsanDatastore's result: it found no cache entry on the datastore, under the lock.
+NO_ENTRY_UNDER_LOCK = "no_entry_under_lock"
+
 
 class PickVsanDatastore(task.Task):
     """Pick an allowed, accessible datastore with room for the image's virtual size.
@@ -31,22 +34,37 @@ class PickVsanDatastore(task.Task):
     default_provides = "datastore"
 
     def execute(self, vsphere, policy, image_locks, image: dict, flow_token: str) -> dict:
-        chosen, warm = self._choose(vsphere, policy, image)
+        candidates = imports.list_datastores(vsphere)
+        chosen, warm = self._choose(vsphere, policy, image, candidates)
         if not warm:
-            chosen, warm = self._choose_locked(vsphere, policy, image_locks, image, flow_token)
+            chosen, warm = self._choose_locked(vsphere, policy, image_locks, image, flow_token,
+                                               candidates)
         LOG.info("image %s goes to datastore %s (%s)%s", image["id"], chosen.name, chosen.type,
                  " where it is cached" if warm else "")
-        return {"name": chosen.name, "moref": chosen.moref, "type": chosen.type}
+        result = {"name": chosen.name, "moref": chosen.moref, "type": chosen.type}
+        if not warm:
+            # The cache entries were just read under the image lock, which this flow keeps
+            # until its import is the entry: none is on this datastore, and none can appear
+            # while the lock is held (only RegisterShadowVM makes one, under it).
+            # LookupImageCache trusts this only while this very run holds the lock.
+            result[NO_ENTRY_UNDER_LOCK] = True
+        return result
 
-    def _choose_locked(self, vsphere, policy, image_locks, image: dict, flow_token: str):
+    def _choose_locked(self, vsphere, policy, image_locks, image: dict, flow_token: str,
+                       candidates: list):
         image_id = image["id"]
         if not image_locks.hold(image_id, flow_token, blocking=False):
             image_locks.wait_free(image_id, flow_token)
-            chosen, warm = self._choose(vsphere, policy, image)
+            # What we waited for was most likely an import: free space has moved since.
+            candidates = imports.list_datastores(vsphere)
+            chosen, warm = self._choose(vsphere, policy, image, candidates)
             if warm:
                 return chosen, warm
             image_locks.hold(image_id, flow_token)
-        chosen, warm = self._choose(vsphere, policy, image)
+        # A flow may have cached the image between our look and the lock. In that instant
+        # only the cache entries can have changed (an import takes seconds): their names are
+        # read again, not the datastores (three vCenter reads fewer per cold spawn).
+        chosen, warm = self._choose(vsphere, policy, image, candidates)
         if warm:  # cached meanwhile: nothing to import, nothing to hold
             image_locks.release(image_id, flow_token)
         return chosen, warm
@@ -55,8 +73,9 @@ class PickVsanDatastore(task.Task):
         image_locks.release(image["id"], flow_token)
 
     @staticmethod
-    def _choose(vsphere, policy, image: dict):
-        candidates = imports.list_datastores(vsphere)
+    def _choose(vsphere, policy, image: dict, candidates: list):
+        """The datastore among ``candidates`` (with what vCenter said of them), and whether it
+        caches the image (cache entries looked up now)."""
         rules = {"allowed_types": policy.datastore_types,
                  "name_regex": policy.datastore_regex,
                  "required_bytes": image["virtual_size"]}

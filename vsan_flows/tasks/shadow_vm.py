@@ -7,6 +7,7 @@ import logging
 from taskflow import task
 
 from vsan_flows import exceptions, imagecache
+from vsan_flows.tasks.datastore import NO_ENTRY_UNDER_LOCK
 from vsan_flows.vsphere import instances
 
 LOG = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ class LookupImageCache(task.Task):
 
     def execute(self, vsphere, image_locks, image: dict, datastore: dict,
                 flow_token: str) -> dict | None:
+        if datastore.get(NO_ENTRY_UNDER_LOCK) and image_locks.holds(image["id"], flow_token):
+            # PickVsanDatastore read the entries under the lock this run still holds: a miss
+            # then is a miss now (a resumed run holds no lock yet, and looks).
+            return None
         found = _lookup(vsphere, image, datastore)
         if found is not None:
             image_locks.release(image["id"], flow_token)
