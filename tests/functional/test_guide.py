@@ -501,6 +501,8 @@ NOT_OPTIONS = {
     # concurrency.md names code, CPython internals and an environment variable
     "invoke_api", "release_owner", "HEAD_LOCK", "local_clear", "take_gil",
     "VSAN_FLOWS_STRESS_ROUNDS",
+    # nova.md: environment variables requests (so nova's session) reads: CA bundle, proxy
+    "REQUESTS_CA_BUNDLE", "https_proxy",
     # nova.md names nova's options, methods and task states
     "compute_driver", "get_info", "list_instances", "power_off", "manage_image_cache",
     "update_task_state", "image_pending_upload", "image_uploading", "ExtendVirtualDisk_Task",
@@ -510,8 +512,8 @@ NOT_OPTIONS = {
     "methods_ms", "lease_init_ms", "nfc_bytes_per_second", "nfc_shared_bytes_per_second",
     "CloneVM_Task", "CreateSnapshot_Task", "RemoveSnapshot_Task", "ReconfigVM_Task",
     "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task", "CreateVM_Task",
-    # nova's own option, compared with ours in concurrency.md
-    "max_concurrent_builds",
+    # nova's own options, compared with ours in concurrency.md
+    "max_concurrent_builds", "max_concurrent_snapshots",
     # code names from the fencing and transfer sections of concurrency.md
     "run_iter", "READ_AHEAD", "CHUNK_SIZE", "verifies_hash",
 }

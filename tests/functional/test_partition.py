@@ -48,8 +48,8 @@ def proxy(zookeeper):
 
 
 def _streaming(control, imports_before: int) -> bool:
-    # The stream task reports progress to its lease as soon as its PUT starts (the lease's
-    # "transferred" count only moves when the PUT ends: too late for a cut mid-transfer).
+    # The stream task reports progress to its lease as soon as its PUT starts (its
+    # keep-alive at the first write).
     return (control.calls("ImportVApp") > imports_before
             and control.calls("HttpNfcLeaseProgress") > 0)
 
