@@ -200,6 +200,7 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
     image_id = images.add_file(vmdk, name="takeover")
     instance = f"takeover-{uuid.uuid4().hex[:6]}"
     before = control.calls("ImportVApp")
+    progress_before = control.calls("HttpNfcLeaseProgress")
     control.throttle_nfc(2 * MiB, direction="upload")  # 16 MiB: ~8 s on the wire
     by_name = {a.name: a, b.name: b}
     try:
@@ -209,8 +210,10 @@ def test_a_killed_conductors_job_is_taken_over_and_completed(rig, images, vmdk, 
             job = next(j for j in board.iterjobs(ensure_fresh=True) if j.uuid == job_id)
             owner = _wait_for(lambda: board.find_owner(job), 30, "a claim")
             t_claim = time.monotonic()
-            _wait_for(lambda: any(sum((lease.get("transferred") or {}).values()) > 0
-                                  for lease in control.status().get("leases") or []),
+            # The stream's lease keep-alive goes out at its first write; the simulator counts
+            # a lease's bytes only when the PUT has ended, which showed the transfer under
+            # way only in the instant before its lease was completed.
+            _wait_for(lambda: control.calls("HttpNfcLeaseProgress") > progress_before,
                       30, "bytes moving")
             victim = by_name[owner]
             survivor = by_name[next(n for n in by_name if n != owner)]
@@ -288,6 +291,7 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
     image_id = images.add_file(vmdk, name="stop")
     instance = f"stopped-{uuid.uuid4().hex[:6]}"
     before = control.calls("ImportVApp")
+    progress_before = control.calls("HttpNfcLeaseProgress")
     control.throttle_nfc(4 * MiB, direction="upload")  # ~4 s on the wire
     job_id = jobs.post(conf, api.plan(conf, "spawn", instance, image_id))
     stop = threading.Event()
@@ -296,9 +300,8 @@ def test_in_process_conductor_reports_failures_and_releases_on_stop(rig, images,
         conductor.run_conductor(conf, lambda: live, stop_event=stop)))
     try:
         worker.start()
-        _wait_for(lambda: any(sum((lease.get("transferred") or {}).values()) > 0
-                              for lease in control.status().get("leases") or []),
-                  30, "bytes moving")
+        _wait_for(lambda: control.calls("HttpNfcLeaseProgress") > progress_before,
+                  30, "bytes moving")  # the keep-alive at the stream's first write
         stop.set()
         worker.join(60)
         assert not worker.is_alive()

@@ -468,11 +468,7 @@ var (
 )
 
 // transfer copies src to dst honouring an NFC knob and the lease state.
-// transfer copies src to dst through the fault plan and the latency profile's pacing. The
-// lease's byte count for name is updated as bytes move, not only at the end: the control
-// API's status is how tests see that a transfer is under way, and a count that appeared only
-// in the instant between the last byte and the lease's completion was seen or missed by luck.
-func transfer(dst io.Writer, src io.Reader, plan *nfcFault, l *HttpNfcLease, name string, flush func()) (int64, error) {
+func transfer(dst io.Writer, src io.Reader, plan *nfcFault, l *HttpNfcLease, flush func()) (int64, error) {
 	buf := make([]byte, 64*1024)
 	var n int64
 	start := time.Now()
@@ -497,9 +493,6 @@ func transfer(dst io.Writer, src io.Reader, plan *nfcFault, l *HttpNfcLease, nam
 		if r > 0 {
 			w, werr := dst.Write(buf[:r])
 			n += int64(w)
-			nfcMu.Lock()
-			l.bytes[name] = n
-			nfcMu.Unlock()
 			pace.wait(int64(w))
 			if werr != nil {
 				return n, werr
@@ -605,7 +598,7 @@ func serveUpload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name, 
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	n, err := transfer(f, r.Body, plan, l, name, nil)
+	n, err := transfer(f, r.Body, plan, l, nil)
 	if err == nil && r.ContentLength >= 0 && n != r.ContentLength {
 		err = fmt.Errorf("body ended after %d of %d bytes", n, r.ContentLength)
 	}
@@ -665,7 +658,7 @@ func serveDownload(w http.ResponseWriter, r *http.Request, l *HttpNfcLease, name
 			flush() // chunked from the first byte: the length is not known up front
 		}
 	}
-	n, err := transfer(w, f, plan, l, name, flush)
+	n, err := transfer(w, f, plan, l, flush)
 	nfcMu.Lock()
 	l.bytes[name] = n
 	nfcMu.Unlock()
