@@ -13,6 +13,14 @@ from vsan_flows.vsphere import instances
 LOG = logging.getLogger(__name__)
 
 
+def _entry(vsphere, vm_id: str, name: str, created: bool) -> dict:
+    """A cache entry as the flow records it: the shadow VM and its base disk (path and
+    capacity, which CloneLinkedDisk needs and then does not read again)."""
+    disk = instances.first_disk(vsphere, vm_id)
+    return {"vm": vm_id, "name": name, "disk": disk["path"], "capacity_kb": disk["capacity_kb"],
+            "created": created}
+
+
 def _lookup(vsphere, image: dict, datastore: dict) -> dict | None:
     name = imagecache.vm_name(image["id"], datastore["moref"])
     vm_id = instances.find(vsphere, name)
@@ -20,9 +28,7 @@ def _lookup(vsphere, image: dict, datastore: dict) -> dict | None:
         return None
     if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
         return None
-    disk = instances.first_disk(vsphere, vm_id)
-    return {"vm": vm_id, "name": name, "disk": disk["path"],
-            "capacity_kb": disk["capacity_kb"], "created": False}
+    return _entry(vsphere, vm_id, name, created=False)
 
 
 class LookupImageCache(task.Task):
@@ -86,9 +92,7 @@ class RegisterShadowVM(task.Task):
         if existing is not None and imagecache.made_by(instances.annotation(vsphere, existing),
                                                        flow_token):
             # We renamed it already and crashed before our result was saved.
-            disk = instances.first_disk(vsphere, existing)
-            return {"vm": existing, "name": name, "disk": disk["path"],
-            "capacity_kb": disk["capacity_kb"], "created": True}
+            return _entry(vsphere, existing, name, created=True)
         imported = instances.find(vsphere, import_vm_name)
         if imported is None:
             raise exceptions.VSphereError(
@@ -97,13 +101,9 @@ class RegisterShadowVM(task.Task):
         if existing is not None:
             # Another flow cached the same image meanwhile: keep theirs, drop ours.
             instances.destroy(vsphere, imported)
-            disk = instances.first_disk(vsphere, existing)
-            return {"vm": existing, "name": name, "disk": disk["path"],
-            "capacity_kb": disk["capacity_kb"], "created": False}
+            return _entry(vsphere, existing, name, created=False)
         instances.rename(vsphere, imported, name, imagecache.note(image, flow_token))
-        disk = instances.first_disk(vsphere, imported)
-        return {"vm": imported, "name": name, "disk": disk["path"],
-            "capacity_kb": disk["capacity_kb"], "created": True}
+        return _entry(vsphere, imported, name, created=True)
 
     def revert(self, vsphere, image_locks, image: dict, datastore: dict, flow_token: str,
                result=None, **kwargs) -> None:
