@@ -102,8 +102,29 @@ def percentiles(values: list[float]) -> dict:
             "max": r3(vals[-1])}
 
 
-def sql_conf(sim_info: dict, wsdl: str, state_dir: str, db: str, **flows):
+def product_poll_interval() -> float:
+    """``[vmware] task_poll_interval`` as shipped (what a compute host polls vCenter at)."""
+    from vsan_flows import conf as vconf
+
+    return next(o.default for o in vconf.vmware_opts if o.name == "task_poll_interval")
+
+
+def poll_for(profile: str) -> float | None:
+    """The task poll interval a measurement under ``profile`` runs with.
+
+    Under ``none`` tasks end at once and the test suite's 0.05 s (make_conf) costs nothing.
+    Under a latency profile, which stands for a deployment, flows poll at the product default:
+    with 0.05 s, 95 of a spawn's 124 SOAP calls under ``vcenter`` were polls (a task or lease
+    every 50 ms), and 20-40 concurrent flows spent the process's one GIL on suds parsing them.
+    """
+    return None if profile == "none" else product_poll_interval()
+
+
+def sql_conf(sim_info: dict, wsdl: str, state_dir: str, db: str, poll: float | None = None,
+             **flows):
     conf = make_conf(sim_info, wsdl, state_dir)
+    if poll is not None:
+        conf.set_override("task_poll_interval", poll, "vmware")
     url = db if db.startswith("memory://") else f"sqlite:///{db}"
     conf.set_override("persistence_connection", url, "vsan_flows")
     for name, value in flows.items():
@@ -474,6 +495,15 @@ def child_probe(spec: dict, t_start: float) -> dict:
     return out
 
 
+def _instance_name(eng) -> str:
+    from vsan_flows import names
+
+    try:
+        return eng.storage.fetch(names.INSTANCE_NAME)
+    except Exception:  # noqa: BLE001 - a label only
+        return "?"
+
+
 def child_resume(spec: dict, t_start: float) -> dict:
     """The real thing: api.resume_unfinished(conf) in a fresh process, timed as a whole; the
     engine runs are timed by wrapping runner._run (benchmark-side, not a code change)."""
@@ -483,24 +513,75 @@ def child_resume(spec: dict, t_start: float) -> dict:
 
     out: dict = {"imports_s": time.monotonic() - t_start}
     conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"],
-                    import_retries=2)
+                    poll=spec.get("poll"), import_retries=2)
+    if spec.get("width"):
+        conf.set_override("max_concurrent_flows", spec["width"], "vsan_flows")
     run_s = [0.0]
     run_lock = threading.Lock()
     real_run = runner._run
+    # Where the resumed flows spend their time: seconds per atom and phase (execute/revert),
+    # summed over flows, and each flow's (start, end, atoms run) for the schedule's shape.
+    atom_s: collections.Counter = collections.Counter()
+    atom_n: collections.Counter = collections.Counter()
+    flow_spans: list = []
+    t_origin = time.monotonic()
 
     def timed_run(eng, listeners=()):
+        began: dict = {}
+        ran = [0]
+        atoms: list = []
+
+        def on_atom(state, details):
+            name = details.get("task_name") or details.get("retry_name") or "?"
+            now = time.monotonic()
+            if state in ("RUNNING", "REVERTING"):
+                began[name] = (state, now)
+            elif name in began:
+                phase, t0 = began.pop(name)
+                key = f"{name}:{'run' if phase == 'RUNNING' else 'revert'}"
+                ran[0] += 1
+                atoms.append((key, round(t0 - t, 2), round(now - t0, 2)))
+                with run_lock:
+                    atom_s[key] += now - t0
+                    atom_n[key] += 1
+
+        eng.atom_notifier.register("*", on_atom)
         t = time.monotonic()
         try:
             return real_run(eng, listeners)
         finally:
+            end = time.monotonic()
             with run_lock:
-                run_s[0] += time.monotonic() - t
+                run_s[0] += end - t
+                flow_spans.append((round(t - t_origin, 2), round(end - t_origin, 2), ran[0],
+                                   _instance_name(eng), atoms))
 
     runner._run = timed_run
+    # Garbage collections during the resume: how many per generation, and their pause.
+    gc_s: collections.Counter = collections.Counter()
+    gc_n: collections.Counter = collections.Counter()
+    gc_t0 = [0.0]
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_t0[0] = time.perf_counter()
+        else:
+            gc_s[info["generation"]] += time.perf_counter() - gc_t0[0]
+            gc_n[info["generation"]] += 1
+
+    gc.callbacks.append(on_gc)
     t = time.monotonic()
+    cpu = time.process_time()
     outcomes = api.resume_unfinished(conf, images=LocalImageService(spec["images_dir"]))
     out["resume_unfinished_s"] = time.monotonic() - t
+    out["cpu_s"] = round(time.process_time() - cpu, 2)
+    gc.callbacks.remove(on_gc)
+    out["gc"] = {g: [gc_n[g], round(gc_s[g], 3)] for g in sorted(gc_n)}
+    out["gc_frozen"] = gc.get_freeze_count()
+    out["task_poll_interval"] = conf.vmware.task_poll_interval
     out["engine_run_s"] = run_s[0]  # summed over flows (they overlap)
+    out["atom_s"] = {k: [round(v, 2), atom_n[k]] for k, v in atom_s.most_common()}
+    out["flow_spans"] = sorted(flow_spans)
     out["max_concurrent_flows"] = conf.vsan_flows.max_concurrent_flows
     out["outcomes"] = dict(collections.Counter(o[2].split(":")[0] for o in outcomes))
     out["failures"] = [o[2] for o in outcomes if o[2] != "completed"][:5]
@@ -515,7 +596,8 @@ def child_worker(spec: dict) -> None:
     from vsan_flows.vsphere import instances
     from vsan_flows.vsphere.session import connect
 
-    conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"])
+    conf = sql_conf(spec["sim"], spec["wsdl"], spec["state_dir"], spec["db"],
+                    poll=spec.get("poll"))
     vsphere = connect(conf)
     instances.find(vsphere, "bench-warm-up")  # placement cache, as the serial run has it
     images = LocalImageService(spec["images_dir"])
@@ -664,12 +746,24 @@ class FlowBench(common.Harness):
             log(f"  resume [{profile}]: {res['flows']} flows "
                 f"{res['full']['resume_unfinished_s']:.1f}s, one flow "
                 f"{one['full']['resume_unfinished_s']:.1f}s: {res['ratio_to_one_flow']}x")
+            # The same again, more at a time: the default width bounds the completion at
+            # (the flows' summed remaining work) / width, whatever the code does.
+            res["wider"] = {}
+            for width in self.args.resume_widths if profile != "none" else ():
+                w = self.resume_once(profile, self.args.flows, probe=False, width=width)
+                w["ratio_to_one_flow"] = round(w["full"]["resume_unfinished_s"]
+                                               / one["full"]["resume_unfinished_s"], 2)
+                log(f"  resume [{profile}] {width} at a time: "
+                    f"{w['full']['resume_unfinished_s']:.1f}s: {w['ratio_to_one_flow']}x")
+                res["wider"][str(width)] = w
             out[profile] = res
         self.set_profile("none")
         self.results["resume"] = out
 
-    def resume_once(self, profile: str, n: int, *, probe: bool, cue: str | None = None) -> dict:
-        """``n`` spawns killed at their cues (under ``none``), resumed under ``profile``."""
+    def resume_once(self, profile: str, n: int, *, probe: bool, cue: str | None = None,
+                    width: int | None = None) -> dict:
+        """``n`` spawns killed at their cues (under ``none``), resumed under ``profile``,
+        ``width`` ([vsan_flows] max_concurrent_flows; None: its default) at a time."""
         from vsan_flows.runtime import persistence, runner
 
         self.set_profile("none")
@@ -714,7 +808,8 @@ class FlowBench(common.Harness):
             out["probe"] = probe_out
             log(f"  resume probe: found {probe_out['found']} in {probe_out['find_s']:.2f}s, "
                 f"load+decide {probe_out['load_decide_s']:.2f}s")
-        rc, full, err = self.run_child(self.spec(mode="resume", db=str(db)))
+        rc, full, err = self.run_child(self.spec(mode="resume", db=str(db), width=width,
+                                                 poll=poll_for(profile)))
         if rc != 0:
             raise RuntimeError(f"resume child failed ({rc}): {err[-2000:]}")
         out["full"] = full
@@ -749,7 +844,8 @@ class FlowBench(common.Harness):
         cdir = self.workdir / "concurrency" / profile
         cdir.mkdir(parents=True, exist_ok=True)
         db = cdir / "flows.sqlite"
-        conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir), str(db))
+        conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir), str(db),
+                        poll=poll_for(profile))
         # Warm every image's cache entry: each spawn below is a cache hit (same work each).
         self.set_profile("none")
         warm_names = []
@@ -912,7 +1008,7 @@ class FlowBench(common.Harness):
         bdir = self.workdir / "burst" / profile
         bdir.mkdir(parents=True, exist_ok=True)
         conf = sql_conf(self.sim_info, self.wsdl_url, str(self.state_dir),
-                        str(bdir / "flows.sqlite"))
+                        str(bdir / "flows.sqlite"), poll=poll_for(profile))
         backend = persistence.open_backend(conf)
         tok = uuid.uuid4().hex[:4]
         self.set_profile(profile)
@@ -993,7 +1089,8 @@ class FlowBench(common.Harness):
     def processes(self, p: list, db: str) -> dict:
         procs = []
         for name, img in p:
-            spec = self.spec(mode="worker", db=db, plan=[(name, img)])
+            spec = self.spec(mode="worker", db=db, plan=[(name, img)],
+                             poll=poll_for(self.profile))
             procs.append(subprocess.Popen(
                 [sys.executable, str(self.SCRIPT), "--child", json.dumps(spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -1131,12 +1228,24 @@ def print_resume(profile: str, rs: dict) -> None:
           f"({f['max_concurrent_flows']} flows at a time; engine runs {f['engine_run_s']:.2f}s "
           f"summed over flows); outcomes {f['outcomes']}; unfinished after: "
           f"{rs['unfinished_after']}")
+    if f.get("atom_s"):
+        print("  where the resumed flows spent their time (s summed over flows, times run): "
+              + "; ".join(f"{k} {v[0]:.1f}s x{v[1]}" for k, v in list(f["atom_s"].items())[:10]))
+    if f.get("gc"):
+        print(f"  CPU {f['cpu_s']}s; garbage collections (generation: count, s): {f['gc']}; "
+              f"task_poll_interval {f.get('task_poll_interval')}s")
     one = rs.get("one_flow")
     if one:
         print(f"  one flow interrupted at {CUES[0]} resumed alone: "
               f"{one['resume_unfinished_s']:.2f}s -> all {rs['flows']} take "
               f"{rs['ratio_to_one_flow']}x one flow's remaining work (goal <= "
               f"{RESUME_RATIO_GOAL:.0f}x)")
+    for width, w in (rs.get("wider") or {}).items():
+        wf = w["full"]
+        print(f"  {width} at a time: api.resume_unfinished {wf['resume_unfinished_s']:.2f}s "
+              f"(engine runs {wf['engine_run_s']:.2f}s summed; CPU {wf.get('cpu_s')}s; gc "
+              f"{wf.get('gc')}); outcomes {wf['outcomes']}; unfinished after: "
+              f"{w['unfinished_after']} -> {w['ratio_to_one_flow']}x one flow")
 
 
 def print_concurrency(profile: str, cc: dict) -> None:
@@ -1194,6 +1303,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--profiles", default=",".join(PROFILES),
                    help="simulator latency profiles for resume, concurrency and burst "
                    f"(default {','.join(PROFILES)}; docs/simulator-latency.md)")
+    p.add_argument("--resume-widths", default=None,
+                   help="also resume the flows this many at a time under each latency profile "
+                   "(comma-separated; default 32; none with --smoke or --quick)")
     p.add_argument("--latency-scale", type=float,
                    help="multiply the profile's delays (1; 0.1 with --smoke)")
     common.add_harness_args(p)
@@ -1212,6 +1324,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.resume_size = parse_size(args.resume_size or pick("16M", "16M", "4M"))
     args.latency_scale = args.latency_scale or pick(1.0, 1.0, 0.1)
     args.profiles = [s.strip() for s in args.profiles.split(",") if s.strip()]
+    widths = args.resume_widths if args.resume_widths is not None else pick("32", "", "")
+    args.resume_widths = [int(w) for w in widths.split(",") if w.strip()]
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if set(args.sections) - set(SECTIONS):
         p.error(f"unknown section(s): {set(args.sections) - set(SECTIONS)}")
@@ -1222,7 +1336,8 @@ def args_summary(args: argparse.Namespace) -> dict:
     return {"runs": args.runs, "size": size_label(args.size),
             "resume_size": size_label(args.resume_size), "flows": args.flows,
             "concurrency": args.concurrency, "images": args.images,
-            "profiles": args.profiles, "latency_scale": args.latency_scale}
+            "profiles": args.profiles, "latency_scale": args.latency_scale,
+            "resume_widths": args.resume_widths}
 
 
 def child_main(spec: dict) -> None:

@@ -35,7 +35,17 @@ def _greenthread_stacks() -> str:
     if greenlet is None:
         return ""
     out = []
-    for obj in gc.get_objects():
+    # Objects frozen out of the collector (vsan_flows.vsphere.heap) are not in get_objects():
+    # thaw them for this look, then freeze them again.
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    try:
+        objects = gc.get_objects()
+    finally:
+        if frozen:
+            gc.freeze()
+    for obj in objects:
         if isinstance(obj, greenlet.greenlet) and obj.gr_frame is not None:
             out.append(f"Greenlet {obj!r}:\n" + "".join(traceback.format_stack(obj.gr_frame)))
     return "\n".join(out)

@@ -22,7 +22,7 @@ from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
 from vsan_flows import exceptions, redaction
-from vsan_flows.vsphere import suds_replies
+from vsan_flows.vsphere import heap, suds_replies
 
 LOG = logging.getLogger(__name__)
 
@@ -231,6 +231,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
         _login(session, v)
+        heap.freeze_long_lived()
         return session
     except vexc.VimFaultException as exc:
         if "InvalidLogin" in (exc.fault_list or []):
