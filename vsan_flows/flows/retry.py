@@ -56,6 +56,7 @@ class CacheEntryRetry(retry.Times):
     """
 
     def on_failure(self, history, *args, **kwargs):
-        if len(history) and history.caused_by(exceptions.CacheEntryGone, index=-1):
-            return super().on_failure(history, *args, **kwargs)
-        return retry.REVERT_ALL
+        if len(history) and history.caused_by(exceptions.CacheEntryGone, index=-1) and \
+                super().on_failure(history, *args, **kwargs) == retry.RETRY:
+            return retry.RETRY
+        return retry.REVERT_ALL  # the whole spawn, as a failure outside any Retry would
