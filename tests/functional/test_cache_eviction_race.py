@@ -185,3 +185,100 @@ def test_link_to_an_entry_that_keeps_vanishing_gives_up_with_a_clear_error(
     assert control.calls("ImportVApp") - imports == 3
     assert control.calls("CreateVM_Task") - creates == 3
     assert not [n for n in _vms(control) if n.startswith(imagecache.name_prefix(image_id))]
+
+
+# ------------------------------------------------------------------- killed while recovering
+# The spawn runs in a child process that evicts its own cache entry right after the lookup
+# (as another host's pass would) and SIGKILLs itself on cue; a restarted service resumes (or
+# reverts) the flow. "CloneLinkedDisk:before": the link to the evicted entry has not run yet;
+# "call:CreateVM_Task": vCenter refused that link (FileNotFound), nothing of it was saved;
+# "call:ImportVApp": the retry was importing the image anew.
+RETRY_CUES = ["CloneLinkedDisk:before", "call:CreateVM_Task", "call:ImportVApp"]
+
+
+def _killed_child(simulator, wsdl_url, tmp_path, images, instance, image_id, cue) -> str:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    db_url = f"sqlite:///{tmp_path}/flows.sqlite"
+    args = {"sim_state": str(simulator.state_file), "wsdl_url": wsdl_url,
+            "state_dir": str(tmp_path / "state"), "db_url": db_url, "op": "spawn",
+            "instance": instance, "image_id": image_id, "cue": cue,
+            "images_dir": str(images.directory), "evict_after_lookup": True}
+    proc = subprocess.run([sys.executable, "-m", "tests.functional.crash_child",
+                           json.dumps(args)], cwd=Path(__file__).resolve().parents[2],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    return db_url
+
+
+def _restarted_conf(simulator, wsdl_url, tmp_path, db_url):
+    from tests.functional.conftest import make_conf
+
+    return make_conf(simulator, wsdl_url, tmp_path / "state",
+                     vsan_flows__persistence_connection=db_url, vsan_flows__import_retries=2)
+
+
+@pytest.mark.parametrize("cue", RETRY_CUES)
+def test_spawn_killed_while_recovering_from_an_eviction_resumes_to_a_fresh_entry(
+        cue, simulator, wsdl_url, sim_conf, vsphere, images, control, small_vmdk,
+        destroy_after, tmp_path):
+    imports_before = control.calls("ImportVApp")
+    image_id, old_entry = _cached_then_idle(sim_conf, vsphere, images, small_vmdk,
+                                            destroy_after)
+    instance = _name("evict-crash")
+    destroy_after.insert(0, instance)
+    db_url = _killed_child(simulator, wsdl_url, tmp_path, images, instance, image_id, cue)
+    assert old_entry["name"] not in _vms(control)  # the child's eviction ran
+
+    outcomes = api.resume_unfinished(_restarted_conf(simulator, wsdl_url, tmp_path, db_url),
+                                     vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["completed"], outcomes
+    vms = _vms(control)
+    entries = [n for n in vms if n.startswith(imagecache.name_prefix(image_id))]
+    assert entries == [old_entry["name"]]
+    assert vms[entries[0]]["moref"] != old_entry["vm"]
+    assert vms[instance]["disks"][0]["parent"] == vms[entries[0]]["disks"][0]["file"]
+    # The first import (made the old entry), the retry's; a second one only when the kill
+    # came inside the retry's import (its half-import is destroyed and it starts over).
+    assert control.calls("ImportVApp") - imports_before == \
+        (3 if cue == "call:ImportVApp" else 2)
+    assert not [n for n in vms if n.startswith((cache_aging.EVICTING_PREFIX,
+                                                "vsanflows-import-"))]
+    assert not [le for le in control.status()["leases"]
+                if le["state"] in ("initializing", "ready")]
+
+
+@pytest.mark.parametrize("cue", ["call:CreateVM_Task", "call:ImportVApp"])
+def test_spawn_killed_while_recovering_from_an_eviction_reverts_everything(
+        cue, simulator, wsdl_url, sim_conf, vsphere, images, control, small_vmdk,
+        destroy_after, tmp_path):
+    """Marked "revert on restart": nothing of either attempt stays (no instance, no new
+    entry, no half-import, no open lease; the leak check adds the files)."""
+    import contextlib
+
+    from vsan_flows.runtime import persistence
+
+    image_id, old_entry = _cached_then_idle(sim_conf, vsphere, images, small_vmdk,
+                                            destroy_after)
+    instance = _name("evict-revert")
+    destroy_after.insert(0, instance)
+    db_url = _killed_child(simulator, wsdl_url, tmp_path, images, instance, image_id, cue)
+    backend = persistence.backend_from_url(db_url)
+    with contextlib.closing(backend.get_connection()) as conn:
+        for book in conn.get_logbooks():
+            book.meta["on_restart"] = "revert"
+            conn.save_logbook(book)
+
+    outcomes = api.resume_unfinished(_restarted_conf(simulator, wsdl_url, tmp_path, db_url),
+                                     vsphere=vsphere, images=images)
+    assert [o[2] for o in outcomes] == ["reverted (its flow asks for that)"], outcomes
+    vms = _vms(control)
+    assert instance not in vms
+    assert not [n for n in vms if n.startswith((imagecache.name_prefix(image_id),
+                                                cache_aging.EVICTING_PREFIX,
+                                                "vsanflows-import-"))]
+    assert not [le for le in control.status()["leases"]
+                if le["state"] in ("initializing", "ready")]
