@@ -135,6 +135,53 @@ def test_spawn_whose_entry_is_evicted_before_the_link_imports_again_and_succeeds
                 if le["state"] in ("initializing", "ready")]
 
 
+def test_spawn_whose_entry_was_renamed_evicting_before_the_link_does_not_keep_that_link(
+        sim_conf, vsphere, images, control, small_vmdk, destroy_after, tmp_path):
+    """Eviction's first step renames the entry ``vsanflows-evicting-...``; its disk is still
+    there, so vCenter lets a spawn that found the entry before the rename link to it. That
+    link must not stand (the eviction destroys the VM next): the spawn sees the rename when it
+    checks its link, removes it, imports anew and links to the new entry. Here the eviction
+    stopped after its first step (as when its process dies there); the next pass finishes it."""
+    from vsan_flows.vsphere import instances
+
+    imports_before = control.calls("ImportVApp")
+    image_id, old_entry = _cached_then_idle(sim_conf, vsphere, images, small_vmdk,
+                                            destroy_after)
+    evicting = cache_aging.EVICTING_PREFIX + old_entry["name"][len(cache_aging.CACHE_PREFIX):]
+    destroy_after.append(evicting)
+    name = _name("evict-renamed")
+    destroy_after.insert(0, name)
+
+    @contextmanager
+    def rename_after_lookup(engine):
+        from taskflow import states
+
+        def on_event(state, details):
+            if state == states.SUCCESS and details.get("task_name") == "LookupImageCache" \
+                    and instances.find(vsphere, old_entry["name"]):
+                vm_id = instances.find(vsphere, old_entry["name"])
+                instances.rename(vsphere, vm_id, evicting, instances.annotation(vsphere, vm_id))
+
+        engine.atom_notifier.register("*", on_event)
+        yield
+
+    creates = control.calls("CreateVM_Task")
+    result = api.spawn(sim_conf, name, image_id, vsphere=vsphere, images=images,
+                       listeners=(rename_after_lookup,))
+    assert control.calls("CreateVM_Task") - creates == 2  # the link to the renamed entry, undone
+    assert control.calls("ImportVApp") - imports_before == 2
+    vms = _vms(control)
+    assert result["shadow_vm"]["name"] == old_entry["name"]
+    assert vms[name]["disks"][0]["parent"] == vms[old_entry["name"]]["disks"][0]["file"]
+    assert vms[evicting]["moref"] == old_entry["vm"]  # nothing reads it: the next pass ends it
+    done = cache_aging.age(vsphere, ImageLocks(str(tmp_path / "other-host-locks")), [],
+                           enabled=False, min_age_s=0)
+    assert evicting in done["evicted"], done
+    seen = tmp_path / "instance.raw"
+    seen.write_bytes(control.guest_read(name))
+    assert disks.images_identical(seen, small_vmdk)
+
+
 def test_link_refused_for_another_reason_fails_without_importing_again(
         sim_conf, vsphere, images, control, small_vmdk, destroy_after):
     image_id, entry = _cached_then_idle(sim_conf, vsphere, images, small_vmdk, destroy_after)
