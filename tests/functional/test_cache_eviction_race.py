@@ -329,3 +329,38 @@ def test_spawn_killed_while_recovering_from_an_eviction_reverts_everything(
                                                 "vsanflows-import-"))]
     assert not [le for le in control.status()["leases"]
                 if le["state"] in ("initializing", "ready")]
+
+
+def test_eviction_keeps_an_entry_linked_to_between_its_look_and_its_rename(
+        sim_conf, vsphere, images, control, small_vmdk, destroy_after, tmp_path, monkeypatch):
+    """The other side of the race: a spawn (of a host whose lock the evicting host does not
+    share) links to the entry after eviction looked at its readers and before the rename. The
+    spawn saw the entry's name unchanged after linking, so it keeps its link; eviction must see
+    that link when it looks again after the rename, and keep the entry. The spawn is run at
+    that instant from inside the eviction's first look under the lock (its reader scan)."""
+    image_id, entry = _cached_then_idle(sim_conf, vsphere, images, small_vmdk, destroy_after)
+    name = _name("evict-between")
+    destroy_after.insert(0, name)
+    real_readers = cache_aging._readers
+    scans: list[int] = []
+
+    def readers_then_a_spawn_links(vs):
+        found = real_readers(vs)
+        scans.append(1)
+        if len(scans) == 2:  # the look under the lock, before the rename: a spawn links now
+            api.spawn(sim_conf, name, image_id, vsphere=vsphere, images=images)
+        return found
+
+    monkeypatch.setattr(cache_aging, "_readers", readers_then_a_spawn_links)
+    done = cache_aging.age(vsphere, ImageLocks(str(tmp_path / "other-host-locks")), [],
+                           enabled=True, min_age_s=0)
+    monkeypatch.undo()
+    assert done["evicted"] == [], done
+    assert len(scans) == 3, scans  # pass, under the lock, after the rename
+    vms = _vms(control)
+    assert vms[entry["name"]]["moref"] == entry["vm"]  # kept, under its own name again
+    assert not [n for n in vms if n.startswith(cache_aging.EVICTING_PREFIX)]
+    assert vms[name]["disks"][0]["parent"] == vms[entry["name"]]["disks"][0]["file"]
+    seen = tmp_path / "instance.raw"
+    seen.write_bytes(control.guest_read(name))
+    assert disks.images_identical(seen, small_vmdk)
