@@ -213,6 +213,9 @@ def procedural_spawn(vsphere, images, policy, instance_name: str, image_id: str)
         vsphere, name=instance_name, datastore_name=chosen.name, parent_vm_id=shadow["vm"],
         adapter_type=image["adapter_type"], guest_id=image["os_type"],
         note=f"vsan_flows instance: flow={token}")
+    # ... and checks that the entry is still the entry (not evicted while it linked)
+    if instances.current_name(vsphere, shadow["vm"]) != shadow["name"]:
+        raise RuntimeError(f"{shadow['name']} was evicted while it was linked to")
     instances.first_disk(vsphere, new)
     return {"instance": instance_name, "shadow": shadow["name"], "bytes_sent": sent}
 

@@ -240,6 +240,28 @@ class VCenterAuthError(VSphereError):
         )
 
 
+class CacheEntryGone(VSphereError):
+    """The image cache entry a spawn was linking to went away under it.
+
+    Another host's cache aging evicted it (renamed it ``vsanflows-evicting-...``, then destroyed
+    it), or a person deleted the shadow VM, between the spawn's lookup and its link. The spawn
+    undoes its link and looks the cache up again (importing the image anew if needed), a
+    bounded number of times (flows/retry.CacheEntryRetry); this error reaches the user only
+    when the entry kept vanishing that often.
+    """
+
+    def __init__(self, entry: str, image_id: str, what: str) -> None:
+        self.entry = entry
+        self.image_id = image_id
+        self.what = what
+        super().__init__(
+            f"the image cache entry {entry} of image {image_id} {what} while this spawn linked "
+            "to it (evicted by image-cache aging, or deleted). The spawn looks the cache up "
+            "again and links anew (importing the image if needed) a few times before it gives "
+            "up with this error; if it does, retry the spawn, and check what removes image "
+            "cache VMs (the [image_cache] settings of the compute hosts sharing this vCenter).")
+
+
 class LeaseError(VSphereError):
     """An HttpNfcLease (import or export) failed or is in an unusable state."""
 

@@ -33,12 +33,14 @@ SPAWN_FLOW = "spawn"
 SNAPSHOT_FLOW = "snapshot"
 IMPORT_SUBFLOW = "import-image"
 EXPORT_SUBFLOW = "export-disk"
+CACHE_AND_LINK_SUBFLOW = "cache-and-link"   # lookup .. link, under CACHE_ENTRY_RETRY
 
 # --------------------------------------------------------------------------- atoms
 VALIDATE_IMAGE = "ValidateStreamOptimizedImage"
 PICK_DATASTORE = "PickVsanDatastore"
 LOOKUP_IMAGE_CACHE = "LookupImageCache"
 IMPORT_RETRY = "import-retry"
+CACHE_ENTRY_RETRY = "cache-entry-retry"
 CREATE_IMPORT_LEASE = "CreateImportLease"
 STREAM_DISK_TO_LEASE = "StreamDiskToLease"
 COMPLETE_IMPORT_LEASE = "CompleteLease"

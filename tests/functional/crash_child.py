@@ -5,7 +5,9 @@ tests.functional.crash_child JSON``). The cue is an atom name and state ("before
 just started RUNNING, "after" = it finished), "transfer" = at the first progress report
 of the import's or the export's stream task (bytes have moved, not all of them), or
 "call:<Method>" = right after vCenter answered that SOAP call (its first time), before the
-answer is handled: vCenter has acted, nothing of it is saved.
+answer is handled: vCenter has acted, nothing of it is saved. With ``evict_after_lookup`` the
+spawn's cache entry is evicted (as another host's image-cache pass would) right after its
+lookup found it, before the cue.
 """
 
 from __future__ import annotations
@@ -83,6 +85,37 @@ def _kill_after_call(method: str):
     return ()
 
 
+def _evict_after_lookup(conf, state_dir: str):
+    """Another host's image-cache pass, run the first time LookupImageCache has found the
+    entry (so the spawn links to an entry that is gone): cache_aging with that host's own
+    import locks, aging on, no minimum age."""
+    from vsan_flows.imagelocks import ImageLocks
+    from vsan_flows.nova import cache_aging
+    from vsan_flows.vsphere.session import connect
+
+    done: list[dict] = []
+
+    def make(engine):
+        def on_event(state, details):
+            if details.get("task_name") == "LookupImageCache" and state == states.SUCCESS \
+                    and not done:
+                locks = ImageLocks(os.path.join(state_dir, "other-host-locks"))
+                done.append(cache_aging.age(connect(conf), locks, [], enabled=True,
+                                            min_age_s=0))
+                assert done[0]["evicted"], done
+
+        class _Reg:
+            def __enter__(self):
+                engine.atom_notifier.register("*", on_event)
+
+            def __exit__(self, *exc):
+                return False
+
+        return _Reg()
+
+    return make
+
+
 def main() -> None:
     args = json.loads(sys.argv[1])
     sim = SimpleNamespace(**json.load(open(args["sim_state"])))
@@ -100,6 +133,8 @@ def main() -> None:
     else:
         atom, when = args["cue"].split(":")
         listeners = (_kill_on_atom(atom, when),)
+    if args.get("evict_after_lookup"):  # test_cache_eviction_race.py
+        listeners = (_evict_after_lookup(conf, args["state_dir"]), *listeners)
     op = api.spawn if args["op"] == "spawn" else api.snapshot
     op(conf, args["instance"], args["image_id"], images=images, listeners=listeners,
        context=args.get("context"))

@@ -354,7 +354,11 @@ def test_show_success_and_failure(world):
     assert atoms["CloneLinkedDisk"]["state"] == "SUCCESS"
     assert atoms["import-retry"]["attempts"] == 2
     assert atoms["StreamDiskToLease"]["retried_by"] == "import-retry"
-    (retry,) = report["retries"]
+    retries = {r["name"]: r for r in report["retries"]}
+    # The spawn's two Retries; only the import's was needed (the cache entry never vanished).
+    assert set(retries) == {"import-retry", "cache-entry-retry"}
+    assert [a["failures"] for a in retries["cache-entry-retry"]["attempts"]] == [[]]
+    retry = retries["import-retry"]
     first, second = retry["attempts"]
     assert first["failures"] and first["failures"][0]["atom"] == "CreateImportLease"
     assert "LeaseError" in first["failures"][0]["type"]
@@ -470,7 +474,7 @@ def test_resume_the_half_done_spawn(world, control, destroy_after):
     destroy_after[-1] = cached
     report = json.loads(ok(cli(world, "show", world.ids["half"], "-f", "json")))
     assert report["state"] == "SUCCESS"
-    (retry,) = report["retries"]
+    retry = {r["name"]: r for r in report["retries"]}["import-retry"]
     failures = [f for a in retry["attempts"] for f in a["failures"]]
     assert any("interrupted by a restart" in f["message"] for f in failures), retry
 

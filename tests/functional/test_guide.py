@@ -516,6 +516,8 @@ NOT_OPTIONS = {
     "max_concurrent_builds", "max_concurrent_snapshots",
     # code names from the fencing and transfer sections of concurrency.md
     "run_iter", "READ_AHEAD", "CHUNK_SIZE", "verifies_hash",
+    # architecture.md: TaskFlow's engine option an admin's revert runs with
+    "never_resolve",
 }
 
 

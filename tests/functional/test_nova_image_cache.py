@@ -197,3 +197,69 @@ def test_crash_mid_eviction_loses_nothing(nova_driver, nova_setup, control, tmp_
         driver.destroy(ctx, again, [], None, destroy_disks=True)
     finally:
         driver.destroy(ctx, used, [], None, destroy_disks=True)
+
+
+def test_nova_spawn_whose_entry_another_host_evicts_before_the_attach_succeeds(
+        nova_driver, nova_setup, vsphere, control, tmp_path, monkeypatch, clean_cache):
+    """Another compute host's pass (its own import locks, its own instances: none of this
+    image) evicts the entry right after this host's spawn found it and before the spawn
+    attaches the root disk to it: nova's spawn still succeeds, on a fresh import."""
+    conf, driver = nova_driver
+    ctx = _ctx()
+    img = nova_scenario.add_image(ctx, Path(nova_setup["good"]), "cache-race")
+    imports = control.calls("ImportVApp")
+    # nova puts each VM on the vSAN datastore with the most free space: both spawns on one.
+    control.set_datastore("vsanDatastore-2", free_space=800 * 1024**3)
+    try:
+        first = _spawn(driver, conf, ctx, img, "cache-race-first")
+        driver.destroy(ctx, first, [], None, destroy_disks=True)
+        old = _entry_of(control, img)
+        _race(driver, conf, ctx, img, old, imports, vsphere, control, tmp_path, monkeypatch)
+    finally:
+        control.set_datastore("vsanDatastore-2", free_space=900 * 1024**3)
+
+
+def _race(driver, conf, ctx, img, old, imports, vsphere, control, tmp_path, monkeypatch):
+    from taskflow import states
+
+    from vsan_flows.imagelocks import ImageLocks
+    from vsan_flows.nova import cache_aging
+    from vsan_flows.runtime import runner
+
+    evicted: list[dict] = []
+
+    def evict_after_lookup(engine):
+        def on_event(state, details):
+            if state == states.SUCCESS and details.get("task_name") == "LookupImageCache" \
+                    and details.get("result") and not evicted:
+                evicted.append(cache_aging.age(
+                    vsphere, ImageLocks(str(tmp_path / "other-host-locks")), [],
+                    enabled=True, min_age_s=0))
+
+        class _Registered:
+            def __enter__(self):
+                engine.atom_notifier.register("*", on_event)
+
+            def __exit__(self, *exc):
+                engine.atom_notifier.deregister("*", on_event)
+
+        return _Registered()
+
+    real_run = runner.run
+
+    def run_with_eviction(plan, transients, **kw):  # the driver's own flow, one listener more
+        return real_run(plan, transients, **{**kw, "listeners": (evict_after_lookup,)})
+
+    monkeypatch.setattr(runner, "run", run_with_eviction)
+    second = _spawn(driver, conf, ctx, img, "cache-race-second")
+    monkeypatch.undo()
+    try:
+        assert evicted and old["name"] in evicted[0]["evicted"], evicted
+        new = _entry_of(control, img)
+        assert new["name"] == old["name"] and new["moref"] != old["moref"]
+        assert control.calls("ImportVApp") - imports == 2
+        facts = nova_scenario.vm_facts(driver, second)
+        assert facts["root_parent"] == new["disks"][0]["file"], facts
+        assert not [n for n in _entries(control) if n.startswith(EVICTING)]
+    finally:
+        driver.destroy(ctx, second, [], None, destroy_disks=True)

@@ -17,7 +17,7 @@ from vsan_flows import api, exceptions, names
 from vsan_flows.flows import root_disk as root_disk_flow
 from vsan_flows.flows import snapshot as snapshot_flow
 from vsan_flows.flows import spawn as spawn_flow
-from vsan_flows.flows.retry import NOT_RETRYABLE, TransferRetry
+from vsan_flows.flows.retry import NOT_RETRYABLE, CacheEntryRetry, TransferRetry
 from vsan_flows.runtime import runner
 from vsan_flows.vsphere import faults
 
@@ -157,6 +157,28 @@ def test_only_the_latest_failure_decides():
     history = _history(_failure(exceptions.InvalidImage("bad", image_id="i")),
                        _failure(exceptions.TransferError("cut")))
     assert r.on_failure(history) == tf_retry.RETRY
+
+
+GONE = exceptions.CacheEntryGone("vsanflows-image-i-datastore-1", "i", "was destroyed")
+
+
+@pytest.mark.parametrize("make", [_failure, _restored], ids=["live", "restored"])
+def test_cache_entry_retry_looks_again_only_for_a_vanished_entry(make):
+    r = CacheEntryRetry(attempts=3, name="cache-entry-retry")
+    assert r.on_failure(_history(make(GONE))) == tf_retry.RETRY
+    assert r.on_failure(_history(make(GONE), make(GONE))) == tf_retry.RETRY
+    # bounded: the third vanished entry fails the spawn
+    assert r.on_failure(_history(make(GONE), make(GONE), make(GONE))) == tf_retry.REVERT_ALL
+
+
+@pytest.mark.parametrize("make", [_failure, _restored], ids=["live", "restored"])
+@pytest.mark.parametrize("exc", [*RETRYABLE, *FINAL], ids=lambda e: type(e).__name__)
+def test_cache_entry_retry_reverts_any_other_failure_at_once(make, exc):
+    """A link refused for another reason (no space, a bad spec), or an import that failed,
+    is not fixed by looking the cache up again: the flow reverts as it did before."""
+    r = CacheEntryRetry(attempts=3, name="cache-entry-retry")
+    assert r.on_failure(_history(make(exc))) == tf_retry.REVERT_ALL
+    assert r.on_failure(_history(make(GONE), make(exc))) == tf_retry.REVERT_ALL
 
 
 # --------------------------------------------------------------------------- faults

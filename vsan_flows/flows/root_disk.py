@@ -10,7 +10,7 @@ from __future__ import annotations
 from taskflow.patterns import linear_flow
 
 from vsan_flows import names
-from vsan_flows.flows.imagecache import ensure_cached
+from vsan_flows.flows.imagecache import cached_and_linked
 from vsan_flows.tasks.image import ValidateStreamOptimizedImage
 from vsan_flows.tasks.root_disk import AttachLinkedRootDisk, LocateInstanceVM
 
@@ -23,6 +23,6 @@ def make_root_disk_flow(retries: int = 3, root_bytes: int = 0) -> linear_flow.Fl
     flow = linear_flow.Flow(names.NOVA_ROOT_DISK_FLOW)
     flow.add(ValidateStreamOptimizedImage(name=names.VALIDATE_IMAGE),
              LocateInstanceVM(name=names.LOCATE_INSTANCE_VM),
-             *ensure_cached(retries),
-             AttachLinkedRootDisk(root_bytes=root_bytes, name=names.ATTACH_LINKED_ROOT_DISK))
+             cached_and_linked(retries, AttachLinkedRootDisk(
+                 root_bytes=root_bytes, name=names.ATTACH_LINKED_ROOT_DISK)))
     return flow

@@ -1,7 +1,9 @@
 """The spawn flow: validate, place, import (unless cached), link the instance disk.
 
 Only composition lives here. The import part sits in a linear subflow under a Retry. On an
-image-cache hit its tasks see ``cached_shadow`` and do nothing. (A TaskFlow graph decider
+image-cache hit its tasks see ``cached_shadow`` and do nothing. Lookup, import and the link sit
+in a subflow under a second Retry, which runs them again when the cache entry was evicted
+between the lookup and the link (flows/imagecache.cached_and_linked). (A TaskFlow graph decider
 would show them IGNORED instead, but in taskflow 6.5 a decided subflow with more than one
 incoming edge leaves its Retry pending and the engine stalls in RUNNING -> SUSPENDED.)
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 from taskflow.patterns import linear_flow
 
 from vsan_flows import names
-from vsan_flows.flows.imagecache import ensure_cached
+from vsan_flows.flows.imagecache import cached_and_linked
 from vsan_flows.tasks.datastore import PickVsanDatastore
 from vsan_flows.tasks.disk import CloneLinkedDisk, PowerOnInstance
 from vsan_flows.tasks.image import ValidateStreamOptimizedImage
@@ -28,8 +30,7 @@ def make_spawn_flow(retries: int = 3, power_on: bool = False) -> linear_flow.Flo
     flow = linear_flow.Flow(names.SPAWN_FLOW)
     flow.add(ValidateStreamOptimizedImage(name=names.VALIDATE_IMAGE),
              PickVsanDatastore(name=names.PICK_DATASTORE),
-             *ensure_cached(retries),
-             CloneLinkedDisk(name=names.CLONE_LINKED_DISK))
+             cached_and_linked(retries, CloneLinkedDisk(name=names.CLONE_LINKED_DISK)))
     if power_on:
         flow.add(PowerOnInstance(name=names.POWER_ON_INSTANCE))
     return flow

@@ -12,8 +12,11 @@ datastore (:mod:`vsan_flows.imagecache`), which nova's pass never sees. The rule
   for ``[image_cache] remove_unused_original_minimum_age_seconds``. Nothing is evicted while
   ``[image_cache] remove_unused_base_images`` is off.
 * Eviction is two steps, each safe to crash after: the entry is first renamed
-  ``vsanflows-evicting-...`` under the image's import lock (spawns no longer find it, so none
-  can link to it from then on), then destroyed. A pass that finds an ``evicting`` VM (a crash
+  ``vsanflows-evicting-...`` under the image's import lock (spawns no longer find it), its
+  readers are looked at again (a spawn that found it before the rename and linked since keeps
+  it), then it is destroyed. A spawn that found the entry before the rename and links after
+  it sees the entry renamed or gone when it checks its link, undoes the link and looks the
+  cache up again (flows/retry.CacheEntryRetry). A pass that finds an ``evicting`` VM (a crash
   between the two) destroys it if still nothing links to it, else gives it its name back.
 """
 
@@ -134,6 +137,17 @@ def _evict(vsphere: VSphere, image_locks, name: str, live_images: set[str]) -> b
             return False
         gone = EVICTING_PREFIX + name[len(CACHE_PREFIX):]
         instances.rename(vsphere, vm_id, gone, note)
+        # A spawn of another host (the lock is this host's) that found the entry before the
+        # rename may have linked to it since the look above. Looked at again after the rename:
+        # a link made before it is seen here (the entry is kept), and a spawn linking after it
+        # sees the new name when it checks its link, undoes it and looks the cache up again.
+        if _in_use(vsphere, _readers(vsphere), gone, vm_id, note, live_images):
+            # Back to its name, unless another host's spawn made a new entry meanwhile
+            # (then it stays ``evicting`` until its readers go: _finish_eviction).
+            if instances.find(vsphere, name) is None:
+                instances.rename(vsphere, vm_id, name, note)
+            LOG.info("kept image cache entry %s: linked to while it was being evicted", name)
+            return False
     finally:
         image_locks.release(image_id, owner)
     instances.destroy(vsphere, vm_id)

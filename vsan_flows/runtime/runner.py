@@ -132,16 +132,21 @@ def unfinished(backend, host: str | None = None) -> list[tuple[models.LogBook,
 
 def load(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any], *,
          engine: str = "serial", max_workers: int | None = None,
-         book: models.LogBook | None = None):
+         book: models.LogBook | None = None, resolve: bool = True):
     """An engine for a saved flow, rebuilt from its factory, with fresh live handles.
 
-    Pass ``book`` when the caller has it: finding it means scanning logbooks.
+    Pass ``book`` when the caller has it: finding it means scanning logbooks. ``resolve=False``
+    keeps the flow's Retry controllers out of it (TaskFlow's ``never_resolve``): a failure on
+    record is then not offered to a Retry, which could decide to run its subflow again.
     """
     if book is None:
         book, _ = persistence.find_flow_detail(backend, flow_detail.uuid)
     flow_detail = legacy.upgraded(backend, flow_detail)
+    options = engine_options(engine, max_workers)
+    if not resolve:
+        options["never_resolve"] = True
     eng = taskflow.engines.load_from_detail(flow_detail, backend=backend, book=book,
-                                            **engine_options(engine, max_workers))
+                                            **options)
     eng.storage.inject(dict(transients), transient=True)
     return eng
 
@@ -194,8 +199,12 @@ def revert(backend, flow_detail: models.FlowDetail, transients: Mapping[str, Any
 
 
 def _revert(backend, flow_detail, transients, engine, max_workers, listeners, book) -> None:
+    # No Retry decides anything here: the admin asked for a revert. On resume TaskFlow offers
+    # every failure on record to the enclosing Retry, which could answer "run it again" (a
+    # vanished cache entry, a cut transfer), and an undo set back to FAILURE below has no
+    # failure on record at all (TaskFlow cleared it with REVERT_FAILURE) for one to read.
     eng = load(backend, flow_detail, transients, engine=engine, max_workers=max_workers,
-               book=book)
+               book=book, resolve=False)
     eng.compile()
     eng.prepare()
     reason = tf_failure.Failure.from_exception(

@@ -8,6 +8,7 @@ from taskflow import task
 
 from vsan_flows import exceptions
 from vsan_flows.ownership import instance_note
+from vsan_flows.tasks.shadow_vm import raise_if_gone
 from vsan_flows.vsphere import instances
 
 LOG = logging.getLogger(__name__)
@@ -15,6 +16,10 @@ LOG = logging.getLogger(__name__)
 
 class CloneLinkedDisk(task.Task):
     """Create the instance VM with a root disk that is a delta of the shadow VM's base disk.
+
+    When the cache entry went away under it (evicted or deleted after LookupImageCache found
+    it), it fails with CacheEntryGone, its revert removes what it made, and the flow's
+    CacheEntryRetry runs the lookup (and the import, if needed) and this step again.
 
     The VM note carries this flow's token: a re-run after a crash adopts the VM it already
     made instead of failing or making a second one, and revert never destroys a VM that some
@@ -33,14 +38,24 @@ class CloneLinkedDisk(task.Task):
                     "created by this spawn; delete it or choose another instance name")
             vm_id = existing
         else:
-            vm_id = instances.create_linked(
-                vsphere, name=instance_name, datastore_name=datastore["name"],
-                parent_vm_id=shadow_vm["vm"], adapter_type=image["adapter_type"],
-                guest_id=image["os_type"], note=instance_note(flow_token),
-                # The shadow's disk as RegisterShadowVM/LookupImageCache just read it (flows
-                # stored before it was recorded have no capacity: it is read again then).
-                parent_disk={"path": shadow_vm["disk"],
-                             "capacity_kb": shadow_vm.get("capacity_kb")})
+            try:
+                vm_id = instances.create_linked(
+                    vsphere, name=instance_name, datastore_name=datastore["name"],
+                    parent_vm_id=shadow_vm["vm"], adapter_type=image["adapter_type"],
+                    guest_id=image["os_type"], note=instance_note(flow_token),
+                    # The shadow's disk as RegisterShadowVM/LookupImageCache just read it
+                    # (flows stored before it was recorded have no capacity: read again then).
+                    parent_disk={"path": shadow_vm["disk"],
+                                 "capacity_kb": shadow_vm.get("capacity_kb")})
+            except Exception as exc:
+                # The cache entry evicted under us fails the link (FileNotFound): say so, and
+                # the flow's CacheEntryRetry looks the cache up again. Any other failure (no
+                # space, a bad spec) is raised as it is and is not retried.
+                raise_if_gone(vsphere, image, shadow_vm, exc)
+                raise
+        # Linked (now or before a crash): the entry must still be the entry, or an eviction
+        # renamed it before it could see this link and will destroy it. Revert removes the VM.
+        raise_if_gone(vsphere, image, shadow_vm)
         disk = instances.first_disk(vsphere, vm_id)
         return {"vm": vm_id, "name": instance_name, "disk": disk["path"],
                 "parent": disk["parent"]}

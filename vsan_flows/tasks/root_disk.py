@@ -7,6 +7,7 @@ import logging
 from taskflow import task
 
 from vsan_flows import exceptions
+from vsan_flows.tasks.shadow_vm import raise_if_gone
 from vsan_flows.vsphere import identity, root_disk
 
 LOG = logging.getLogger(__name__)
@@ -63,11 +64,18 @@ class AttachLinkedRootDisk(task.Task):
             capacity_kb = int(existing.capacityInKB)
         else:
             capacity_kb = (virtual + KiB - 1) // KiB
-            path = root_disk.attach_linked(vsphere, instance_vm["vm"],
-                                           parent_path=shadow_vm["disk"],
-                                           capacity_kb=capacity_kb,
-                                           datastore_name=datastore["name"],
-                                           adapter_type=image.get("adapter_type"))
+            try:
+                path = root_disk.attach_linked(vsphere, instance_vm["vm"],
+                                               parent_path=shadow_vm["disk"],
+                                               capacity_kb=capacity_kb,
+                                               datastore_name=datastore["name"],
+                                               adapter_type=image.get("adapter_type"))
+            except Exception as exc:
+                raise_if_gone(vsphere, image, shadow_vm, exc)  # evicted: looked up again
+                raise
+        # As in CloneLinkedDisk: an entry renamed or destroyed meanwhile fails this step, its
+        # revert removes the disk, and the flow's CacheEntryRetry looks the cache up again.
+        raise_if_gone(vsphere, image, shadow_vm)
         want_kb = (self.root_bytes + KiB - 1) // KiB
         if want_kb > capacity_kb:
             root_disk.grow(vsphere, path, want_kb)

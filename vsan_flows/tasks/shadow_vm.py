@@ -26,9 +26,40 @@ def _lookup(vsphere, image: dict, datastore: dict) -> dict | None:
     vm_id = instances.find(vsphere, name)
     if vm_id is None:
         return None
-    if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
-        return None
-    return _entry(vsphere, vm_id, name, created=False)
+    try:
+        if not imagecache.is_entry_for(instances.annotation(vsphere, vm_id), image["id"]):
+            return None
+        return _entry(vsphere, vm_id, name, created=False)
+    except Exception:
+        # Evicted (or deleted) between the name lookup and reading it: a miss, not a failure.
+        if instances.current_name(vsphere, vm_id) != name:
+            return None
+        raise
+
+
+def raise_if_gone(vsphere, image: dict, shadow_vm: dict,
+                  failure: BaseException | None = None) -> None:
+    """Raise CacheEntryGone when ``shadow_vm`` (as the flow recorded it) is no longer the
+    image's cache entry: destroyed, renamed (eviction renames it ``vsanflows-evicting-...``
+    before destroying it), or, when linking to it just failed with ``failure`` saying a file
+    is missing, without its base disk.
+
+    The link steps call it after a failed link (is the entry why?) and after a successful one
+    (did the entry go while we linked? eviction renames first and then checks for readers, so
+    a link that sees the entry's name unchanged afterwards is one that eviction will see).
+    """
+    name = instances.current_name(vsphere, shadow_vm["vm"])
+    if name is None:
+        what = "was destroyed"
+    elif name != shadow_vm["name"]:
+        what = f"was renamed {name}"
+    elif failure is not None and instances.is_missing_file(failure):
+        what = f"lost its base disk {shadow_vm['disk']}"
+    else:
+        return
+    LOG.warning("image cache entry %s %s under this flow; it will look the cache up again",
+                shadow_vm["name"], what)
+    raise exceptions.CacheEntryGone(shadow_vm["name"], image["id"], what) from failure
 
 
 class LookupImageCache(task.Task):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vsan_flows import exceptions
-from vsan_flows.vsphere import home, leases, vm
+from vsan_flows.vsphere import faults, home, leases, vm
 from vsan_flows.vsphere.session import VSphere, ref, ref_value
 
 
@@ -24,6 +24,17 @@ def rename(ctx: VSphere, vm_id: str, name: str, note: str) -> None:
 
 def exists(ctx: VSphere, vm_id: str) -> bool:
     return vm.exists(ctx.session, ref(vm_id, "VirtualMachine"))
+
+
+def current_name(ctx: VSphere, vm_id: str) -> str | None:
+    """What the VM ``vm_id`` is called now; None when it no longer exists."""
+    return vm.name_of(ctx.session, ref(vm_id, "VirtualMachine"))
+
+
+def is_missing_file(exc: BaseException) -> bool:
+    """Whether a failed call said a file or object it needed does not exist (the Vim faults
+    FileNotFound / ManagedObjectNotFound, however oslo.vmware reported them)."""
+    return faults.is_gone(exc)
 
 
 def destroy(ctx: VSphere, vm_id: str) -> bool:

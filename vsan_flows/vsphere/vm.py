@@ -107,6 +107,16 @@ def exists(session, vm_ref) -> bool:
     return True
 
 
+def name_of(session, vm_ref) -> str | None:
+    """The VM's name now, or None when it no longer exists."""
+    try:
+        return session.invoke_api(vim_util, "get_object_property", session.vim, vm_ref, "name")
+    except vexc.VimException as exc:
+        if faults.is_gone(exc):
+            return None
+        raise
+
+
 def destroy(session, vm_ref) -> bool:
     """Destroy a VM and its files; False when it was already gone (safe to run twice)."""
     if not exists(session, vm_ref):

@@ -215,6 +215,9 @@ func vsanCallHook(ctx *Context, method *Method, next func() soap.HasFault) soap.
 	} else if blocked := leaseBlocked(ctx, method); blocked != nil {
 		res = blocked
 		injected = " (held by a lease)"
+	} else if refused := refuseMissingParent(ctx, method); refused != nil {
+		res = refused
+		injected = " (parent disk missing)"
 	} else {
 		after := diskPreCall(method)
 		res = next()
