@@ -54,3 +54,23 @@ def test_leaves_a_process_alone_that_froze_or_disabled_the_collector_itself():
     code = CHILD.replace("first = heap", "gc.disable(); first = heap")
     first, second, frozen = run(code).split()[:3]
     assert (first, second, frozen) == ("False", "False", "False")
+
+
+def test_the_collector_is_paused_while_a_client_is_built_and_restored_after():
+    import gc
+
+    from vsan_flows.vsphere import wsdlcache
+    assert gc.isenabled()
+    with wsdlcache._collector_paused():
+        assert not gc.isenabled()
+        with wsdlcache._collector_paused():  # a second builder (another thread)
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first is still building
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with wsdlcache._collector_paused():
+            pass
+        assert not gc.isenabled()  # left as the process had it
+    finally:
+        gc.enable()

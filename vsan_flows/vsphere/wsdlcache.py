@@ -19,10 +19,43 @@ looks the client class up in its module at every session.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import posixpath
+import threading
 import urllib.parse
+from collections.abc import Iterator
 
 from oslo_vmware import service
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a client is built (counted across threads).
+
+    Parsing the vim schema creates ~830,000 objects, nearly all of them for good; the growing
+    heap triggers full collections that walk all of them again and again. Measured on the
+    2-core machine (a fresh process logging in, 4 runs each): 2.1-2.5 s of CPU with the
+    collector on, 1.8-1.9 s with it paused. Nothing is garbage here that could not wait the
+    two seconds; the collector is back on (if it was on) when the last builder is done.
+    """
+    global _gc_pausers, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 class ParsedOnceSudsClient(service.CompatibilitySudsClient):
@@ -31,7 +64,8 @@ class ParsedOnceSudsClient(service.CompatibilitySudsClient):
     def __init__(self, url, *args, **kwargs) -> None:
         if not _is_pbm(url):
             kwargs.setdefault("cachingpolicy", 1)
-        super().__init__(url, *args, **kwargs)
+        with _collector_paused():
+            super().__init__(url, *args, **kwargs)
 
 
 def _is_pbm(url: str) -> bool:
