@@ -83,3 +83,27 @@ def test_resume_starts_one_flow_of_each_image_in_turn_oldest_first():
     # Round one: the oldest flow of each image (and each flow without an image);
     # then the next of each image, and so on.
     assert order == [0, 3, 4, 6, 7, 1, 5, 2]
+
+
+def test_resume_starts_the_flows_with_the_most_left_to_do_first_one_image_at_a_time():
+    from taskflow import states
+    from taskflow.persistence import models
+
+    def flow(i: int, image: str, left: int, done: int = 2):
+        book = models.LogBook(f"b{i}")
+        book.meta = {"operation": "spawn", "image": image}
+        fd = models.FlowDetail(f"f{i}", uuid=f"u{i}")
+        for n in range(done + left):
+            ad = models.TaskDetail(f"t{n}", uuid=f"u{i}-{n}")
+            ad.state = states.SUCCESS if n < done else (
+                states.RUNNING if n == done else states.PENDING)
+            fd.add(ad)
+        return book, fd
+
+    todo = [flow(0, "a", 1), flow(1, "b", 6), flow(2, "c", 0), flow(3, "a", 6),
+            flow(4, "d", 3), flow(5, "b", 3)]
+    by_work = runner.most_work_first(todo)
+    assert by_work == [1, 3, 4, 5, 0, 2]  # 6, 6, 3, 3, 1, 0 atoms left; ties by age
+    # Spread over images in that order: a's long flow (3) starts in round one, its short one
+    # (0) after every image had its turn.
+    assert runner.spread_by_image(todo, by_work) == [1, 3, 4, 2, 5, 0]

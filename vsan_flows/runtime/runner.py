@@ -261,14 +261,34 @@ def resume_all(backend, make_transients: Callable[[], Mapping[str, Any]], *,
     width = max(1, min(concurrency, len(todo)))
     if width == 1:
         return [one(bf) for bf in todo]
-    order = spread_by_image(todo)
+    order = spread_by_image(todo, most_work_first(todo))
     with futures.ThreadPoolExecutor(width, thread_name_prefix="vsan-flows-resume") as pool:
         done = dict(zip(order, pool.map(one, [todo[i] for i in order]), strict=True))
     return [done[i] for i in range(len(todo))]
 
 
-def spread_by_image(todo: list[tuple[models.LogBook, models.FlowDetail]]) -> list[int]:
-    """The order to start ``todo`` in (indexes): one flow per image in turn, oldest first.
+_DONE = frozenset((states.SUCCESS, states.IGNORE, states.REVERTED))
+
+
+def most_work_first(todo: list[tuple[models.LogBook, models.FlowDetail]]) -> list[int]:
+    """Indexes of ``todo``, the flows with the most atoms still to run (or undo) first.
+
+    Why: resumed ``width`` at a time, the whole batch ends when its last flow does. Started in
+    age order, a flow with a whole spawn left may start last and run alone at the end; the
+    longest first leaves the short ones to fill the gaps (the usual makespan rule). An atom
+    stands for one vCenter wait, roughly: counting them needs no more than the flow detail
+    already read. Equal counts keep age order.
+    """
+    def remaining(fd: models.FlowDetail) -> int:
+        return sum(1 for ad in fd if ad.state not in _DONE)
+
+    return sorted(range(len(todo)), key=lambda i: -remaining(todo[i][1]))
+
+
+def spread_by_image(todo: list[tuple[models.LogBook, models.FlowDetail]],
+                    order: list[int] | None = None) -> list[int]:
+    """The order to start ``todo`` in (indexes): one flow per image in turn, in ``order``
+    (default: oldest first) within an image and among images.
 
     Why: flows of one image share its import (one imports under the image's lock, the others
     wait for it and then link), so started side by side they fill the pool with waiters.
@@ -277,7 +297,8 @@ def spread_by_image(todo: list[tuple[models.LogBook, models.FlowDetail]]) -> lis
     other. Taking one flow of each image in turn lets the imports of different images overlap.
     """
     queues: dict[object, collections.deque] = {}
-    for i, (book, _fd) in enumerate(todo):
+    for i in range(len(todo)) if order is None else order:
+        book = todo[i][0]
         key = (book.meta or {}).get("image") or ("flow", i)
         queues.setdefault(key, collections.deque()).append(i)
     order: list[int] = []
