@@ -1,13 +1,14 @@
 """The compute driver: ``[DEFAULT] compute_driver = vsan_flows.nova.driver.VsanVCDriver``.
 
 It is nova's ``VMwareVCDriver`` (nova keeps building, finding, powering and destroying VMs by
-the identity it manages: config.instanceUuid and nvp.vm-uuid), with three changes:
+the identity it manages: config.instanceUuid and nvp.vm-uuid), with four changes:
 
 * spawn of a streamOptimized VMDK on a datastore our flows serve (``[vsan_flows]
   datastore_types``) runs the image-cache and root-disk steps as our persisted, revertible
   flow (:mod:`vsan_flows.nova.vmops`);
 * snapshot of a VM on such a datastore runs our snapshot flow (VM found by instance uuid);
-* ``init_host`` rolls back the flows a crash of this compute service interrupted.
+* ``init_host`` rolls back the flows a crash of this compute service interrupted;
+* a re-login of nova's vCenter session is bounded (``api_retry_count``), never endless.
 
 Everything else is nova's code and nova's configuration: ``[vmware]`` is nova's group, ours
 is ``[vsan_flows]``; the vCenter session is nova's.
@@ -54,10 +55,13 @@ def _check_vcenter(scheme: str) -> None:
     stops nova-compute at once naming ``[vmware] ca_file``, an unanswered vCenter after
     ``api_retry_count`` retries. Settings nova itself refuses (no host_ip) are left to nova.
 
-    nova's login itself is not wrapped: oslo.vmware's ``_create_session`` retries for ever,
-    but only connection errors of SOAP calls, which at start come after the (unretried) WSDL
-    fetch this check mirrors; only a vCenter failing between the two, or a re-login of a
-    running service, still meets that retry (docs/nova.md).
+    nova's first login (in nova's session's constructor) is nova's own: oslo.vmware's
+    ``_create_session`` retries connection errors for ever, but only those of SOAP calls, which
+    at start come after the (unretried) WSDL fetch this check mirrors; only a vCenter failing
+    between the two still meets that retry. Every later login of nova's session (a re-login
+    after vCenter dropped the session or went away, in a spawn, a periodic task, init_host) is
+    bounded as ours are: ``VsanVCDriver.__init__`` gives the session our bounded login
+    (``vsphere.session.bound_logins``), see docs/nova.md.
     """
     v = CONF.vmware
     if not v.host_ip:
@@ -78,6 +82,12 @@ class VsanVCDriver(vmware_driver.VMwareVCDriver):
         vconf.register_nova_opts(CONF)
         _check_vcenter(scheme)
         super().__init__(virtapi, scheme=scheme)
+        # nova's session logged in (nova's way) in the line above; from now on a re-login
+        # after vCenter dropped the session is bounded, not retried for ever (_check_vcenter).
+        v = CONF.vmware
+        vsession.bound_logins(self._session, host=v.host_ip, port=v.host_port,
+                              username=v.host_username, retries=v.api_retry_count,
+                              ca_file=v.ca_file)
         self._runs = NovaRuns(CONF, self._session)
         vmops.adopt(self._vmops, self._runs)
 

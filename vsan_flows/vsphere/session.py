@@ -2,7 +2,8 @@
 
 One session per process: suds loads the WSDL and logs in in about two seconds, so tasks never
 build their own. A dropped or expired vCenter session is re-established by oslo.vmware itself
-(it re-logs in on NotAuthenticated and retries the call).
+(it re-logs in on NotAuthenticated and retries the call), through our bounded login
+(bound_logins): a vCenter that is gone by then is an error after ``api_retry_count`` retries.
 """
 
 from __future__ import annotations
@@ -191,25 +192,61 @@ def _bounded(once, host: str, port: int, attempts: int, ca_file: str | None) -> 
             time.sleep(delay)
 
 
-def _login(session: api.VMwareAPISession, v) -> None:
-    """Log in with at most ``api_retry_count`` retries; a certificate failure is final at once.
+def _login_failure(exc: vexc.VimException, host: str, port: int,
+                   username: str | None) -> Exception:
+    """Our error for a login that vCenter refused or that never reached it."""
+    if isinstance(exc, vexc.VimFaultException):
+        if "InvalidLogin" in (exc.fault_list or []):
+            return exceptions.VCenterAuthError(host, username)
+        return exceptions.VSphereError(f"vCenter at {host} refused the login: "
+                                       f"{', '.join(exc.fault_list or [])}")
+    if isinstance(exc, vexc.VimConnectionException):
+        return exceptions.VCenterUnreachable(host, port, type(exc.cause or exc).__name__)
+    return exceptions.VSphereError(f"login to vCenter at {host} failed: {type(exc).__name__}")
 
-    oslo.vmware's own login (``_create_session``) sits under a retry decorator with no limit
-    that retries every connection error, an untrusted certificate included: init_host, a
-    conductor or ``flows resume`` would hang for ever. We call the undecorated attempt
-    (``__wrapped__``, set by functools.wraps in the decorator) in our own bounded loop.
+
+def bound_logins(session: api.VMwareAPISession, *, host: str, port: int,
+                 username: str | None, retries: int, ca_file: str | None) -> None:
+    """Make every login of ``session``, the first and each re-login, a bounded one.
+
+    The one place we wrap oslo.vmware's login, for our sessions and for nova's. Why:
+    ``VMwareAPISession._create_session`` sits under a RetryDecorator with no limit
+    (max_retry_count=-1) that retries every VimConnectionException, an untrusted certificate
+    included, backing off up to 60 s. ``invoke_api`` calls it whenever vCenter answers
+    NotAuthenticated (it dropped the session) and whenever a call fails to connect and the
+    session check fails too (vCenter went away): a spawn, a conductor, ``flows resume`` or
+    nova-compute would then retry for ever and say nothing.
+
+    ``invoke_api`` calls ``self._create_session()``, so an attribute of the instance replaces
+    the method for every caller (nova's ``init_host`` too). Each attempt is the undecorated
+    login, ``__wrapped__`` (functools.wraps in the RetryDecorator): that is still oslo's
+    ``lockutils.synchronized('oslo_vmware_api_lock')`` around the login, which first returns
+    when the session is active again. Several threads that saw the session dropped therefore
+    queue on oslo's lock; the first logs in, the others find its session active and log in no
+    more. Attempts: ``retries`` + 1 with our back-off, then VCenterUnreachable; a certificate
+    failure is final at once (VCenterCertificateError); a refused login is VCenterAuthError.
+    None of them is a VimConnectionException, so invoke_api's own retry does not repeat them.
     """
     login_once = api.VMwareAPISession._create_session.__wrapped__
 
     def once() -> None:
-        _probe(v.host_ip, v.host_port)
+        _probe(host, port)
         login_once(session)
 
-    _bounded(once, v.host_ip, v.host_port, v.api_retry_count + 1, v.ca_file)
+    def create_session() -> None:
+        try:
+            _bounded(once, host, port, retries + 1, ca_file)
+        except vexc.VimException as exc:
+            raise _login_failure(exc, host, port, username) from None
+
+    session._create_session = create_session
 
 
 def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
-    """Log in to vCenter as [vmware] says; VCenterUnreachable / VCenterAuthError otherwise."""
+    """Log in to vCenter as [vmware] says; VCenterUnreachable / VCenterAuthError otherwise.
+
+    Re-logins after vCenter dropped the session are bounded the same way (bound_logins).
+    """
     v = conf.vmware
     if not v.host_ip:
         raise exceptions.ConfigError("[vmware] host_ip", "is not set",
@@ -230,17 +267,13 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         )
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
-        _login(session, v)
-        heap.freeze_long_lived()
-        return session
-    except vexc.VimFaultException as exc:
-        if "InvalidLogin" in (exc.fault_list or []):
-            raise exceptions.VCenterAuthError(v.host_ip, v.host_username) from None
-        raise exceptions.VSphereError(f"vCenter at {v.host_ip} refused the login: "
-                                      f"{', '.join(exc.fault_list or [])}") from None
-    except vexc.VimConnectionException as exc:
-        raise exceptions.VCenterUnreachable(v.host_ip, v.host_port,
-                                            type(exc.cause or exc).__name__) from None
+    except vexc.VimException as exc:
+        raise _login_failure(exc, v.host_ip, v.host_port, v.host_username) from None
+    bound_logins(session, host=v.host_ip, port=v.host_port, username=v.host_username,
+                 retries=v.api_retry_count, ca_file=v.ca_file)
+    session._create_session()
+    heap.freeze_long_lived()
+    return session
 
 
 def connect(conf: cfg.ConfigOpts) -> VSphere:
