@@ -185,3 +185,40 @@ def test_many_threads_meeting_a_dropped_session_log_in_once(listener):
     assert not errors, errors
     assert vim.logins == 1
     assert s._session_id == "session-1"
+
+
+def test_a_refused_call_is_not_an_empty_answer_when_another_thread_logged_in(listener):
+    """oslo returns ``[]`` for a NotAuthenticated call when the *current* session is active;
+    a re-login by another thread between the call and that check made a refused call look
+    like an empty answer. Ours sends it again with the new session (here: api_retry_count=0,
+    so invoke_api gives up instead of sleeping 10 s first); nobody logs in again."""
+    vim = _Vim()
+    s = _session(vim, listener, retries=0)
+
+    class RacedCalls:
+        def read(self):
+            # the call went out with the dropped session; meanwhile another thread logged in
+            vim.active = s._session_id = "session-by-another-thread"
+            raise vexc.VimFaultException([vexc.NOT_AUTHENTICATED], "session dropped")
+
+    out = _call(s.invoke_api, RacedCalls(), "read")
+    assert out.get("value") != [], "a refused call came back as an empty answer"
+    assert isinstance(out.get("error"), vexc.VimConnectionException), repr(out)
+    assert vim.logins == 0
+
+
+def test_an_empty_answer_on_an_active_session_stays_an_empty_answer(listener):
+    """What oslo's check is for: an empty RetrievePropertiesEx is reported as
+    NotAuthenticated; on a session still active it is the call's (empty) result."""
+    vim = _Vim()
+    s = _session(vim, listener, retries=0)
+    s._create_session()
+    assert vim.logins == 1
+
+    class Empty:
+        def read(self):
+            raise vexc.VimFaultException([vexc.NOT_AUTHENTICATED], "empty response")
+
+    out = _call(s.invoke_api, Empty(), "read")
+    assert out.get("value") == [], repr(out)
+    assert vim.logins == 1

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -205,41 +206,96 @@ def _login_failure(exc: vexc.VimException, host: str, port: int,
     return exceptions.VSphereError(f"login to vCenter at {host} failed: {type(exc).__name__}")
 
 
+class _SentWith(threading.local):
+    """The session id this thread's last vSphere call went out with (None: not in a call)."""
+
+    session_id: str | None = None
+
+
+class _Recording:
+    """A stand-in for the module invoke_api calls into: notes the session id at send time.
+
+    invoke_api runs the call and, on NotAuthenticated, its session check in one thread (a
+    looping call's), so a thread-local set here is what that check reads.
+    """
+
+    def __init__(self, module, session: api.VMwareAPISession, sent: _SentWith) -> None:
+        self._module = module
+        self._session = session
+        self._sent = sent
+
+    def __getattr__(self, name: str):
+        method = getattr(self._module, name)
+
+        def call(*args, **kwargs):
+            self._sent.session_id = self._session._session_id
+            return method(*args, **kwargs)
+
+        return call
+
+    def __repr__(self) -> str:
+        return repr(self._module)
+
+
 def bound_logins(session: api.VMwareAPISession, *, host: str, port: int,
                  username: str | None, retries: int, ca_file: str | None) -> None:
-    """Make every login of ``session``, the first and each re-login, a bounded one.
+    """Make every login of ``session`` bounded, and a dropped session never an empty answer.
 
-    The one place we wrap oslo.vmware's login, for our sessions and for nova's. Why:
-    ``VMwareAPISession._create_session`` sits under a RetryDecorator with no limit
-    (max_retry_count=-1) that retries every VimConnectionException, an untrusted certificate
-    included, backing off up to 60 s. ``invoke_api`` calls it whenever vCenter answers
-    NotAuthenticated (it dropped the session) and whenever a call fails to connect and the
-    session check fails too (vCenter went away): a spawn, a conductor, ``flows resume`` or
-    nova-compute would then retry for ever and say nothing.
+    The one place we wrap oslo.vmware's session, for our sessions and nova's (the driver's),
+    by attributes of the instance, which every caller's ``self.<name>`` finds first. Why:
 
-    ``invoke_api`` calls ``self._create_session()``, so an attribute of the instance replaces
-    the method for every caller (nova's ``init_host`` too). Each attempt is the undecorated
-    login, ``__wrapped__`` (functools.wraps in the RetryDecorator): that is still oslo's
-    ``lockutils.synchronized('oslo_vmware_api_lock')`` around the login, which first returns
-    when the session is active again. Several threads that saw the session dropped therefore
-    queue on oslo's lock; the first logs in, the others find its session active and log in no
-    more. Attempts: ``retries`` + 1 with our back-off, then VCenterUnreachable; a certificate
-    failure is final at once (VCenterCertificateError); a refused login is VCenterAuthError.
-    None of them is a VimConnectionException, so invoke_api's own retry does not repeat them.
+    * ``_create_session`` sits under a RetryDecorator with no limit (max_retry_count=-1) that
+      retries every VimConnectionException, an untrusted certificate included, backing off up
+      to 60 s. ``invoke_api`` calls it whenever vCenter answers NotAuthenticated (it dropped
+      the session) and whenever a call fails to connect and the session check fails too
+      (vCenter went away): a spawn, a conductor, ``flows resume`` or nova-compute would then
+      retry for ever and say nothing. Ours makes ``retries`` + 1 attempts with our back-off,
+      then VCenterUnreachable; a certificate failure is final at once
+      (VCenterCertificateError); a refused login is VCenterAuthError. None of them is a
+      VimConnectionException, so invoke_api's own retry does not repeat them. Each attempt is
+      the undecorated login, ``__wrapped__`` (functools.wraps in the RetryDecorator): still
+      oslo's ``lockutils.synchronized('oslo_vmware_api_lock')`` around a login that first
+      returns when the session is active again, so threads that saw the session dropped queue
+      on oslo's lock and only the first logs in.
+    * On NotAuthenticated ``invoke_api`` asks whether the *current* session is active, to
+      tell an empty RetrievePropertiesEx answer (which oslo reports as NotAuthenticated) from
+      a dropped session, and returns ``[]`` as the call's result when it is. With threads
+      sharing the session, another thread's re-login in between makes a call that vCenter
+      refused come back as an empty answer (no datastores, no VM of that name). Ours answers
+      "not active" when the session changed since the call went out (``_Recording`` notes it),
+      so the call is sent again with the new session.
     """
     login_once = api.VMwareAPISession._create_session.__wrapped__
+    invoke_api = session.invoke_api
+    is_active = session.is_current_session_active
+    sent = _SentWith()
 
     def once() -> None:
         _probe(host, port)
         login_once(session)
 
     def create_session() -> None:
+        sent.session_id = None  # the check under oslo's lock is about the session as it is now
         try:
             _bounded(once, host, port, retries + 1, ca_file)
         except vexc.VimException as exc:
             raise _login_failure(exc, host, port, username) from None
 
+    def is_current_session_active() -> bool:
+        went_out_with, sent.session_id = sent.session_id, None
+        active = is_active()
+        # Compared after the real check: ids never repeat, so an unchanged id means the check
+        # was about the session the call went out with.
+        if went_out_with is not None and went_out_with != session._session_id:
+            return False
+        return active
+
+    def invoke(module, method, *args, **kwargs):
+        return invoke_api(_Recording(module, session, sent), method, *args, **kwargs)
+
     session._create_session = create_session
+    session.is_current_session_active = is_current_session_active
+    session.invoke_api = invoke
 
 
 def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
