@@ -43,12 +43,21 @@ class Proxy:
         self._cut.clear()
 
     def close(self) -> None:
+        """Stop for good: the port refuses connections, open ones are closed."""
         self._closed.set()
+        # close() alone neither wakes the thread blocked in accept() nor stops the kernel
+        # from completing connections for it: one more would be forwarded. shutdown() does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
             sockets = self._held + self._open
         for s in sockets:
+            # shutdown() ends the connection even while a pump thread is blocked in recv()
+            # on it (close() alone would wait for that recv, and the reply would still pass).
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
 
@@ -57,6 +66,9 @@ class Proxy:
             try:
                 client, _ = self._listener.accept()
             except OSError:
+                return
+            if self._closed.is_set():
+                client.close()
                 return
             if self._cut.is_set():
                 with self._lock:

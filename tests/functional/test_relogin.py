@@ -11,6 +11,7 @@ watchdog, so a re-login that never ends fails the test with every thread's stack
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -62,13 +63,46 @@ def _in_threads(fn, n: int, what: str) -> list[dict]:
     return outs
 
 
-def test_dropped_session_then_unreachable_vcenter_fails_after_bounded_attempts(
-        proxied, proxy, control):
+@pytest.fixture
+def slow_login(control):
+    """vCenter answers Login after 20 s (the network can fail under it); restored after."""
+    before = control.latency()
+    control.set_latency(methods_ms={"Login": 20000})
+    yield
+    control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
+
+
+def _wait_for(predicate, seconds: float = 30.0) -> None:
+    """Poll until ``predicate()``, for at most ``seconds`` (the cut then follows; a re-login
+    that never began shows in the call's own outcome, which the test checks)."""
+    end = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.02)
+
+
+def test_vcenter_going_away_during_the_relogin_fails_after_bounded_attempts(
+        proxied, proxy, control, slow_login):
+    """vCenter dropped the session, and goes away once the call's re-login has begun.
+
+    invoke_api sees NotAuthenticated, asks SessionIsActive (no), and enters the login, which
+    asks SessionIsActive again under oslo's lock, then logs in (slowly, here). The network
+    fails at that second question: oslo.vmware alone then retries the login for ever (the
+    watchdog fails this test with every stack); ours gives up after api_retry_count + 1
+    attempts with VCenterUnreachable.
+    """
     assert inventory.datastores(proxied.session)
-    control.terminate_sessions()  # vCenter dropped our session...
-    proxy.close()                 # ...and went away: every connection is refused
+    checks = control.calls("SessionIsActive")
+    control.terminate_sessions()
+
+    def cut_under_the_login():
+        _wait_for(lambda: control.calls("SessionIsActive") >= checks + 2)
+        proxy.close()  # vCenter goes away under the login: connections refused
+
+    cutter = threading.Thread(target=cut_under_the_login, name="relogin-cutter", daemon=True)
+    cutter.start()
     [out] = _in_threads(lambda: inventory.datastores(proxied.session), 1,
-                        "a vSphere call re-logging in to an unreachable vCenter")
+                        "a vSphere call re-logging in as vCenter goes away")
+    cutter.join()
     err = out.get("error")
     assert isinstance(err, exceptions.VCenterUnreachable), repr(err)
     assert f"127.0.0.1:{proxy.port}" in str(err) and "(2 attempts)" in str(err), str(err)

@@ -193,7 +193,7 @@ def _bounded(once, host: str, port: int, attempts: int, ca_file: str | None) -> 
             time.sleep(delay)
 
 
-def _login_failure(exc: vexc.VimException, host: str, port: int,
+def _login_failure(exc: vexc.VMwareDriverException, host: str, port: int,
                    username: str | None) -> Exception:
     """Our error for a login that vCenter refused or that never reached it."""
     if isinstance(exc, vexc.VimFaultException):
@@ -246,10 +246,12 @@ def bound_logins(session: api.VMwareAPISession, *, host: str, port: int,
 
     * ``_create_session`` sits under a RetryDecorator with no limit (max_retry_count=-1) that
       retries every VimConnectionException, an untrusted certificate included, backing off up
-      to 60 s. ``invoke_api`` calls it whenever vCenter answers NotAuthenticated (it dropped
-      the session) and whenever a call fails to connect and the session check fails too
-      (vCenter went away): a spawn, a conductor, ``flows resume`` or nova-compute would then
-      retry for ever and say nothing. Ours makes ``retries`` + 1 attempts with our back-off,
+      to 60 s. ``invoke_api`` calls it when vCenter answers NotAuthenticated (it dropped the
+      session), and when a call fails to connect but vCenter then says the session is gone
+      (it restarted). A vCenter that goes away once that re-login has begun (a restart that
+      is not over, a network that fails again) makes it retry for ever, its own session check
+      included: a spawn, a conductor, ``flows resume`` or nova-compute would hang and say
+      nothing. Ours makes ``retries`` + 1 attempts with our back-off,
       then VCenterUnreachable; a certificate failure is final at once
       (VCenterCertificateError); a refused login is VCenterAuthError. None of them is a
       VimConnectionException, so invoke_api's own retry does not repeat them. Each attempt is
@@ -278,7 +280,7 @@ def bound_logins(session: api.VMwareAPISession, *, host: str, port: int,
         sent.session_id = None  # the check under oslo's lock is about the session as it is now
         try:
             _bounded(once, host, port, retries + 1, ca_file)
-        except vexc.VimException as exc:
+        except vexc.VMwareDriverException as exc:
             raise _login_failure(exc, host, port, username) from None
 
     def is_current_session_active() -> bool:
@@ -323,7 +325,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         )
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
-    except vexc.VimException as exc:
+    except vexc.VMwareDriverException as exc:
         raise _login_failure(exc, v.host_ip, v.host_port, v.host_username) from None
     bound_logins(session, host=v.host_ip, port=v.host_port, username=v.host_username,
                  retries=v.api_retry_count, ca_file=v.ca_file)
