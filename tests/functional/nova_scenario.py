@@ -245,6 +245,58 @@ def start_only(conf_file: str, backstop_secs: float) -> None:
     print("STARTED " + json.dumps(facts), flush=True)
 
 
+def relogin(setup: dict) -> None:
+    """For the re-login test: nova's driver through a proxy this process can close.
+
+    vCenter drops the session and nova's next call logs in again (once); then vCenter drops
+    it again and goes away while that re-login is under way (after its session check, under
+    a slow Login): the call must fail after ``api_retry_count`` + 1 attempts. Armed with the
+    watchdog's backstop: a re-login retried for ever (oslo.vmware's own) dumps every stack
+    and exits. Facts on one ``RELOGIN`` line of stdout.
+    """
+    import threading
+
+    from tests.functional import tcpproxy, watchdog
+    from vsan_flows.simulator.control import SimulatorControl
+
+    watchdog.backstop(setup["backstop_secs"])
+    sim = setup["sim"]
+    control = SimulatorControl(setup["control_url"])
+    proxy = tcpproxy.Proxy((sim["host"], sim["port"]))
+    work = Path(setup["work"])
+    conf_file = work / "nova-relogin.conf"
+    conf_file.write_text(nova_conf_text({**sim, "port": proxy.port}, str(work / "state"),
+                                        "compute-relogin", None, api_retry_count=1))
+    conf, driver = started_driver(str(conf_file))
+    facts: dict = {"instances": len(driver.list_instances())}
+
+    logins = control.calls("Login")
+    control.terminate_sessions()
+    facts["instances_after_drop"] = len(driver.list_instances())
+    facts["logins_after_drop"] = control.calls("Login") - logins
+
+    control.set_latency(methods_ms={"Login": 20000})
+    checks = control.calls("SessionIsActive")
+    control.terminate_sessions()
+
+    def cut_under_the_login():
+        end = time.monotonic() + 30
+        while control.calls("SessionIsActive") < checks + 2 and time.monotonic() < end:
+            time.sleep(0.02)
+        proxy.close()
+
+    threading.Thread(target=cut_under_the_login, daemon=True).start()
+    start = time.monotonic()
+    try:
+        driver.list_instances()
+        facts["unreachable"] = {"type": None}
+    except Exception as exc:  # noqa: BLE001 - the class and message are the facts under test
+        facts["unreachable"] = {"type": f"{type(exc).__module__}.{type(exc).__name__}",
+                                "message": str(exc)}
+    facts["unreachable"]["secs"] = round(time.monotonic() - start, 2)
+    print("RELOGIN " + json.dumps(facts), flush=True)
+
+
 def main(setup_file: str) -> None:
     """Child-process entry: eventlet first (as an eventlet-patched service does), then run."""
     setup = json.loads(Path(setup_file).read_text())
@@ -254,6 +306,9 @@ def main(setup_file: str) -> None:
         eventlet.monkey_patch()
     if setup.get("mode") == "start-only":
         start_only(setup["conf_file"], setup["backstop_secs"])
+        return
+    if setup.get("mode") == "relogin":
+        relogin(setup)
         return
     conf = init_nova(setup["conf_file"])
     driver = load_driver(conf)

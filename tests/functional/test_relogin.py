@@ -10,8 +10,12 @@ watchdog, so a re-login that never ends fails the test with every thread's stack
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,6 +25,7 @@ from vsan_flows import exceptions
 from vsan_flows.vsphere import inventory
 from vsan_flows.vsphere import session as vsession
 
+ROOT = Path(__file__).resolve().parents[2]
 # Far more than a bounded failure needs (two attempts, 1 s apart; oslo's retry of the call
 # sleeps 10 s after a re-login), far less than oslo's endless retry.
 WATCHDOG_SECS = 60
@@ -119,3 +124,40 @@ def test_many_threads_on_a_dropped_session_log_in_again_once(proxied, control):
     assert [{d.name for d in o["value"]} for o in outs] == [expected] * 6
     assert proxied.session._session_id != old
     assert control.calls("Login") - logins == 1
+
+
+# nova's driver, as nova-compute runs it, in a child process (nova's CONF is the process's),
+# armed with the watchdog's backstop: a re-login retried for ever dumps every stack and exits.
+NOVA_BACKSTOP_SECS = 120
+
+
+@pytest.fixture
+def latency_restored(control):
+    before = control.latency()
+    yield
+    control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
+
+
+def test_nova_drivers_session_relogs_in_once_and_bounded(simulator, tmp_path, control,
+                                                         latency_restored):
+    """nova's own session (our driver's) gets the same bounded, once-only re-login."""
+    setup = tmp_path / "relogin.json"
+    setup.write_text(json.dumps({
+        "mode": "relogin", "backstop_secs": NOVA_BACKSTOP_SECS, "work": str(tmp_path),
+        "control_url": control.url,
+        "sim": {"host": simulator.host, "port": simulator.port,
+                "username": simulator.username, "password": simulator.password}}))
+    proc = subprocess.run([sys.executable, "-m", "tests.functional.nova_scenario", str(setup)],
+                          cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=NOVA_BACKSTOP_SECS + 60)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RELOGIN ")]
+    assert proc.returncode == 0 and lines, (
+        f"nova's driver did not finish its re-logins (exit {proc.returncode}); stderr ends:\n"
+        + proc.stderr[-8000:])
+    facts = json.loads(lines[-1].partition(" ")[2])
+    assert facts["instances_after_drop"] == facts["instances"], facts
+    assert facts["logins_after_drop"] == 1, facts
+    gone = facts["unreachable"]
+    assert gone["type"] == "vsan_flows.exceptions.VCenterUnreachable", facts
+    assert "(2 attempts)" in gone["message"] and "\n" not in gone["message"], facts
+    assert simulator.password not in proc.stdout + proc.stderr
