@@ -275,7 +275,7 @@ def relogin(setup: dict) -> None:
     facts["instances_after_drop"] = len(driver.list_instances())
     facts["logins_after_drop"] = control.calls("Login") - logins
 
-    control.set_latency(methods_ms={"Login": 20000})
+    control.set_latency(methods_ms={"Login": 8000})
     checks = control.calls("SessionIsActive")
     control.terminate_sessions()
 

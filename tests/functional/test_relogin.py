@@ -68,13 +68,20 @@ def _in_threads(fn, n: int, what: str) -> list[dict]:
     return outs
 
 
+def _settle_logins(control, before: dict, logins: int) -> None:
+    """Let the slow Login a test cut off finish inside the simulator (it counts a call once
+    the delay is over) before the next test counts logins; restore the latency profile."""
+    _wait_for(lambda: control.calls("Login") >= logins)
+    control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
+
+
 @pytest.fixture
 def slow_login(control):
-    """vCenter answers Login after 20 s (the network can fail under it); restored after."""
-    before = control.latency()
-    control.set_latency(methods_ms={"Login": 20000})
+    """vCenter answers Login after 8 s (the network can fail under it); restored after."""
+    before, logins = control.latency(), control.calls("Login")
+    control.set_latency(methods_ms={"Login": 8000})
     yield
-    control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
+    _settle_logins(control, before, logins + 1)
 
 
 def _wait_for(predicate, seconds: float = 30.0) -> None:
@@ -133,9 +140,9 @@ NOVA_BACKSTOP_SECS = 120
 
 @pytest.fixture
 def latency_restored(control):
-    before = control.latency()
+    before, logins = control.latency(), control.calls("Login")
     yield
-    control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
+    _settle_logins(control, before, logins + 3)  # start, re-login, the slow one cut off
 
 
 def test_nova_drivers_session_relogs_in_once_and_bounded(simulator, tmp_path, control,
