@@ -4,8 +4,10 @@ oslo.vmware re-logs in from ``invoke_api`` (on NotAuthenticated, and on a connec
 whose session check fails) through a login it retries for ever. Our sessions and nova's go
 through ``vsphere.session.bound_logins`` instead. These tests reach the real simulator through
 ``tcpproxy.Proxy``; closing the proxy makes vCenter unreachable (connections refused) without
-stopping the simulator other tests share. Every call runs in a thread joined under the
-watchdog, so a re-login that never ends fails the test with every thread's stack.
+stopping the simulator other tests share. oslo's endless login runs in a thread that is not a
+daemon (a process that met it cannot exit), so the scenarios that could meet it run in a child
+process armed with the watchdog's backstop (a call that never returns dumps every stack and
+exits); the others run their calls in threads joined under the watchdog.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import pytest
 
 from tests.functional import tcpproxy, watchdog
 from tests.functional.conftest import make_conf
-from vsan_flows import exceptions
 from vsan_flows.vsphere import inventory
 from vsan_flows.vsphere import session as vsession
 
@@ -75,49 +76,62 @@ def _settle_logins(control, before: dict, logins: int) -> None:
     control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
 
 
-@pytest.fixture
-def slow_login(control):
-    """vCenter answers Login after 8 s (the network can fail under it); restored after."""
-    before, logins = control.latency(), control.calls("Login")
-    control.set_latency(methods_ms={"Login": 8000})
-    yield
-    _settle_logins(control, before, logins + 1)
-
-
 def _wait_for(predicate, seconds: float = 30.0) -> None:
-    """Poll until ``predicate()``, for at most ``seconds`` (the cut then follows; a re-login
-    that never began shows in the call's own outcome, which the test checks)."""
+    """Poll until ``predicate()``, for at most ``seconds``."""
     end = time.monotonic() + seconds
     while not predicate() and time.monotonic() < end:
         time.sleep(0.02)
 
 
+def _settle_logins(control, before: dict, logins: int) -> None:
+    """Let a slow Login a scenario cut off finish inside the simulator (it counts a call once
+    the delay is over) before the next test counts logins; restore the latency profile."""
+    _wait_for(lambda: control.calls("Login") >= logins)
+    control.set_latency(methods_ms={"Login": before.get("methods_ms", {}).get("Login", 0)})
+
+
+# Children arm the watchdog's backstop: far more than a bounded failure needs (two attempts
+# 1 s apart; start-up, an 8 s Login), far less than oslo's endless retry.
+BACKSTOP_SECS = 120
+
+
+def _child(module: str, setup: dict, tmp_path) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ``python -m module SETUP`` and return the facts of its last RESULT/RELOGIN line."""
+    setup_file = tmp_path / f"{module.rsplit('.', 1)[-1]}.json"
+    setup_file.write_text(json.dumps({"backstop_secs": BACKSTOP_SECS, **setup}))
+    proc = subprocess.run([sys.executable, "-m", module, str(setup_file)], cwd=ROOT,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=BACKSTOP_SECS + 60)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("RESULT ", "RELOGIN "))]
+    assert proc.returncode == 0 and lines, (
+        f"the scenario did not end (exit {proc.returncode}; the backstop dumps every stack "
+        "when a call never returns); stderr ends:\n" + proc.stderr[-8000:])
+    return json.loads(lines[-1].partition(" ")[2]), proc
+
+
+def _sim_facts(simulator) -> dict:
+    return {"host": simulator.host, "port": simulator.port, "username": simulator.username,
+            "password": simulator.password}
+
+
 def test_vcenter_going_away_during_the_relogin_fails_after_bounded_attempts(
-        proxied, proxy, control, slow_login):
-    """vCenter dropped the session, and goes away once the call's re-login has begun.
-
-    invoke_api sees NotAuthenticated, asks SessionIsActive (no), and enters the login, which
-    asks SessionIsActive again under oslo's lock, then logs in (slowly, here). The network
-    fails at that second question: oslo.vmware alone then retries the login for ever (the
-    watchdog fails this test with every stack); ours gives up after api_retry_count + 1
-    attempts with VCenterUnreachable.
-    """
-    assert inventory.datastores(proxied.session)
-    checks = control.calls("SessionIsActive")
-    control.terminate_sessions()
-
-    def cut_under_the_login():
-        _wait_for(lambda: control.calls("SessionIsActive") >= checks + 2)
-        proxy.close()  # vCenter goes away under the login: connections refused
-
-    cutter = threading.Thread(target=cut_under_the_login, name="relogin-cutter", daemon=True)
-    cutter.start()
-    [out] = _in_threads(lambda: inventory.datastores(proxied.session), 1,
-                        "a vSphere call re-logging in as vCenter goes away")
-    cutter.join()
-    err = out.get("error")
-    assert isinstance(err, exceptions.VCenterUnreachable), repr(err)
-    assert f"127.0.0.1:{proxy.port}" in str(err) and "(2 attempts)" in str(err), str(err)
+        simulator, wsdl_url, control, tmp_path):
+    """vCenter dropped the session, and goes away once the call's re-login has begun
+    (tests/functional/relogin_child.py). oslo.vmware alone retries that login for ever (the
+    child's backstop then fires and this test fails with its stacks); ours gives up after
+    api_retry_count + 1 attempts with VCenterUnreachable."""
+    before, logins = control.latency(), control.calls("Login")
+    try:
+        out, proc = _child("tests.functional.relogin_child",
+                           {"sim": _sim_facts(simulator), "wsdl_url": wsdl_url,
+                            "state_dir": str(tmp_path / "state"),
+                            "control_url": control.url}, tmp_path)
+    finally:
+        _settle_logins(control, before, logins + 2)  # the first login, the slow one cut off
+    assert out["type"] == "vsan_flows.exceptions.VCenterUnreachable", out
+    assert f"127.0.0.1:{out['port']}" in out["message"], out
+    assert "(2 attempts)" in out["message"] and "\n" not in out["message"], out
+    assert simulator.password not in proc.stdout + proc.stderr
 
 
 def test_many_threads_on_a_dropped_session_log_in_again_once(proxied, control):
@@ -133,35 +147,17 @@ def test_many_threads_on_a_dropped_session_log_in_again_once(proxied, control):
     assert control.calls("Login") - logins == 1
 
 
-# nova's driver, as nova-compute runs it, in a child process (nova's CONF is the process's),
-# armed with the watchdog's backstop: a re-login retried for ever dumps every stack and exits.
-NOVA_BACKSTOP_SECS = 120
-
-
-@pytest.fixture
-def latency_restored(control):
+def test_nova_drivers_session_relogs_in_once_and_bounded(simulator, tmp_path, control):
+    """nova's own session (our driver's), as nova-compute runs it, in a child process
+    (nova's CONF is the process's): the same once-only, bounded re-login."""
     before, logins = control.latency(), control.calls("Login")
-    yield
-    _settle_logins(control, before, logins + 3)  # start, re-login, the slow one cut off
-
-
-def test_nova_drivers_session_relogs_in_once_and_bounded(simulator, tmp_path, control,
-                                                         latency_restored):
-    """nova's own session (our driver's) gets the same bounded, once-only re-login."""
-    setup = tmp_path / "relogin.json"
-    setup.write_text(json.dumps({
-        "mode": "relogin", "backstop_secs": NOVA_BACKSTOP_SECS, "work": str(tmp_path),
-        "control_url": control.url,
-        "sim": {"host": simulator.host, "port": simulator.port,
-                "username": simulator.username, "password": simulator.password}}))
-    proc = subprocess.run([sys.executable, "-m", "tests.functional.nova_scenario", str(setup)],
-                          cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=NOVA_BACKSTOP_SECS + 60)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RELOGIN ")]
-    assert proc.returncode == 0 and lines, (
-        f"nova's driver did not finish its re-logins (exit {proc.returncode}); stderr ends:\n"
-        + proc.stderr[-8000:])
-    facts = json.loads(lines[-1].partition(" ")[2])
+    try:
+        facts, proc = _child("tests.functional.nova_scenario",
+                             {"mode": "relogin", "work": str(tmp_path),
+                              "control_url": control.url, "sim": _sim_facts(simulator)},
+                             tmp_path)
+    finally:
+        _settle_logins(control, before, logins + 3)  # start, re-login, the slow one cut off
     assert facts["instances_after_drop"] == facts["instances"], facts
     assert facts["logins_after_drop"] == 1, facts
     gone = facts["unreachable"]
