@@ -518,6 +518,8 @@ NOT_OPTIONS = {
     "run_iter", "READ_AHEAD", "CHUNK_SIZE", "verifies_hash",
     # architecture.md: TaskFlow's engine option an admin's revert runs with
     "never_resolve",
+    # architecture.md: where re-logins are bounded (vsphere/session.py)
+    "bound_logins",
 }
 
 
