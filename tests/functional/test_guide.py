@@ -513,7 +513,7 @@ NOT_OPTIONS = {
     "CloneVM_Task", "CreateSnapshot_Task", "RemoveSnapshot_Task", "ReconfigVM_Task",
     "PowerOnVM_Task", "PowerOffVM_Task", "Destroy_Task", "CreateVM_Task",
     # nova's own options, compared with ours in concurrency.md
-    "max_concurrent_builds", "max_concurrent_snapshots",
+    "max_concurrent_builds", "max_concurrent_snapshots", "connection_pool_size",
     # code names from the fencing and transfer sections of concurrency.md
     "run_iter", "READ_AHEAD", "CHUNK_SIZE", "verifies_hash",
     # architecture.md: TaskFlow's engine option an admin's revert runs with

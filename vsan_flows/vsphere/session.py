@@ -300,6 +300,20 @@ def bound_logins(session: api.VMwareAPISession, *, host: str, port: int,
     session.invoke_api = invoke
 
 
+def connection_pool_size(max_concurrent_flows: int) -> int:
+    """How many connections to vCenter a session keeps for reuse.
+
+    oslo.vmware (and nova's ``[vmware] connection_pool_size``) keep 10. A flow makes one SOAP
+    call at a time, plus one from a side thread during a transfer (the lease keep-alive, the
+    imported disk's check), so ``max_concurrent_flows`` flows call with up to twice as many
+    connections at once. urllib3 opens a new connection for a caller the pool cannot serve and
+    closes it after one call when the pool is full: a TLS handshake per call. Measured with 32
+    threads making 640 property reads on one session against the simulator: 47-58 connections
+    opened and 5.0-5.2 s of CPU with 10 kept, 26-27 and 3.2-3.9 s with 40.
+    """
+    return max(10, 2 * max_concurrent_flows)
+
+
 def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     """Log in to vCenter as [vmware] says; VCenterUnreachable / VCenterAuthError otherwise.
 
@@ -322,6 +336,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
             api_retry_count=v.api_retry_count, task_poll_interval=v.task_poll_interval,
             port=v.host_port, wsdl_loc=v.wsdl_location, cacert=v.ca_file,
             insecure=bool(v.insecure and not v.ca_file), create_session=False,
+            pool_size=connection_pool_size(_max_concurrent_flows(conf)),
         )
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
@@ -332,6 +347,15 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     session._create_session()
     heap.freeze_long_lived()
     return session
+
+
+def _max_concurrent_flows(conf: cfg.ConfigOpts) -> int:
+    try:
+        return int(conf.vsan_flows.max_concurrent_flows)
+    except (cfg.NoSuchOptError, AttributeError):  # a conf without our [vsan_flows] group
+        from vsan_flows import conf as vconf
+
+        return vconf.DEFAULT_MAX_CONCURRENT_FLOWS
 
 
 def connect(conf: cfg.ConfigOpts) -> VSphere:
