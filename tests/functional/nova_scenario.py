@@ -269,6 +269,10 @@ def relogin(setup: dict) -> None:
                                         "compute-relogin", None, api_retry_count=1))
     conf, driver = started_driver(str(conf_file))
     facts: dict = {"instances": len(driver.list_instances())}
+    # How many connections nova's session keeps (our driver sizes it for the flows).
+    https = driver._session.vim.client.options.transport.session.get_adapter("https://")
+    facts["pool_maxsize"] = https.poolmanager.connection_pool_kw.get("maxsize")
+    facts["max_concurrent_flows"] = conf.vsan_flows.max_concurrent_flows
 
     logins = control.calls("Login")
     control.terminate_sessions()

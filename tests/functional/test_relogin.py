@@ -159,6 +159,8 @@ def test_nova_drivers_session_relogs_in_once_and_bounded(simulator, tmp_path, co
     finally:
         _settle_logins(control, before, logins + 3)  # start, re-login, the slow one cut off
     assert facts["instances_after_drop"] == facts["instances"], facts
+    # nova's connection_pool_size default (10) raised for the flows that share the session.
+    assert facts["pool_maxsize"] == 2 * facts["max_concurrent_flows"], facts
     assert facts["logins_after_drop"] == 1, facts
     gone = facts["unreachable"]
     assert gone["type"] == "vsan_flows.exceptions.VCenterUnreachable", facts

@@ -81,12 +81,12 @@ class VsanVCDriver(vmware_driver.VMwareVCDriver):
         _check_nova_version()
         vconf.register_nova_opts(CONF)
         _check_vcenter(scheme)
-        # nova's session keeps [vmware] connection_pool_size connections (10 by default) while
-        # our flows call it up to 2 x max_concurrent_flows at a time: unless the operator set
-        # the pool size, it is sized for the flows (vsphere.session.connection_pool_size).
-        CONF.set_default("connection_pool_size", vsession.connection_pool_size(
-            CONF.vsan_flows.max_concurrent_flows), group="vmware")
         super().__init__(virtapi, scheme=scheme)
+        # nova's session keeps 10 connections while our flows call it up to
+        # 2 x max_concurrent_flows at a time: at least that many (vsphere.session).
+        vsession.keep_connections(self._session, max(
+            CONF.vmware.connection_pool_size,
+            vsession.connection_pool_size(CONF.vsan_flows.max_concurrent_flows)))
         # nova's session logged in (nova's way) in the line above; from now on a re-login
         # after vCenter dropped the session is bounded, not retried for ever (_check_vcenter).
         v = CONF.vmware

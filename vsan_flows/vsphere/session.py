@@ -314,6 +314,26 @@ def connection_pool_size(max_concurrent_flows: int) -> int:
     return max(10, 2 * max_concurrent_flows)
 
 
+def keep_connections(session: api.VMwareAPISession, size: int) -> None:
+    """Make a session built elsewhere (nova's) keep at least ``size`` connections.
+
+    nova passes ``[vmware] connection_pool_size`` as a default argument bound when nova's
+    session module is imported, before any configuration is read, so neither nova.conf's
+    default nor ours reaches it in time: it keeps 10. The SOAP transport's HTTPS adapter is
+    replaced by one with a larger pool (its open connections are closed; the session's cookie
+    lives in the requests session, not in the adapter).
+    """
+    import requests
+
+    http = session.vim.client.options.transport.session
+    old = http.get_adapter("https://")
+    if getattr(old, "_pool_maxsize", size) >= size:
+        return
+    http.mount("https://", requests.adapters.HTTPAdapter(pool_connections=size,
+                                                          pool_maxsize=size))
+    old.close()
+
+
 def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
     """Log in to vCenter as [vmware] says; VCenterUnreachable / VCenterAuthError otherwise.
 
