@@ -24,7 +24,7 @@ from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
 from vsan_flows import exceptions, redaction
-from vsan_flows.vsphere import heap, suds_replies
+from vsan_flows.vsphere import heap, schema_cache, suds_replies
 
 LOG = logging.getLogger(__name__)
 
@@ -354,6 +354,8 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         )
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
+        # The client is built (WSDL loaded): its schema can answer lookups from a cache.
+        schema_cache.freeze(session.vim.client)
         settle_environment(session.vim)
     except vexc.VMwareDriverException as exc:
         raise _login_failure(exc, v.host_ip, v.host_port, v.host_username) from None
