@@ -23,6 +23,8 @@ What is cached and why it is safe:
 - concurrent flows: two threads missing the same name compute the same answer and
   the dict's ``setdefault`` keeps one; reading and writing a dict is atomic under the GIL.
 
+Memory: a dict per schema object with content (about 16,800 for vim25, 2 MB) and the answers.
+
 The parsed WSDL is shared between the clients of the process (``wsdlcache``), so freezing one
 client's schema speeds up every client built from the same cached definitions, nova's
 included: they are the same, complete objects.
