@@ -520,6 +520,9 @@ NOT_OPTIONS = {
     "never_resolve",
     # architecture.md: where re-logins are bounded (vsphere/session.py)
     "bound_logins",
+    # concurrency.md, CPU per SOAP call: what requests reads from the environment, code names
+    "all_proxy", "no_proxy", "CURL_CA_BUNDLE", "trust_env", "get_child", "settle_environment",
+    "process_time",
 }
 
 

@@ -6,11 +6,14 @@ resume` - fails within seconds with one error naming ``[vmware] ca_file``/``inse
 oslo.vmware alone retries that login for ever. With ``ca_file`` naming the CA the login works.
 An unreachable vCenter is retried ``api_retry_count`` times, then reported. nova's compute
 driver, started in a child process as nova-compute starts it, stops the same way with nova's
-``InvalidConfiguration`` / ``HypervisorUnavailable`` carrying that one line.
+``InvalidConfiguration`` / ``HypervisorUnavailable`` carrying that one line. The environment
+a user sets before starting (``REQUESTS_CA_BUNDLE``, ``https_proxy``, ``no_proxy``) is
+honoured by every SOAP call, though our sessions read it only once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -347,4 +350,120 @@ def test_lease_transfer_verifies_the_host_with_ca_file(tls_sim, wsdl_url, tmp_pa
         leases.complete(ctx, lease["lease"])
     finally:
         instances.destroy_by_name(ctx, name)
+        ctx.close()
+
+
+# ----------------------------------------------------------------- the environment, read once
+# Our sessions resolve requests' environment when they are made (session.settle_environment),
+# not on every call: what a user sets before starting the service must still be honoured.
+
+class _ConnectProxy:
+    """An HTTP CONNECT proxy (what ``https_proxy`` names): tunnels, and counts, each CONNECT."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.tunnels: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tunnel, args=(client,), daemon=True).start()
+
+    def _tunnel(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = client.recv(4096)
+            if not chunk:
+                client.close()
+                return
+            head += chunk
+        method, target, _ = head.split(b"\r\n", 1)[0].decode().split(" ", 2)
+        assert method == "CONNECT", method
+        host, port = target.rsplit(":", 1)
+        upstream = socket.create_connection((host, int(port)))
+        self.tunnels.append(target)
+        client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def connect_proxy(monkeypatch):
+    for name in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy",
+                 "NO_PROXY", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = _ConnectProxy()
+    yield proxy
+    proxy.close()
+
+
+def _calls_work(ctx) -> None:
+    """Login done; a few more SOAP calls through the same transport."""
+    from oslo_vmware import vim_util
+
+    vim = ctx.session.vim
+    for _ in range(3):
+        assert vim_util.get_object_property(vim, vim.service_content.rootFolder, "name")
+
+
+def test_requests_ca_bundle_is_trusted_without_ca_file(tls_sim, wsdl_url, tmp_path, pki,
+                                                       connect_proxy, monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["ca"]))
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    try:
+        assert ctx.session.vim.client.options.transport.session.trust_env is False
+        _calls_work(ctx)
+    finally:
+        ctx.close()
+
+
+def test_https_proxy_carries_every_call(tls_sim, wsdl_url, tmp_path, pki, connect_proxy,
+                                        monkeypatch):
+    monkeypatch.setenv("https_proxy", connect_proxy.url)
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["ca"])))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    try:
+        _calls_work(ctx)
+        assert connect_proxy.tunnels
+        assert set(connect_proxy.tunnels) == {f"127.0.0.1:{tls_sim.port}"}
+    finally:
+        ctx.close()
+
+
+def test_no_proxy_naming_vcenter_goes_direct(tls_sim, wsdl_url, tmp_path, pki, connect_proxy,
+                                             monkeypatch):
+    monkeypatch.setenv("https_proxy", connect_proxy.url)
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1")
+    out = _bounded(session.connect, _conf(tls_sim, wsdl_url, tmp_path,
+                                          vmware__ca_file=str(pki["ca"])))
+    assert "error" not in out, out.get("error")
+    ctx = out["value"]
+    try:
+        _calls_work(ctx)
+        assert connect_proxy.tunnels == []
+    finally:
         ctx.close()

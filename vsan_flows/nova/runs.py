@@ -20,8 +20,8 @@ from vsan_flows.images import LocalImageService
 from vsan_flows.nova import cache_aging
 from vsan_flows.policy import Policy
 from vsan_flows.runtime import persistence, runner
-from vsan_flows.vsphere import identity, suds_replies
-from vsan_flows.vsphere.session import VSphere
+from vsan_flows.vsphere import identity, schema_cache, suds_replies
+from vsan_flows.vsphere.session import VSphere, settle_environment
 
 GiB = 1024 ** 3
 
@@ -32,6 +32,11 @@ class NovaRuns:
         # nova's session, shared by the threads of nova-compute (native threads by default):
         # the same suds reply isolation our own sessions get (see suds_replies).
         suds_replies.isolate_replies(session.vim.client)
+        # Built by nova (WSDL loaded), so as safe to freeze as ours (see schema_cache).
+        schema_cache.freeze(session.vim.client)
+        # nova's session trusts the environment on every call as ours did; nova-compute's
+        # environment is fixed at start, so it is read once here (see settle_environment).
+        settle_environment(session.vim)
         v = conf.vmware
         self.vsphere = VSphere(session, v.host_ip, v.host_port, v.cluster_name,
                                conf.vsan_flows.image_transfer_timeout_secs,

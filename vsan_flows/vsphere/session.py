@@ -24,7 +24,7 @@ from oslo_vmware import api
 from oslo_vmware import exceptions as vexc
 
 from vsan_flows import exceptions, redaction
-from vsan_flows.vsphere import heap, suds_replies
+from vsan_flows.vsphere import heap, schema_cache, suds_replies
 
 LOG = logging.getLogger(__name__)
 
@@ -206,6 +206,35 @@ def _login_failure(exc: vexc.VMwareDriverException, host: str, port: int,
     return exceptions.VSphereError(f"login to vCenter at {host} failed: {type(exc).__name__}")
 
 
+def settle_environment(vim) -> None:
+    """Resolve once what requests would read from the environment on every SOAP call.
+
+    oslo.vmware's transport (``service.RequestsTransport``) posts every call through a
+    ``requests.Session`` that trusts the environment, so each of the ~35 calls of a spawn
+    stats ``~/.netrc`` and walks all of ``os.environ`` for proxies and CA bundles: about half
+    a millisecond of CPU under the GIL per call, for an answer that cannot change while the
+    process lives. Here requests computes that answer once, for the only URL this session
+    posts to (vCenter's SOAP endpoint; the WSDL was read when the client was built), and the
+    session keeps it: the proxy for that URL (``https_proxy``/``all_proxy``, none when
+    ``no_proxy`` matches) and, only where requests would have used them (verification on and
+    no ``[vmware] ca_file``), ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``. Then ``trust_env`` is
+    turned off. The one environment source dropped is netrc: requests would add Basic auth
+    from ``~/.netrc`` for vCenter's host, which vCenter's SOAP API ignores (it logs in with
+    SessionManager.Login and a session cookie). A service reads its environment at start,
+    so a user setting ``https_proxy`` or ``REQUESTS_CA_BUNDLE`` before starting it sees no
+    difference (docs/nova.md).
+    """
+    transport = vim.client.options.transport
+    http = transport.session
+    if not http.trust_env:
+        return
+    settings = http.merge_environment_settings(vim.soap_url, {}, None, transport.verify, None)
+    http.proxies = settings["proxies"]
+    # The transport passes ``verify`` with every call, which overrides the session's.
+    transport.verify = settings["verify"]
+    http.trust_env = False
+
+
 class _SentWith(threading.local):
     """The session id this thread's last vSphere call went out with (None: not in a call)."""
 
@@ -360,6 +389,9 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
         )
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
+        # The client is built (WSDL loaded): its schema can answer lookups from a cache.
+        schema_cache.freeze(session.vim.client)
+        settle_environment(session.vim)
     except vexc.VMwareDriverException as exc:
         raise _login_failure(exc, v.host_ip, v.host_port, v.host_username) from None
     bound_logins(session, host=v.host_ip, port=v.host_port, username=v.host_username,
