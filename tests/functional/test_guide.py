@@ -519,7 +519,7 @@ NOT_OPTIONS = {
     # architecture.md: TaskFlow's engine option an admin's revert runs with
     "never_resolve",
     # architecture.md: where re-logins are bounded (vsphere/session.py)
-    "bound_logins",
+    "bound_logins", "create_session",
     # concurrency.md, CPU per SOAP call: what requests reads from the environment, code names
     "all_proxy", "no_proxy", "CURL_CA_BUNDLE", "trust_env", "get_child", "settle_environment",
     "process_time",
