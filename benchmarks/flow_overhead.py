@@ -584,7 +584,11 @@ def child_resume(spec: dict, t_start: float) -> dict:
     out["task_poll_interval"] = conf.vmware.task_poll_interval
     out["engine_run_s"] = run_s[0]  # summed over flows (they overlap)
     out["atom_s"] = {k: [round(v, 2), atom_n[k]] for k, v in atom_s.most_common()}
-    out["flow_spans"] = sorted(flow_spans)
+    # The schedule's shape: (start, end, tasks run, flow) per flow; the per-task detail of the
+    # slowest five (the JSON line stays readable).
+    spans = sorted(flow_spans)
+    out["flow_spans"] = [sp[:4] for sp in spans]
+    out["slowest_flows"] = sorted(spans, key=lambda sp: sp[0] - sp[1])[:5]
     out["max_concurrent_flows"] = conf.vsan_flows.max_concurrent_flows
     out["outcomes"] = dict(collections.Counter(o[2].split(":")[0] for o in outcomes))
     out["failures"] = [o[2] for o in outcomes if o[2] != "completed"][:5]
