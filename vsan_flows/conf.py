@@ -70,6 +70,15 @@ vmware_opts = [
         help="How many times a vSphere API call is retried after a transient fault "
         "(connection drop, session expiry) before the operation fails.",
     ),
+    cfg.IntOpt(
+        "connection_timeout",
+        default=300,
+        min=1,
+        help="Seconds a vCenter SOAP call may wait for the next bytes of vCenter's answer "
+        "before the connection counts as failed (and the call is retried api_retry_count "
+        "times). Without it a call sent into a silent network partition waits for ever; "
+        "vCenter answers calls in seconds, the long work runs in tasks that are polled.",
+    ),
     cfg.FloatOpt(
         "task_poll_interval",
         default=0.5,

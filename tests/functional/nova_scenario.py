@@ -272,6 +272,8 @@ def relogin(setup: dict) -> None:
     # How many connections nova's session keeps (our driver sizes it for the flows).
     https = driver._session.vim.client.options.transport.session.get_adapter("https://")
     facts["pool_maxsize"] = https.poolmanager.connection_pool_kw.get("maxsize")
+    # How long a SOAP call of nova's session waits for an answer (nova sets no bound).
+    facts["answer_wait"] = driver._session.vim.client.options.transport._connection_timeout
     facts["max_concurrent_flows"] = conf.vsan_flows.max_concurrent_flows
 
     logins = control.calls("Login")

@@ -30,6 +30,9 @@ def main(setup_file: str) -> None:
     sim = SimpleNamespace(**setup["sim"])
     control = SimulatorControl(setup["control_url"])
     proxy = tcpproxy.Proxy((sim.host, sim.port))
+    if setup.get("mode") == "partition":
+        silent_partition(sim, setup, proxy)
+        return
     conf = make_conf(sim, setup["wsdl_url"], setup["state_dir"], vmware__host_port=proxy.port,
                      vmware__api_retry_count=1)
     vs = vsession.connect(conf)
@@ -56,6 +59,31 @@ def main(setup_file: str) -> None:
     except Exception as exc:  # noqa: BLE001 - the class and message are the facts under test
         out = {"type": f"{type(exc).__module__}.{type(exc).__name__}", "message": str(exc)}
     out.update(secs=round(time.monotonic() - start, 2), port=proxy.port)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def silent_partition(sim, setup: dict, proxy) -> None:
+    """The network swallows every byte both ways (no reset): a call already on its way, and
+    the session check and re-login oslo makes after it, each wait ``connection_timeout`` for
+    an answer, then fail; without that bound the first read waits for ever."""
+    from tests.functional.conftest import make_conf
+    from vsan_flows.vsphere import inventory
+    from vsan_flows.vsphere import session as vsession
+
+    conf = make_conf(sim, setup["wsdl_url"], setup["state_dir"], vmware__host_port=proxy.port,
+                     vmware__api_retry_count=0,
+                     vmware__connection_timeout=setup["connection_timeout"])
+    vs = vsession.connect(conf)
+    assert inventory.datastores(vs.session)
+    proxy.cut()
+    start = time.monotonic()
+    try:
+        inventory.datastores(vs.session)
+        out = {"type": None}
+    except Exception as exc:  # noqa: BLE001 - the class and message are the facts under test
+        out = {"type": f"{type(exc).__module__}.{type(exc).__name__}", "message": str(exc)}
+    out.update(secs=round(time.monotonic() - start, 2), port=proxy.port,
+               swallowed=proxy.dropped)
     print("RESULT " + json.dumps(out), flush=True)
 
 

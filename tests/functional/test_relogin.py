@@ -161,8 +161,25 @@ def test_nova_drivers_session_relogs_in_once_and_bounded(simulator, tmp_path, co
     assert facts["instances_after_drop"] == facts["instances"], facts
     # nova's connection_pool_size default (10) raised for the flows that share the session.
     assert facts["pool_maxsize"] == 2 * facts["max_concurrent_flows"], facts
+    assert facts["answer_wait"] == vsession.NOVA_CONNECTION_TIMEOUT, facts  # nova sets None
     assert facts["logins_after_drop"] == 1, facts
     gone = facts["unreachable"]
     assert gone["type"] == "vsan_flows.exceptions.VCenterUnreachable", facts
     assert "(2 attempts)" in gone["message"] and "\n" not in gone["message"], facts
+    assert simulator.password not in proc.stdout + proc.stderr
+
+
+def test_a_call_sent_into_a_silent_partition_fails_instead_of_waiting_for_ever(
+        simulator, wsdl_url, control, tmp_path):
+    """Every byte swallowed, nothing reset (tests/functional/relogin_child.py, partition):
+    the call, oslo's session check after it and the re-login each give up after
+    [vmware] connection_timeout, and the caller gets an error. Without the bound the first
+    read never returns (the child's backstop fires and this test fails with its stacks)."""
+    out, proc = _child("tests.functional.relogin_child",
+                       {"mode": "partition", "sim": _sim_facts(simulator), "wsdl_url": wsdl_url,
+                        "state_dir": str(tmp_path / "state"), "control_url": control.url,
+                        "connection_timeout": 2}, tmp_path)
+    assert out["type"] in ("vsan_flows.exceptions.VCenterUnreachable",
+                           "oslo_vmware.exceptions.VimConnectionException"), out
+    assert out["swallowed"] > 0, out  # the request did go out into the partition
     assert simulator.password not in proc.stdout + proc.stderr

@@ -84,6 +84,7 @@ class VsanVCDriver(vmware_driver.VMwareVCDriver):
         super().__init__(virtapi, scheme=scheme)
         # nova's session keeps 10 connections while our flows call it up to
         # 2 x max_concurrent_flows at a time: at least that many (vsphere.session).
+        vsession.bound_answer_wait(self._session, vsession.NOVA_CONNECTION_TIMEOUT)
         vsession.keep_connections(self._session, max(
             CONF.vmware.connection_pool_size,
             vsession.connection_pool_size(CONF.vsan_flows.max_concurrent_flows)))

@@ -343,6 +343,22 @@ def connection_pool_size(max_concurrent_flows: int) -> int:
     return max(10, 2 * max_concurrent_flows)
 
 
+#: What nova's session is given for ``[vmware] connection_timeout`` (nova has no such option).
+NOVA_CONNECTION_TIMEOUT = 300
+
+
+def bound_answer_wait(session: api.VMwareAPISession, seconds: float) -> None:
+    """Make a session built elsewhere (nova's) give up on an answer after ``seconds``.
+
+    nova builds its session without oslo.vmware's ``connection_timeout``, so a SOAP call sent
+    into a silent network partition (packets dropped, no reset) waits for ever in the socket
+    read, with the flow, its locks and nova's build slot. oslo's transport keeps the value it
+    hands requests with every POST; set here, a stalled read ends in VimConnectionException,
+    which oslo retries ``api_retry_count`` times like any connection failure.
+    """
+    session.vim.client.options.transport._connection_timeout = seconds
+
+
 def keep_connections(session: api.VMwareAPISession, size: int) -> None:
     """Make a session built elsewhere (nova's) keep at least ``size`` connections.
 
@@ -386,6 +402,7 @@ def create_session(conf: cfg.ConfigOpts) -> api.VMwareAPISession:
             port=v.host_port, wsdl_loc=v.wsdl_location, cacert=v.ca_file,
             insecure=bool(v.insecure and not v.ca_file), create_session=False,
             pool_size=connection_pool_size(_max_concurrent_flows(conf)),
+            connection_timeout=v.connection_timeout,
         )
         # Threads share this session's suds client; see suds_replies for why this is needed.
         suds_replies.isolate_replies(session.vim.client)
