@@ -52,13 +52,19 @@ def main(setup_file: str) -> None:
         proxy.close()  # vCenter goes away under the login: connections refused
 
     threading.Thread(target=cut_under_the_login, daemon=True).start()
+    _report(lambda: inventory.datastores(vs.session), port=proxy.port)
+
+
+def _report(call, **facts) -> None:
+    """Make the call and print its outcome (error class and message, seconds) as RESULT."""
     start = time.monotonic()
     try:
-        inventory.datastores(vs.session)
+        call()
         out = {"type": None}
     except Exception as exc:  # noqa: BLE001 - the class and message are the facts under test
         out = {"type": f"{type(exc).__module__}.{type(exc).__name__}", "message": str(exc)}
-    out.update(secs=round(time.monotonic() - start, 2), port=proxy.port)
+    out["secs"] = round(time.monotonic() - start, 2)
+    out.update({k: v() if callable(v) else v for k, v in facts.items()})
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -76,15 +82,8 @@ def silent_partition(sim, setup: dict, proxy) -> None:
     vs = vsession.connect(conf)
     assert inventory.datastores(vs.session)
     proxy.cut()
-    start = time.monotonic()
-    try:
-        inventory.datastores(vs.session)
-        out = {"type": None}
-    except Exception as exc:  # noqa: BLE001 - the class and message are the facts under test
-        out = {"type": f"{type(exc).__module__}.{type(exc).__name__}", "message": str(exc)}
-    out.update(secs=round(time.monotonic() - start, 2), port=proxy.port,
-               swallowed=proxy.dropped)
-    print("RESULT " + json.dumps(out), flush=True)
+    _report(lambda: inventory.datastores(vs.session), port=proxy.port,
+            swallowed=lambda: proxy.dropped)  # read after the call
 
 
 if __name__ == "__main__":

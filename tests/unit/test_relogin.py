@@ -222,3 +222,15 @@ def test_an_empty_answer_on_an_active_session_stays_an_empty_answer(listener):
     out = _call(s.invoke_api, Empty(), "read")
     assert out.get("value") == [], repr(out)
     assert vim.logins == 1
+
+
+def test_oslo_seams_the_answer_bound_and_the_pool_rely_on():
+    """bound_answer_wait sets the value oslo's transport hands requests with every POST;
+    keep_connections replaces the HTTPS adapter oslo mounts (nova's session is built by nova)."""
+    from oslo_vmware import service
+
+    assert "timeout=self._connection_timeout" in inspect.getsource(
+        service.RequestsTransport.send)
+    init = inspect.getsource(service.RequestsTransport.__init__)
+    assert "self._connection_timeout = connection_timeout" in init
+    assert "self.session.mount('https://'" in init
