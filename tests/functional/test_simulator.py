@@ -62,6 +62,9 @@ def _file_sizes(control, vm_name):
 def test_login_through_oslo_vmware(vim_session, simulator):
     about = vim_session.vim.service_content.about
     assert about.apiType == "VirtualCenter"
+    # The session is shared by the whole run, and test_relogin makes vCenter drop every
+    # session: a first call lets oslo log in again if so, before its id is asked about.
+    inventory.datastores(vim_session)
     assert vim_session.invoke_api(vim_session.vim, "SessionIsActive",
                                   vim_session.vim.service_content.sessionManager,
                                   sessionID=vim_session._session_id,
